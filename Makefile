@@ -1,0 +1,27 @@
+# Two commands for a fresh clone: `make demo` and `make test`. Each sets up .venv itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: venv  ## the real pipeline against local stand-ins of Nat and User.com
+	$(BIN)/python -m syncd.demo
+
+test: venv  ## the test suite (PostgreSQL tests run when SYNCD_TEST_POSTGRES_URL is set)
+	$(BIN)/pytest -q
+
+lint: venv
+	$(BIN)/ruff check syncd tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) examples syncd-state.db syncd-state.db-wal syncd-state.db-shm

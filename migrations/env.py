@@ -1,0 +1,47 @@
+"""Alembic environment: the schema is SQLModel.metadata from syncd.models.
+
+syncd runs migrations from code (`syncd migrate`, and before every run) with the
+engine in `config.attributes["engine"]`; the `alembic` command line works too,
+given `-x url=...`. fileConfig() is deliberately not called: it would reset the
+daemon's logging.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Engine
+from sqlmodel import SQLModel
+
+import syncd.models  # noqa: F401  (registers the tables)
+from syncd.db import create_state_engine
+
+config = context.config
+target_metadata = SQLModel.metadata
+
+
+def _engine() -> Engine:
+    engine = config.attributes.get("engine")
+    if engine is not None:
+        return engine
+    url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
+        "sqlalchemy.url"
+    )
+    if not url:
+        raise SystemExit("pass the state database as: alembic -x url=sqlite:///syncd-state.db ...")
+    return create_state_engine(url)
+
+
+def run_migrations_online() -> None:
+    engine = _engine()
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()
+
+
+run_migrations_online()

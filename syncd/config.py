@@ -1,0 +1,336 @@
+"""config.toml -> frozen, validated objects.
+
+Every mistake is a ConfigError naming the file, the key path and what is wrong,
+raised before any database or network is touched. Secrets are resolved here
+(environment variable or file) and wrapped so they never print.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from syncd.keys import audience_key
+
+DEFAULT_STATE_URL = "sqlite:///syncd-state.db"
+DESTINATION_TYPES = ("nat", "usercom")
+_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+class ConfigError(Exception):
+    """A mistake in the configuration: the process exits 2."""
+
+    def __init__(self, path: str | Path, key: str, problem: str) -> None:
+        self.path, self.key, self.problem = str(path), key, problem
+        super().__init__(f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
+
+
+class Secret:
+    """An API key. Its repr and str never show the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    interval: timedelta = timedelta(hours=2)
+    jitter: timedelta = timedelta(hours=1)
+    run_at_start: bool = True
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    name: str
+    type: str
+    url: str  # Nat: the endpoint; User.com: base_url, always ending in "/"
+    api_key: Secret
+    rate_limit: float | None  # requests per second; None = unpaced
+    concurrency: int
+    timeout: float  # seconds per request
+
+
+@dataclass(frozen=True)
+class AudienceConfig:
+    name: str
+    key: str
+    source: str
+    destinations: tuple[str, ...]
+    query: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    state_url: str
+    schedule: ScheduleConfig
+    sources: Mapping[str, SourceConfig]
+    destinations: Mapping[str, DestinationConfig]
+    audiences: tuple[AudienceConfig, ...]
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("SYNCD_CONFIG", "config.toml"))
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90s', '15m', '2h', '1h30m', '1d' -> timedelta; ValueError otherwise."""
+    match = _DURATION_RE.match(text.strip()) if text.strip() else None
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like '90s', '15m', '2h' or '1h30m'")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+class _Reader:
+    """Walks the TOML tree, remembering the file for error messages."""
+
+    def __init__(self, path: Path, environ: Mapping[str, str]) -> None:
+        self.path = path
+        self.environ = environ
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, key, problem)
+
+    def table(self, data: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise self.error(key, f"must be a table, not {_kind(data)}")
+        for name in data:
+            if name not in allowed:
+                where = f"{key}.{name}" if key else name
+                raise self.error(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        return data
+
+    def get(self, data: dict[str, Any], key: str, field: str, kind: type, default: Any) -> Any:
+        value = data.get(field, default)
+        if value is None:
+            return None
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(f"{key}.{field}", f"must be {kind.__name__}, not {_kind(value)}")
+        return value
+
+    def required_str(self, data: dict[str, Any], key: str, field: str) -> str:
+        value = self.get(data, key, field, str, None)
+        if value is None or not value.strip():
+            raise self.error(f"{key}.{field}", "is required")
+        return str(value)
+
+    def duration(self, data: dict[str, Any], key: str, field: str, default: timedelta) -> timedelta:
+        text = self.get(data, key, field, str, None)
+        if text is None:
+            return default
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            raise self.error(f"{key}.{field}", str(exc)) from None
+
+    def db_url(self, data: dict[str, Any], key: str, default: str | None) -> str:
+        url = self.get(data, key, "url", str, default)
+        if url is None:
+            raise self.error(f"{key}.url", "is required")
+        try:
+            make_url(url)
+        except ArgumentError:
+            raise self.error(f"{key}.url", f"{_redact_url(url)!r} is not a database URL") from None
+        return str(url)
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    path = Path(path) if path is not None else default_config_path()
+    reader = _Reader(path, os.environ if environ is None else environ)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"malformed TOML: {exc}") from None
+    top = reader.table(raw, "", {"state", "schedule", "sources", "destinations", "audiences"})
+    state = reader.table(top.get("state", {}), "state", {"url"})
+    sources = _sources(reader, top.get("sources", {}))
+    destinations = _destinations(reader, top.get("destinations", {}))
+    return Config(
+        path=str(path),
+        state_url=reader.db_url(state, "state", DEFAULT_STATE_URL),
+        schedule=_schedule(reader, top.get("schedule", {})),
+        sources=sources,
+        destinations=destinations,
+        audiences=_audiences(reader, top.get("audiences", []), sources, destinations),
+    )
+
+
+def _schedule(reader: _Reader, data: Any) -> ScheduleConfig:
+    table = reader.table(data, "schedule", {"interval", "jitter", "run_at_start"})
+    default = ScheduleConfig()
+    interval = reader.duration(table, "schedule", "interval", default.interval)
+    if interval < timedelta(minutes=1):
+        raise reader.error("schedule.interval", "must be at least 1m")
+    return ScheduleConfig(
+        interval=interval,
+        jitter=reader.duration(table, "schedule", "jitter", default.jitter),
+        run_at_start=reader.get(table, "schedule", "run_at_start", bool, default.run_at_start),
+    )
+
+
+def _sources(reader: _Reader, data: Any) -> dict[str, SourceConfig]:
+    result = {}
+    for name, value in reader.table(data, "sources", set(data) if isinstance(data, dict) else set()).items():
+        key = f"sources.{name}"
+        table = reader.table(value, key, {"url"})
+        result[name] = SourceConfig(name=name, url=reader.db_url(table, key, None))
+    return result
+
+
+_DESTINATION_KEYS = {
+    "type", "api_key_env", "api_key_file", "rate_limit", "concurrency", "timeout",
+}
+_URL_FIELD = {"nat": "endpoint", "usercom": "base_url"}
+
+
+def _destinations(reader: _Reader, data: Any) -> dict[str, DestinationConfig]:
+    names = set(data) if isinstance(data, dict) else set()
+    result = {}
+    for name, value in reader.table(data, "destinations", names).items():
+        key = f"destinations.{name}"
+        if not isinstance(value, dict):
+            raise reader.error(key, f"must be a table, not {_kind(value)}")
+        kind = reader.required_str(value, key, "type")
+        if kind not in DESTINATION_TYPES:
+            raise reader.error(f"{key}.type", f"unknown type {kind!r} (known: nat, usercom)")
+        url_field = _URL_FIELD[kind]
+        table = reader.table(value, key, _DESTINATION_KEYS | {url_field})
+        url = _http_url(reader, table, key, url_field)
+        if kind == "usercom" and not url.endswith("/"):
+            url += "/"
+        rate = reader.get(table, key, "rate_limit", float, None)
+        if rate is not None and rate <= 0:
+            raise reader.error(f"{key}.rate_limit", "must be a positive number of requests per second")
+        concurrency = reader.get(table, key, "concurrency", int, 8)
+        if not 1 <= concurrency <= 256:
+            raise reader.error(f"{key}.concurrency", "must be between 1 and 256")
+        timeout = reader.duration(table, key, "timeout", timedelta(seconds=10)).total_seconds()
+        if timeout <= 0:
+            raise reader.error(f"{key}.timeout", "must be longer than 0s")
+        result[name] = DestinationConfig(
+            name=name, type=kind, url=url, api_key=_secret(reader, table, key),
+            rate_limit=rate, concurrency=concurrency, timeout=timeout,
+        )
+    return result
+
+
+def _http_url(reader: _Reader, table: dict[str, Any], key: str, field: str) -> str:
+    url = reader.required_str(table, key, field)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise reader.error(f"{key}.{field}", f"{url!r} is not an http(s) URL")
+    return url
+
+
+def _secret(reader: _Reader, table: dict[str, Any], key: str) -> Secret:
+    env_name = reader.get(table, key, "api_key_env", str, None)
+    file_name = reader.get(table, key, "api_key_file", str, None)
+    if (env_name is None) == (file_name is None):
+        raise reader.error(key, "set exactly one of api_key_env or api_key_file")
+    if env_name is not None:
+        value = reader.environ.get(env_name, "").strip()
+        if not value:
+            raise reader.error(f"{key}.api_key_env", f"environment variable {env_name} is not set")
+        return Secret(value)
+    try:
+        value = Path(file_name).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise reader.error(f"{key}.api_key_file", f"cannot read {file_name}: {exc.strerror}") from None
+    if not value:
+        raise reader.error(f"{key}.api_key_file", f"{file_name} is empty")
+    return Secret(value)
+
+
+_AUDIENCE_KEYS = {"name", "key", "source", "destinations", "query"}
+
+
+def _audiences(
+    reader: _Reader,
+    data: Any,
+    sources: Mapping[str, SourceConfig],
+    destinations: Mapping[str, DestinationConfig],
+) -> tuple[AudienceConfig, ...]:
+    if not isinstance(data, list):
+        raise reader.error("audiences", "must be an array of tables ([[audiences]])")
+    seen: dict[str, str] = {}
+    result = []
+    for index, value in enumerate(data):
+        where = f"audiences[{index}]"
+        table = reader.table(value, where, _AUDIENCE_KEYS)
+        name = reader.required_str(table, where, "name")
+        where = f"audiences[{index}] ({name})"
+        key = reader.get(table, where, "key", str, None) or audience_key(name)
+        if not _KEY_RE.match(key):
+            raise reader.error(f"{where}.key", f"{key!r} must be snake_case: a-z, 0-9 and _")
+        if key in seen:
+            raise reader.error(f"{where}.key", f"{key!r} is already used by audience {seen[key]!r}")
+        seen[key] = name
+        source = reader.required_str(table, where, "source")
+        if source not in sources:
+            raise reader.error(f"{where}.source", f"no [sources.{source}] is defined")
+        targets = reader.get(table, where, "destinations", list, None)
+        if not targets:
+            raise reader.error(f"{where}.destinations", "must list at least one destination")
+        for target in targets:
+            if target not in destinations:
+                raise reader.error(f"{where}.destinations", f"no [destinations.{target}] is defined")
+        if len(set(targets)) != len(targets):
+            raise reader.error(f"{where}.destinations", "lists a destination twice")
+        result.append(AudienceConfig(
+            name=name, key=key, source=source, destinations=tuple(targets),
+            query=reader.required_str(table, where, "query"),
+        ))
+    if not result:
+        raise reader.error("audiences", "at least one [[audiences]] table is required")
+    return tuple(result)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _redact_url(url: str) -> str:
+    """Hide a password in a database URL before it goes into a message."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)

@@ -1,0 +1,235 @@
+"""Sending requests to one destination: concurrency, pacing, retries, and what failures mean.
+
+Every HTTP answer is classified in one place (`classify`) into what the caller
+does next:
+
+    ACK     2xx: the destination accepted the change
+    RETRY   408, 429, 5xx but 501, timeouts, connection errors: try again later
+    REJECT  any other 4xx (and 501): give up on this change for this run
+    STOP    401/403: the key is revoked or the domain not trusted; stop this
+            destination for the rest of the run
+
+Retrying is bounded (attempts per change, and a destination whose changes keep
+running out of attempts is set aside for the rest of the run), so a run always
+finishes in minutes; what is left waits in the ledger for the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from syncd import __version__
+
+
+class Verdict(enum.Enum):
+    ACK = "ack"
+    RETRY = "retry"
+    REJECT = "reject"
+    STOP = "stop"
+
+
+def classify(status: int) -> Verdict:
+    if 200 <= status < 300:
+        return Verdict.ACK
+    if status in (401, 403):
+        return Verdict.STOP
+    if status in (408, 429) or (status >= 500 and status != 501):
+        return Verdict.RETRY
+    return Verdict.REJECT
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4  # per change per run
+    base_delay: float = 0.5  # seconds; doubles each attempt, with full jitter
+    max_delay: float = 30.0
+    max_retry_after: float = 120.0  # a longer Retry-After sets the destination aside
+    set_aside_after: int = 5  # consecutive changes that ran out of attempts
+
+    def backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    url: str
+    body: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    verdict: Verdict | None  # None: not tried (the destination was stopped or set aside)
+    attempts: int = 0
+    status: int | None = None
+    error: str | None = None
+    uncertain: bool = False  # the last attempt may have been applied
+    body: Any = None
+
+
+class Pacer:
+    """Spaces requests evenly at `rate` per second; `pause_until` holds everyone (429)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self.next_slot = 0.0
+        self.paused_until = 0.0
+
+    async def wait(self) -> None:
+        while True:
+            now = time.monotonic()
+            if now < self.paused_until:
+                await asyncio.sleep(self.paused_until - now)
+                continue
+            slot = max(now, self.next_slot)
+            self.next_slot = slot + self.interval
+            if slot > now:
+                await asyncio.sleep(slot - now)
+            if time.monotonic() >= self.paused_until:
+                return
+
+    def pause_until(self, moment: float) -> None:
+        self.paused_until = max(self.paused_until, moment)
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def reason_of(response: httpx.Response) -> str:
+    """A short reason from the destination's answer, whatever shape the body has."""
+    text = response.text.strip()
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail", "errors"):
+            if key in body:
+                text = str(body[key])
+                break
+        else:
+            text = str(body)
+    elif text.startswith("<"):
+        text = ""  # an HTML error page says nothing useful in one line
+    reason = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+    text = " ".join(text.split())[:200]
+    return f"{reason}: {text}" if text else reason
+
+
+# Exceptions raised after the request may have reached the destination.
+_UNCERTAIN = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteTimeout)
+
+
+@dataclass
+class Sender:
+    """One destination's HTTP client for one run."""
+
+    name: str
+    headers: dict[str, str]
+    concurrency: int
+    rate_limit: float | None
+    timeout: float
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    stop_event: threading.Event | None = None
+    transport: httpx.AsyncBaseTransport | None = None
+    stopped: str | None = None  # why the destination is out for the rest of the run
+    requests: int = 0
+    _consecutive_exhausted: int = 0
+
+    def __post_init__(self) -> None:
+        self.pacer = Pacer(self.rate_limit)
+        self.semaphore = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency,
+                              max_keepalive_connections=self.concurrency)
+        self.client = httpx.AsyncClient(
+            headers={"User-Agent": f"syncd/{__version__}", **self.headers},
+            timeout=httpx.Timeout(self.timeout, pool=None),
+            limits=limits, transport=self.transport,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def interrupted(self) -> bool:
+        return self.stopped is not None or (self.stop_event is not None and self.stop_event.is_set())
+
+    async def call(self, request: Request) -> Result:
+        """Send one request, retrying transient failures within the policy's bounds."""
+        last, uncertain = Result(None), False
+        for attempt in range(1, self.policy.attempts + 1):
+            await self.pacer.wait()
+            if self.interrupted():
+                break
+            last, wait = await self._attempt(request, attempt)
+            uncertain = uncertain or last.uncertain
+            if last.verdict is Verdict.ACK:
+                self._consecutive_exhausted = 0
+            if last.verdict is not Verdict.RETRY:
+                return replace(last, uncertain=uncertain and last.verdict is not Verdict.ACK)
+            if attempt < self.policy.attempts:
+                await asyncio.sleep(wait)
+        else:
+            self._give_up(last)
+        return replace(last, uncertain=uncertain)
+
+    def _give_up(self, last: Result) -> None:
+        self._consecutive_exhausted += 1
+        if self._consecutive_exhausted >= self.policy.set_aside_after and self.stopped is None:
+            self.stopped = (f"set aside for this run after {self._consecutive_exhausted} changes in a "
+                            f"row failed {self.policy.attempts} times (last: {last.error})")
+
+    async def _attempt(self, request: Request, attempt: int) -> tuple[Result, float]:
+        async with self.semaphore:
+            self.requests += 1
+            try:
+                response = await self.client.request(request.method, request.url, json=request.body)
+            except httpx.HTTPError as exc:
+                error = _describe(exc)
+                result = Result(Verdict.RETRY, attempt, None, error, isinstance(exc, _UNCERTAIN))
+                return result, self.policy.backoff(attempt)
+        verdict = classify(response.status_code)
+        if verdict is Verdict.ACK:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            return Result(verdict, attempt, response.status_code, body=body), 0.0
+        result = Result(verdict, attempt, response.status_code, reason_of(response))
+        if verdict is Verdict.STOP and self.stopped is None:
+            self.stopped = f"{self.name} refused the API key ({result.error})"
+        wait = self.policy.backoff(attempt)
+        if verdict is Verdict.RETRY:
+            retry_after = retry_after_seconds(response)
+            if retry_after is not None:
+                if retry_after > self.policy.max_retry_after:
+                    self.stopped = (f"{self.name} asked to wait {retry_after:.0f}s (Retry-After); "
+                                    "set aside until the next run")
+                wait = retry_after
+                self.pacer.pause_until(time.monotonic() + retry_after)
+        return result, wait
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    kind = type(exc).__name__
+    detail = " ".join(str(exc).split())[:200]
+    return f"{kind}: {detail}" if detail else kind

@@ -1,0 +1,15 @@
+"""Destinations: one module per service behind the small interface in base.py."""
+
+from syncd.config import DestinationConfig
+from syncd.destinations.base import Destination, DestinationError
+from syncd.destinations.nat import Nat
+from syncd.destinations.usercom import UserCom
+
+_TYPES: dict[str, type[Destination]] = {"nat": Nat, "usercom": UserCom}
+
+
+def make_destination(config: DestinationConfig) -> Destination:
+    return _TYPES[config.type](config)
+
+
+__all__ = ["Destination", "DestinationError", "Nat", "UserCom", "make_destination"]

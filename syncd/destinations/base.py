@@ -1,0 +1,33 @@
+"""The small interface every destination implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from syncd.config import DestinationConfig
+from syncd.delivery import Request, Sender
+
+
+class DestinationError(Exception):
+    """A destination-level problem that leaves this audience undelivered for this run."""
+
+
+class Destination(ABC):
+    integration: ClassVar[str]  # the name in Segment's `integrations` object
+    needs_email: ClassVar[bool] = False
+
+    def __init__(self, config: DestinationConfig) -> None:
+        self.config = config
+        self.name = config.name
+
+    @abstractmethod
+    def headers(self) -> dict[str, str]:
+        """Authentication and protocol headers sent with every request."""
+
+    @abstractmethod
+    def request(self, message: dict[str, Any], audience_key: str) -> Request:
+        """The HTTP request that delivers one Identify message."""
+
+    async def prepare(self, sender: Sender, audience_key: str) -> None:  # noqa: B027
+        """Anything the destination needs before an audience's first change."""

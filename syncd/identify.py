@@ -1,0 +1,71 @@
+"""Change -> Segment-spec Identify message (pure; golden-file tested)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from syncd import __version__
+from syncd.plan import Change
+
+
+def iso_millis(moment: datetime) -> str:
+    """2026-11-22T09:00:00.000Z"""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def computation_id(audience_key: str) -> str:
+    """A stable id for the audience, as Engage's computation_id."""
+    return "aud_" + hashlib.sha256(audience_key.encode()).hexdigest()[:24]
+
+
+def json_value(value: Any) -> Any:
+    """Query values -> JSON: datetimes as ISO-8601, decimals as numbers, the rest as text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime):
+        return iso_millis(value) if value.tzinfo else value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value)
+
+
+def identify(
+    change: Change, audience_key: str, destination: str, integration: str, timestamp: datetime
+) -> dict[str, Any]:
+    traits: dict[str, Any] = {}
+    if change.email:
+        traits["email"] = change.email
+    if change.value:
+        traits.update({k: json_value(v) for k, v in change.traits.items()})
+    traits[audience_key] = change.value
+    context: dict[str, Any] = {
+        "personas": {
+            "computation_class": "audience",
+            "computation_key": audience_key,
+            "computation_id": computation_id(audience_key),
+        },
+        "library": {"name": "syncd", "version": __version__},
+    }
+    if change.url and change.value:
+        context["page"] = {"url": change.url}
+    return {
+        "type": "identify",
+        "userId": change.user_id,
+        "anonymousId": change.anonymous_id,
+        "messageId": change.message_id(audience_key, destination),
+        "timestamp": iso_millis(timestamp),
+        "traits": traits,
+        "context": context,
+        "integrations": {"All": False, integration: True},
+    }
+
+
+def size_of(message: dict[str, Any]) -> int:
+    return len(json.dumps(message, separators=(",", ":")).encode())

@@ -1,0 +1,146 @@
+"""The state database's tables (SQLModel). Alembic migrations are generated from these.
+
+The one idea: per (audience, destination, subject) the ledger keeps the value the
+destination has *acknowledged*. Each run's snapshot gives the *desired* value; the
+work is exactly where they differ, and `acked` moves only after a 2xx.
+
+A send whose outcome is unknown (a timeout after the request left, a crash while
+it was in flight) may still have been applied, so the ledger also remembers which
+values the destination *may* hold (`maybe_true` / `maybe_false`) until the next ack.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Dialect, Index, Text
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no time zone of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the state database; use datetime.now(UTC)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(nullable: bool = True) -> Column[datetime]:
+    return Column(UTCDateTime(), nullable=nullable)
+
+
+class Member(SQLModel, table=True):
+    """The latest snapshot of an audience: one row per member."""
+
+    __tablename__ = "member"
+    audience_key: str = Field(primary_key=True)
+    subject: str = Field(primary_key=True)  # "u:<user_id>" or "a:<anonymous_id>"
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    email: str | None = None
+    url: str | None = None
+    traits: str | None = Field(default=None, sa_type=Text)  # JSON of extra columns
+
+
+class Ledger(SQLModel, table=True):
+    """What one destination holds (or may hold) for one subject of one audience."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (Index("ix_ledger_acked", "audience_key", "destination", "acked"),)
+    audience_key: str = Field(primary_key=True)
+    destination: str = Field(primary_key=True)
+    subject: str = Field(primary_key=True)
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    email: str | None = None
+    acked: bool | None = None  # value the destination acknowledged; None = never
+    seq: int = 0  # number of acknowledged changes; part of the messageId
+    acked_at: datetime | None = Field(default=None, sa_column=_ts())
+    pending: bool | None = None  # value last attempted and not acknowledged
+    in_flight: bool | None = None  # value being sent right now (crash marker)
+    maybe_true: bool = False  # an unacknowledged `true` may have been applied
+    maybe_false: bool = False
+    attempts: int = 0  # attempts since the last ack
+    failed: bool = False  # the last attempt was rejected for this change (4xx)
+    last_status: int | None = None
+    last_error: str | None = None
+    pending_since: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "run"
+    id: int | None = Field(default=None, primary_key=True)
+    started_at: datetime = Field(sa_column=_ts(nullable=False))
+    snapshot_at: datetime = Field(sa_column=_ts(nullable=False))
+    finished_at: datetime | None = Field(default=None, sa_column=_ts())
+    outcome: str = "running"  # running | ok | undelivered | interrupted | crashed
+    host: str = ""
+    pid: int = 0
+
+
+class RunAudience(SQLModel, table=True):
+    """One audience's snapshot in one run."""
+
+    __tablename__ = "run_audience"
+    run_id: int = Field(foreign_key="run.id", primary_key=True)
+    audience_key: str = Field(primary_key=True)
+    rows: int = 0
+    members: int = 0
+    no_identifier: int = 0
+    duplicates: int = 0
+    error: str | None = None
+
+
+class RunResult(SQLModel, table=True):
+    """One (audience, destination) pair in one run."""
+
+    __tablename__ = "run_result"
+    run_id: int = Field(foreign_key="run.id", primary_key=True)
+    audience_key: str = Field(primary_key=True)
+    destination: str = Field(primary_key=True)
+    members: int = 0
+    entered: int = 0
+    left: int = 0
+    sent: int = 0
+    acknowledged: int = 0
+    skipped: int = 0  # members without email (Nat)
+    failed: int = 0
+    pending: int = 0  # still undelivered at the end of the run
+    outcome: str = "ok"  # ok | undelivered | stopped | source_failed
+    message: str | None = None
+
+
+class Attribute(SQLModel, table=True):
+    """A destination-side attribute syncd made sure exists (User.com)."""
+
+    __tablename__ = "attribute"
+    destination: str = Field(primary_key=True)
+    audience_key: str = Field(primary_key=True)
+    ensured_at: datetime = Field(sa_column=_ts(nullable=False))
+
+
+class Lease(SQLModel, table=True):
+    """Who is running: one row per lease name, taken over only when expired or dead."""
+
+    __tablename__ = "lease"
+    name: str = Field(primary_key=True)
+    holder: str
+    host: str
+    pid: int
+    acquired_at: datetime = Field(sa_column=_ts(nullable=False))
+    expires_at: datetime = Field(sa_column=_ts(nullable=False))

@@ -1,0 +1,281 @@
+"""run_once(): the whole pipeline, one call per stage.
+
+    config -> source (snapshot into the ledger) -> plan (desired vs acknowledged)
+           -> identify (messages) -> delivery (per destination, concurrently) -> run record
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+import httpx
+from sqlalchemy import Engine
+
+from syncd import ledger
+from syncd.config import AudienceConfig, Config, DestinationConfig
+from syncd.db import create_source_engine, create_state_engine, migrate
+from syncd.delivery import RetryPolicy, Sender, Verdict
+from syncd.destinations import Destination, DestinationError, make_destination
+from syncd.identify import identify, size_of
+from syncd.ledger import Outcome, SnapshotCounts
+from syncd.plan import Change
+from syncd.source import SourceError, stream_members
+
+log = logging.getLogger("syncd")
+
+PAGE_SIZE = 500
+MAX_MESSAGE_BYTES = 32 * 1024  # Segment's limit for one call
+
+
+@dataclass
+class PairReport:
+    """One (audience, destination) pair in one run."""
+
+    audience_key: str
+    destination: str
+    members: int = 0
+    entered: int = 0
+    left: int = 0
+    sent: int = 0
+    acknowledged: int = 0
+    skipped: int = 0
+    failed: int = 0
+    pending: int = 0
+    outcome: str = "ok"
+    message: str | None = None
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    snapshot_at: datetime
+    audiences: dict[str, SnapshotCounts] = field(default_factory=dict)
+    audience_errors: dict[str, str] = field(default_factory=dict)
+    pairs: list[PairReport] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def delivered(self) -> bool:
+        return not self.audience_errors and not self.interrupted and all(
+            p.outcome == "ok" for p in self.pairs
+        )
+
+    @property
+    def outcome(self) -> str:
+        if self.interrupted:
+            return "interrupted"
+        return "ok" if self.delivered else "undelivered"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.delivered else 1
+
+
+@dataclass
+class Options:
+    """How a run behaves, beyond the config: tests shorten the waits, the daemon passes a stop flag."""
+
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    stop_event: threading.Event | None = None
+    transport: Callable[[], httpx.AsyncBaseTransport] | None = None
+
+
+def open_state(config: Config) -> Engine:
+    engine = create_state_engine(config.state_url)
+    migrate(engine)
+    return engine
+
+
+def run_once(config: Config, options: Options | None = None, engine: Engine | None = None) -> RunReport:
+    """One sync of every audience to every destination; RunInProgress if another run holds the lease."""
+    options = options or Options()
+    own_engine = engine is None
+    engine = engine or open_state(config)
+    try:
+        lease = ledger.acquire_lease(engine)
+        try:
+            return _run(config, options, engine, lease)
+        finally:
+            ledger.release_lease(engine, lease)
+    finally:
+        if own_engine:
+            engine.dispose()
+
+
+def _run(config: Config, options: Options, engine: Engine, lease: ledger.LeaseHandle) -> RunReport:
+    recovered = ledger.recover_in_flight(engine)
+    if recovered:
+        log.warning("%d changes were in flight when the last run stopped; they will be re-sent "
+                    "with the same messageId where still needed", recovered)
+    snapshot_at = ledger.now()
+    report = RunReport(ledger.start_run(engine, snapshot_at), snapshot_at)
+    log.info("run %d started (snapshot time %s)", report.run_id, snapshot_at.isoformat())
+    for audience in config.audiences:
+        _snapshot(config, engine, report, audience)
+        ledger.renew_lease(engine, lease)
+    ready = [a for a in config.audiences if a.key not in report.audience_errors]
+    report.pairs = asyncio.run(_deliver_all(config, options, engine, lease, report, ready))
+    for audience in config.audiences:
+        if audience.key in report.audience_errors:
+            for name in audience.destinations:
+                report.pairs.append(PairReport(audience.key, name, outcome="source_failed",
+                                               message=report.audience_errors[audience.key]))
+    report.interrupted = options.stop_event is not None and options.stop_event.is_set()
+    for pair in report.pairs:
+        ledger.record_result(engine, report.run_id, asdict(pair))
+    ledger.finish_run(engine, report.run_id, report.outcome)
+    for line in summary_lines(report):
+        log.info("%s", line)
+    return report
+
+
+def _snapshot(config: Config, engine: Engine, report: RunReport, audience: AudienceConfig) -> None:
+    source = create_source_engine(config.sources[audience.source].url)
+    error = None
+    try:
+        counts = ledger.replace_members(
+            engine, audience.key, stream_members(source, audience.query, report.snapshot_at)
+        )
+    except SourceError as exc:
+        counts, error = SnapshotCounts(), f"query failed on source {audience.source!r}: {exc}"
+        report.audience_errors[audience.key] = error
+        log.error("audience %s: %s", audience.key, error)
+    finally:
+        source.dispose()
+    report.audiences[audience.key] = counts
+    ledger.record_audience(engine, report.run_id, audience.key, counts, error)
+    if error is None:
+        log.info("audience %s: %d rows, %d members, %d without identifier, %d duplicates skipped",
+                 audience.key, counts.rows, counts.members, counts.no_identifier, counts.duplicates)
+
+
+async def _deliver_all(config: Config, options: Options, engine: Engine, lease: ledger.LeaseHandle,
+                       report: RunReport, audiences: Sequence[AudienceConfig]) -> list[PairReport]:
+    tasks = []
+    for dest in config.destinations.values():
+        connected = [a for a in audiences if dest.name in a.destinations]
+        if connected:
+            tasks.append(_Delivery(dest, options, engine, lease, report.snapshot_at).run(connected))
+    results = await asyncio.gather(*tasks)
+    return [pair for pairs in results for pair in pairs]
+
+
+class _Delivery:
+    """Delivers every audience connected to one destination, one page at a time."""
+
+    def __init__(self, config: DestinationConfig, options: Options, engine: Engine,
+                 lease: ledger.LeaseHandle, snapshot_at: datetime) -> None:
+        self.destination: Destination = make_destination(config)
+        self.name = config.name
+        self.engine, self.lease, self.snapshot_at = engine, lease, snapshot_at
+        self.sender = Sender(
+            name=self.destination.integration, headers=self.destination.headers(),
+            concurrency=config.concurrency, rate_limit=config.rate_limit, timeout=config.timeout,
+            policy=options.policy, stop_event=options.stop_event,
+            transport=options.transport() if options.transport else None,
+        )
+
+    async def run(self, audiences: Sequence[AudienceConfig]) -> list[PairReport]:
+        try:
+            return [await self._pair(audience.key) for audience in audiences]
+        finally:
+            await self.sender.aclose()
+
+    async def _pair(self, key: str) -> PairReport:
+        needs_email = self.destination.needs_email
+        with self.engine.connect() as conn:
+            counts = ledger.plan_counts(conn, key, self.name, needs_email)
+        pair = PairReport(key, self.name, members=counts.members, entered=counts.entered,
+                          left=counts.left, skipped=counts.skipped)
+        work = counts.entered + counts.left
+        if work and not self.sender.interrupted():
+            try:
+                await self._prepare(key)
+                await self._send_all(key, pair, needs_email)
+            except DestinationError as exc:
+                pair.message = str(exc)
+        pair.pending = work - pair.acknowledged
+        if pair.pending:
+            pair.outcome = "stopped" if self.sender.stopped else "undelivered"
+            pair.message = pair.message or self.sender.stopped or _interrupted(self.sender)
+        return pair
+
+    async def _prepare(self, key: str) -> None:
+        with self.engine.connect() as conn:
+            if ledger.attribute_ensured(conn, self.name, key):
+                return
+        await self.destination.prepare(self.sender, key)
+        ledger.record_attribute(self.engine, self.name, key)
+
+    async def _send_all(self, key: str, pair: PairReport, needs_email: bool) -> None:
+        for enters in (True, False):
+            after = ""
+            while not self.sender.interrupted():
+                with self.engine.connect() as conn:
+                    page: list[Change] = (
+                        ledger.enters_page(conn, key, self.name, needs_email, after, PAGE_SIZE)
+                        if enters else ledger.leaves_page(conn, key, self.name, after, PAGE_SIZE)
+                    )
+                if not page:
+                    break
+                after = page[-1].subject
+                ledger.mark_in_flight(self.engine, key, self.name, page)
+                outcomes = await asyncio.gather(*(self._send(key, change) for change in page))
+                ledger.record_outcomes(self.engine, key, self.name, outcomes)
+                ledger.renew_lease(self.engine, self.lease)
+                _tally(pair, outcomes)
+
+    async def _send(self, key: str, change: Change) -> Outcome:
+        message = identify(change, key, self.name, self.destination.integration, self.snapshot_at)
+        size = size_of(message)
+        if size > MAX_MESSAGE_BYTES:
+            return Outcome(change.subject, change.value, rejected=True,
+                           error=f"message is {size} bytes, over the 32 KB limit: not sent")
+        result = await self.sender.call(self.destination.request(message, key))
+        return Outcome(
+            subject=change.subject, value=change.value, acked=result.verdict is Verdict.ACK,
+            attempts=result.attempts, rejected=result.verdict is Verdict.REJECT,
+            uncertain=result.uncertain, status=result.status, error=result.error,
+        )
+
+
+def _tally(pair: PairReport, outcomes: Sequence[Outcome]) -> None:
+    for outcome in outcomes:
+        pair.sent += outcome.attempts > 0
+        pair.acknowledged += outcome.acked
+        pair.failed += outcome.rejected
+        if outcome.rejected and pair.message is None:
+            pair.message = f"{outcome.subject}: {outcome.error}"
+
+
+def _interrupted(sender: Sender) -> str | None:
+    if sender.stop_event is not None and sender.stop_event.is_set():
+        return "stopped by signal; the rest waits for the next run"
+    return None
+
+
+def summary_lines(report: RunReport) -> list[str]:
+    """One human line per destination, then one per audience that failed."""
+    lines = []
+    by_destination: dict[str, list[PairReport]] = {}
+    for pair in report.pairs:
+        by_destination.setdefault(pair.destination, []).append(pair)
+    for name, pairs in by_destination.items():
+        def total(attr: str, pairs: list[PairReport] = pairs) -> int:
+            return sum(int(getattr(p, attr)) for p in pairs)
+        bad = [p for p in pairs if p.outcome != "ok"]
+        verdict = "ok" if not bad else "; ".join(
+            f"{p.audience_key}: {p.outcome}" + (f" ({p.message})" if p.message else "") for p in bad
+        )
+        lines.append(
+            f"{name}: {len(pairs)} audience(s), {total('entered')} entered, {total('left')} left, "
+            f"{total('sent')} sent, {total('acknowledged')} acknowledged, "
+            f"{total('skipped')} skipped (no email), {total('failed')} failed, "
+            f"{total('pending')} pending: {verdict}"
+        )
+    return lines

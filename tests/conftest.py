@@ -1,0 +1,182 @@
+"""Shared fixtures: real state databases (SQLite always, PostgreSQL when available),
+a real SQLite source database, and real HTTP stand-ins of Nat and User.com on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from syncd.config import Config, load_config
+from syncd.delivery import RetryPolicy
+from syncd.standins import NatStandIn, UserComStandIn
+from syncd.sync import Options, RunReport, open_state, run_once
+
+NAT_KEY = "nat-test-key-SECRET-1f2e3d"
+USERCOM_KEY = "usercom-test-key-SECRET-9a8b7c"
+KEYS_ENV = {"NAT_API_KEY": NAT_KEY, "USERCOM_API_KEY": USERCOM_KEY}
+FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, set_aside_after=3)
+POSTGRES_URL = os.environ.get("SYNCD_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty state database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("PostgreSQL state tests need SYNCD_TEST_POSTGRES_URL (e.g. "
+                    "postgresql+psycopg://postgres@127.0.0.1:5432/test); .ci/run sets it")
+    yield from _fresh_postgres_database(POSTGRES_URL)
+
+
+def _fresh_postgres_database(server_url: str) -> Iterator[str]:
+    name = f"syncd_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+class Shop:
+    """A real SQLite source database with a `customers` table."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        with self.connect() as db:
+            db.execute("CREATE TABLE customers (id TEXT, anon TEXT, email TEXT, url TEXT, plan TEXT, "
+                       "last_order_at TEXT)")
+
+    def connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path)
+
+    def set(self, *rows: tuple[Any, ...]) -> None:
+        """Replace the customers: (id, email) or (id, email, last_order_at) or full rows."""
+        with self.connect() as db:
+            db.execute("DELETE FROM customers")
+            for row in rows:
+                full = _customer(*row)
+                db.execute("INSERT INTO customers VALUES (?, ?, ?, ?, ?, ?)", full)
+
+    def members(self, *ids: str, domain: str = "example.com") -> None:
+        self.set(*((i, f"{i}@{domain}") for i in ids))
+
+
+def _customer(cid: Any, email: Any = None, last_order_at: Any = "2026-11-20 10:00:00",
+              anon: Any = None, url: Any = None, plan: Any = "pro") -> tuple[Any, ...]:
+    return (cid, anon, email, url, plan, last_order_at)
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Shop:
+    return Shop(tmp_path / "shop.db")
+
+
+@pytest.fixture
+def nat() -> Iterator[NatStandIn]:
+    with NatStandIn(NAT_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def usercom() -> Iterator[UserComStandIn]:
+    with UserComStandIn(USERCOM_KEY) as server:
+        yield server
+
+
+ALL_QUERY = "SELECT id AS user_id, anon AS anonymous_id, email, url, plan FROM customers"
+
+
+@dataclass
+class Env:
+    """Everything a sync test needs: config writer, runner, servers, shop."""
+
+    tmp_path: Path
+    state_url: str
+    shop: Shop
+    nat: NatStandIn
+    usercom: UserComStandIn
+
+    def write_config(self, audiences: str | None = None, extra: str = "", nat_key_env: str = "NAT_API_KEY",
+                     nat_endpoint: str | None = None) -> Path:
+        audiences = audiences if audiences is not None else audience_toml("Buyers", ["nat", "usercom"])
+        body = textwrap.dedent(f"""
+            [state]
+            url = "{self.state_url}"
+
+            [sources.shop]
+            url = "{self.shop.url}"
+
+            [destinations.nat]
+            type = "nat"
+            endpoint = "{nat_endpoint or self.nat.url + '/segment'}"
+            api_key_env = "{nat_key_env}"
+            timeout = "2s"
+
+            [destinations.usercom]
+            type = "usercom"
+            base_url = "{self.usercom.url}/api/public/"
+            api_key_env = "USERCOM_API_KEY"
+            timeout = "2s"
+        """) + extra + audiences
+        path = self.tmp_path / "config.toml"
+        path.write_text(body)
+        return path
+
+    def config(self, keys: dict[str, str] | None = None, **kwargs: Any) -> Config:
+        return load_config(self.write_config(**kwargs), {**KEYS_ENV, **(keys or {})})
+
+    def run(self, config: Config | None = None, policy: RetryPolicy = FAST) -> RunReport:
+        config = config or self.config()
+        engine = open_state(config)
+        try:
+            return run_once(config, Options(policy=policy), engine=engine)
+        finally:
+            engine.dispose()
+
+    def cli(self, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, cwd=self.tmp_path, env=env, timeout=timeout)
+
+
+def audience_toml(name: str, destinations: list[str], query: str = ALL_QUERY, key: str | None = None) -> str:
+    key_line = f'key = "{key}"\n' if key else ""
+    quoted = ", ".join(f'"{d}"' for d in destinations)
+    return (f'\n[[audiences]]\nname = "{name}"\n{key_line}source = "shop"\n'
+            f'destinations = [{quoted}]\nquery = """\n{query}\n"""\n')
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **KEYS_ENV, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "syncd", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def env(tmp_path: Path, state_url: str, shop: Shop, nat: NatStandIn, usercom: UserComStandIn) -> Env:
+    return Env(tmp_path, state_url, shop, nat, usercom)
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path, shop: Shop, nat: NatStandIn, usercom: UserComStandIn) -> Env:
+    """For tests whose point is not the state backend."""
+    return Env(tmp_path, f"sqlite:///{tmp_path / 'state.db'}", shop, nat, usercom)

@@ -1,0 +1,150 @@
+"""config.toml: what is accepted, and every mistake exits 2 with one line naming
+file, key path and problem, before any database or network is touched."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from conftest import KEYS_ENV, run_cli
+
+from syncd.config import ConfigError, load_config, parse_duration
+from syncd.keys import audience_key
+
+GOOD = """
+[state]
+url = "sqlite:///state.db"
+
+[schedule]
+interval = "2h"
+jitter = "1h"
+
+[sources.shop]
+url = "sqlite:///shop.db"
+
+[destinations.nat]
+type = "nat"
+endpoint = "https://nat.example/segment"
+api_key_env = "NAT_API_KEY"
+
+[destinations.usercom]
+type = "usercom"
+base_url = "https://myapp.user.com/api/public"
+api_key_env = "USERCOM_API_KEY"
+rate_limit = 20
+concurrency = 4
+timeout = "15s"
+
+[[audiences]]
+name = "Order Completed Last 30 Days"
+source = "shop"
+destinations = ["nat", "usercom"]
+query = "SELECT id AS user_id, email FROM customers"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_good_config_loads_into_frozen_objects(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), KEYS_ENV)
+    assert config.schedule.interval == timedelta(hours=2)
+    assert config.audiences[0].key == "order_completed_last_30_days"
+    usercom = config.destinations["usercom"]
+    assert usercom.url == "https://myapp.user.com/api/public/"  # trailing slash added
+    assert (usercom.rate_limit, usercom.concurrency, usercom.timeout) == (20.0, 4, 15.0)
+    assert usercom.api_key.reveal() == KEYS_ENV["USERCOM_API_KEY"]
+    assert KEYS_ENV["USERCOM_API_KEY"] not in repr(config)
+
+
+def test_api_key_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "nat.key"
+    key_file.write_text("file-key\n")
+    text = GOOD.replace('api_key_env = "NAT_API_KEY"', f'api_key_file = "{key_file}"')
+    config = load_config(write(tmp_path, text), KEYS_ENV)
+    assert config.destinations["nat"].api_key.reveal() == "file-key"
+
+
+@pytest.mark.parametrize(("name", "key"), [
+    ("Order Completed Last 30 Days", "order_completed_last_30_days"),
+    ("High-Value Users (EU)", "high_value_users_eu"),
+    ("OrderCompletedLast30Days", "order_completed_last30_days"),
+])
+def test_audience_key_is_the_snake_cased_name(name: str, key: str) -> None:
+    assert audience_key(name) == key
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("90s", timedelta(seconds=90)), ("15m", timedelta(minutes=15)), ("2h", timedelta(hours=2)),
+    ("1h30m", timedelta(hours=1, minutes=30)), ("1d", timedelta(days=1)),
+])
+def test_durations(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+MISTAKES = [
+    ("malformed TOML", ("[state", ""), "", "malformed TOML"),
+    ("unknown top-level key", ("[state]", "colour = 1\n[state]"), "colour", "unknown key"),
+    ("unknown nested key", ('type = "nat"', 'type = "nat"\nendpiont = "x"'),
+     "destinations.nat.endpiont", "unknown key"),
+    ("missing source", ('source = "shop"', 'source = "warehouse"'),
+     "audiences[0] (Order Completed Last 30 Days).source", "no [sources.warehouse]"),
+    ("unknown destination", ('destinations = ["nat", "usercom"]', 'destinations = ["nat", "hubspot"]'),
+     "audiences[0] (Order Completed Last 30 Days).destinations", "no [destinations.hubspot]"),
+    ("bad duration", ('interval = "2h"', 'interval = "2 hours"'), "schedule.interval", "not a duration"),
+    ("missing secret variable", ('api_key_env = "NAT_API_KEY"', 'api_key_env = "NO_SUCH_VAR"'),
+     "destinations.nat.api_key_env", "environment variable NO_SUCH_VAR is not set"),
+    ("missing secret file", ('api_key_env = "NAT_API_KEY"', 'api_key_file = "/nonexistent/nat.key"'),
+     "destinations.nat.api_key_file", "cannot read /nonexistent/nat.key"),
+    ("unknown destination type", ('type = "nat"', 'type = "hubspot"'), "destinations.nat.type", "unknown type"),
+    ("endpoint not a URL", ('endpoint = "https://nat.example/segment"', 'endpoint = "nat.example"'),
+     "destinations.nat.endpoint", "not an http(s) URL"),
+    ("wrong type", ("concurrency = 4", 'concurrency = "four"'), "destinations.usercom.concurrency",
+     "must be int"),
+    ("bad state URL", ('url = "sqlite:///state.db"', 'url = "not a url"'), "state.url", "not a database URL"),
+]
+
+
+@pytest.mark.parametrize(("label", "edit", "key", "problem"), MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_config_mistakes_exit_2_with_one_line_before_any_io(
+    tmp_path: Path, label: str, edit: tuple[str, str], key: str, problem: str
+) -> None:
+    old, new = edit
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, KEYS_ENV)
+    assert info.value.key == key and problem in info.value.problem
+
+    result = run_cli("run-once", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"syncd: {path}: ")
+    assert problem in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "state.db").exists()  # nothing touched
+
+
+def test_duplicate_audience_key(tmp_path: Path) -> None:
+    text = GOOD + textwrap.dedent("""
+        [[audiences]]
+        name = "Order completed last 30 days"
+        source = "shop"
+        destinations = ["nat"]
+        query = "SELECT 1 AS user_id"
+    """)
+    with pytest.raises(ConfigError, match="'order_completed_last_30_days' is already used"):
+        load_config(write(tmp_path, text), KEYS_ENV)
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    result = run_cli("status", "--config", str(tmp_path / "nope.toml"), cwd=tmp_path)
+    assert result.returncode == 2 and "file not found" in result.stderr
+
+
+def test_usage_error_exits_2(tmp_path: Path) -> None:
+    assert run_cli("frobnicate", cwd=tmp_path).returncode == 2
