@@ -40,6 +40,9 @@ def run_migrations_online() -> None:
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Several daemons may start at once on one shared ledger: migrate one at a time.
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727465)")
             context.run_migrations()
         connection.commit()
 

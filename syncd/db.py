@@ -30,10 +30,6 @@ def create_state_engine(url: str) -> Engine:
     return engine
 
 
-def create_source_engine(url: str) -> Engine:
-    return create_engine(url, pool_pre_ping=True)
-
-
 def migrations_dir() -> Path:
     """`migrations/` beside the package in a checkout, or shipped inside the wheel."""
     here = Path(__file__).resolve().parent

@@ -153,6 +153,7 @@ class Sender:
     stop_event: threading.Event | None = None
     transport: httpx.AsyncBaseTransport | None = None
     stopped: str | None = None  # why the destination is out for the rest of the run
+    refused: bool = False  # ...because it refused the key (401/403)
     requests: int = 0
     _consecutive_exhausted: int = 0
 
@@ -178,9 +179,10 @@ class Sender:
         last, uncertain = Result(None), False
         for attempt in range(1, self.policy.attempts + 1):
             await self.pacer.wait()
-            if self.interrupted():
+            attempted = await self._attempt(request, attempt)
+            if attempted is None:  # stopped or set aside while this one waited its turn
                 break
-            last, wait = await self._attempt(request, attempt)
+            last, wait = attempted
             uncertain = uncertain or last.uncertain
             if last.verdict is Verdict.ACK:
                 self._consecutive_exhausted = 0
@@ -198,8 +200,10 @@ class Sender:
             self.stopped = (f"set aside for this run after {self._consecutive_exhausted} changes in a "
                             f"row failed {self.policy.attempts} times (last: {last.error})")
 
-    async def _attempt(self, request: Request, attempt: int) -> tuple[Result, float]:
+    async def _attempt(self, request: Request, attempt: int) -> tuple[Result, float] | None:
         async with self.semaphore:
+            if self.interrupted():
+                return None
             self.requests += 1
             try:
                 response = await self.client.request(request.method, request.url, json=request.body)
@@ -215,8 +219,8 @@ class Sender:
                 body = None
             return Result(verdict, attempt, response.status_code, body=body), 0.0
         result = Result(verdict, attempt, response.status_code, reason_of(response))
-        if verdict is Verdict.STOP and self.stopped is None:
-            self.stopped = f"{self.name} refused the API key ({result.error})"
+        if verdict is Verdict.STOP and not self.refused:
+            self.stopped, self.refused = f"{self.name} refused the API key ({result.error})", True
         wait = self.policy.backoff(attempt)
         if verdict is Verdict.RETRY:
             retry_after = retry_after_seconds(response)

@@ -134,7 +134,8 @@ def _show(nat: NatStandIn, usercom: UserComStandIn) -> None:
 
 
 def _show_increment(nat: NatStandIn, usercom: UserComStandIn, nat_before: int, usercom_before: int) -> None:
-    for label, calls in (("Nat", nat.accepted()[nat_before:]), ("User.com", usercom.accepted()[usercom_before:])):
+    news = (("Nat", nat.accepted()[nat_before:]), ("User.com", usercom.accepted()[usercom_before:]))
+    for label, calls in news:
         print(f"   {label} received {len(calls)} calls in this run:")
         for call in calls:
             traits = call.get("traits", call)

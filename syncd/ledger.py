@@ -424,9 +424,9 @@ def acquire_lease(engine: Engine, name: str = "run", ttl: timedelta = timedelta(
     values = {"name": name, "holder": holder, "host": host, "pid": pid,
               "acquired_at": at, "expires_at": at + ttl}
     with engine.begin() as conn:
-        inserted = conn.execute(_upsert(conn, LEASE).on_conflict_do_nothing(), values).rowcount
-        if inserted != 1:
-            current = conn.execute(select(LEASE).where(LEASE.c.name == name)).one()
+        conn.execute(_upsert(conn, LEASE).on_conflict_do_nothing(), values)
+        current = conn.execute(select(LEASE).where(LEASE.c.name == name)).one()
+        if current.holder != holder:
             if not _is_stale(current, host, at):
                 since = current.acquired_at.strftime("%Y-%m-%d %H:%M:%SZ")
                 raise RunInProgress(

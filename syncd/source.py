@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.plan import SnapshotRow
@@ -19,6 +21,18 @@ _NOW_PARAM = re.compile(r"(?<![:\w]):now\b")
 
 class SourceError(Exception):
     """The audience's query could not be run: this audience fails, the others go on."""
+
+
+def open_source(url: str) -> Engine:
+    """An engine for a source database; a missing SQLite file is an error, not a new empty file."""
+    parsed = make_url(url)
+    is_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+    if is_file and not Path(str(parsed.database)).is_file():
+        raise SourceError(f"source database file {parsed.database} does not exist")
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except (ImportError, SQLAlchemyError) as exc:
+        raise SourceError(f"cannot open the source database: {exc}") from None
 
 
 def now_param(snapshot_at: datetime) -> str:

@@ -18,13 +18,13 @@ from sqlalchemy import Engine
 
 from syncd import ledger
 from syncd.config import AudienceConfig, Config, DestinationConfig
-from syncd.db import create_source_engine, create_state_engine, migrate
+from syncd.db import create_state_engine, migrate
 from syncd.delivery import RetryPolicy, Sender, Verdict
 from syncd.destinations import Destination, DestinationError, make_destination
 from syncd.identify import identify, size_of
 from syncd.ledger import Outcome, SnapshotCounts
 from syncd.plan import Change
-from syncd.source import SourceError, stream_members
+from syncd.source import SourceError, open_source, stream_members
 
 log = logging.getLogger("syncd")
 
@@ -130,23 +130,24 @@ def _run(config: Config, options: Options, engine: Engine, lease: ledger.LeaseHa
         ledger.record_result(engine, report.run_id, asdict(pair))
     ledger.finish_run(engine, report.run_id, report.outcome)
     for line in summary_lines(report):
-        log.info("%s", line)
+        log.log(logging.INFO if line.endswith(": ok") else logging.WARNING, "%s", line)
     return report
 
 
 def _snapshot(config: Config, engine: Engine, report: RunReport, audience: AudienceConfig) -> None:
-    source = create_source_engine(config.sources[audience.source].url)
-    error = None
+    counts, error = SnapshotCounts(), None
     try:
-        counts = ledger.replace_members(
-            engine, audience.key, stream_members(source, audience.query, report.snapshot_at)
-        )
+        source = open_source(config.sources[audience.source].url)
+        try:
+            counts = ledger.replace_members(
+                engine, audience.key, stream_members(source, audience.query, report.snapshot_at)
+            )
+        finally:
+            source.dispose()
     except SourceError as exc:
-        counts, error = SnapshotCounts(), f"query failed on source {audience.source!r}: {exc}"
+        error = f"query failed on source {audience.source!r}: {exc}"
         report.audience_errors[audience.key] = error
         log.error("audience %s: %s", audience.key, error)
-    finally:
-        source.dispose()
     report.audiences[audience.key] = counts
     ledger.record_audience(engine, report.run_id, audience.key, counts, error)
     if error is None:
@@ -201,8 +202,8 @@ class _Delivery:
                 pair.message = str(exc)
         pair.pending = work - pair.acknowledged
         if pair.pending:
-            pair.outcome = "stopped" if self.sender.stopped else "undelivered"
-            pair.message = pair.message or self.sender.stopped or _interrupted(self.sender)
+            pair.outcome = "stopped" if self.sender.refused else "undelivered"
+            pair.message = self.sender.stopped or pair.message or _interrupted(self.sender)
         return pair
 
     async def _prepare(self, key: str) -> None:
@@ -249,8 +250,8 @@ def _tally(pair: PairReport, outcomes: Sequence[Outcome]) -> None:
         pair.sent += outcome.attempts > 0
         pair.acknowledged += outcome.acked
         pair.failed += outcome.rejected
-        if outcome.rejected and pair.message is None:
-            pair.message = f"{outcome.subject}: {outcome.error}"
+        if not outcome.acked and outcome.error and pair.message is None:
+            pair.message = f"{outcome.subject}: {outcome.error}" if outcome.rejected else outcome.error
 
 
 def _interrupted(sender: Sender) -> str | None:

@@ -8,10 +8,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import KEYS_ENV, run_cli
 
 from syncd.config import ConfigError, load_config, parse_duration
 from syncd.keys import audience_key
+
+from conftest import KEYS_ENV, run_cli
 
 GOOD = """
 [state]
@@ -101,7 +102,8 @@ MISTAKES = [
      "destinations.nat.api_key_env", "environment variable NO_SUCH_VAR is not set"),
     ("missing secret file", ('api_key_env = "NAT_API_KEY"', 'api_key_file = "/nonexistent/nat.key"'),
      "destinations.nat.api_key_file", "cannot read /nonexistent/nat.key"),
-    ("unknown destination type", ('type = "nat"', 'type = "hubspot"'), "destinations.nat.type", "unknown type"),
+    ("unknown destination type", ('type = "nat"', 'type = "hubspot"'), "destinations.nat.type",
+     "unknown type"),
     ("endpoint not a URL", ('endpoint = "https://nat.example/segment"', 'endpoint = "nat.example"'),
      "destinations.nat.endpoint", "not an http(s) URL"),
     ("wrong type", ("concurrency = 4", 'concurrency = "four"'), "destinations.usercom.concurrency",

@@ -1,0 +1,115 @@
+"""The commands as users and systemd run them: real processes, real servers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from syncd import ledger
+from syncd.db import create_state_engine, migrate
+
+from conftest import KEYS_ENV, NAT_KEY, USERCOM_KEY, Env
+
+
+def _no_secrets(*texts: str) -> None:
+    for text in texts:
+        assert NAT_KEY not in text and USERCOM_KEY not in text
+
+
+def test_run_once_exit_0_when_everything_is_delivered(sqlite_env: Env) -> None:
+    sqlite_env.shop.members("u1", "u2")
+    path = sqlite_env.write_config()
+    result = sqlite_env.cli("run-once", "--config", str(path))
+
+    assert result.returncode == 0, result.stderr
+    summary = [line for line in result.stderr.splitlines() if line.startswith("INFO nat:")]
+    assert summary == ["INFO nat: 1 audience(s), 2 entered, 0 left, 2 sent, 2 acknowledged, "
+                       "0 skipped (no email), 0 failed, 0 pending: ok"]
+    _no_secrets(result.stdout, result.stderr)
+
+
+def test_run_once_exit_1_when_something_waits_for_the_next_run(sqlite_env: Env) -> None:
+    sqlite_env.shop.members("u1")
+    sqlite_env.nat.down = True
+    path = sqlite_env.write_config()
+    result = sqlite_env.cli("run-once", "--config", str(path))
+
+    assert result.returncode == 1
+    assert "1 pending" in result.stderr and "HTTP 503" in result.stderr
+    assert "Traceback" not in result.stderr
+    _no_secrets(result.stdout, result.stderr)
+
+
+def test_status_human_and_json(sqlite_env: Env) -> None:
+    sqlite_env.shop.members("u1", "u2")
+    path = sqlite_env.write_config()
+    sqlite_env.cli("run-once", "--config", str(path))
+    sqlite_env.shop.members("u2", "u3")  # one enter, one leave not yet sent
+
+    human = sqlite_env.cli("status", "--config", str(path))
+    assert human.returncode == 0
+    assert human.stdout.splitlines()[0].split() == [
+        "audience", "destination", "members", "acknowledged", "pending", "failed", "last_run", "last_outcome",
+    ]
+    rows = json.loads(sqlite_env.cli("status", "--json", "--config", str(path)).stdout)
+    nat = next(r for r in rows if r["destination"] == "nat")
+    # status reads the last snapshot: the shop changed after it, so nothing is pending yet.
+    assert (nat["members"], nat["acknowledged"], nat["pending"], nat["last_outcome"]) == (2, 2, 0, "ok")
+    _no_secrets(human.stdout, human.stderr)
+
+
+def test_migrate_creates_the_schema(sqlite_env: Env) -> None:
+    path = sqlite_env.write_config()
+    result = sqlite_env.cli("migrate", "--config", str(path))
+    assert result.returncode == 0
+    assert (sqlite_env.tmp_path / "state.db").exists()
+
+
+def test_second_run_while_one_holds_the_lease_says_which(sqlite_env: Env) -> None:
+    sqlite_env.shop.members("u1")
+    path = sqlite_env.write_config()
+    engine = create_state_engine(sqlite_env.state_url)
+    migrate(engine)
+    lease = ledger.acquire_lease(engine)
+    try:
+        result = sqlite_env.cli("run-once", "--config", str(path))
+    finally:
+        ledger.release_lease(engine, lease)
+        engine.dispose()
+    assert result.returncode == 1
+    assert "another run is in progress" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sqlite_env.nat.requests == 0
+
+
+def test_daemon_runs_at_start_and_stops_cleanly_on_sigterm(sqlite_env: Env) -> None:
+    sqlite_env.shop.members("u1", "u2", "u3")
+    path = sqlite_env.write_config()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "run", "--config", str(path)],
+        cwd=sqlite_env.tmp_path, env={**_env(), **KEYS_ENV},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(sqlite_env.nat.accepted()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(sqlite_env.nat.accepted()) == 3
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "received SIGTERM" in stderr and "syncd stopped" in stderr
+    assert "Traceback" not in stderr
+    _no_secrets(stderr)
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
