@@ -19,7 +19,7 @@ test: venv  ## the test suite (PostgreSQL tests run when SYNCD_TEST_POSTGRES_URL
 	$(BIN)/pytest -q
 
 lint: venv
-	$(BIN)/ruff check syncd tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 clean:
