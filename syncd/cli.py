@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -13,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncd import __version__
 from syncd.config import Config, ConfigError, default_config_path, load_config
 from syncd.ledger import RunInProgress
+from syncd.signals import stop_on_signals
 
 log = logging.getLogger("syncd")
 
@@ -70,7 +72,9 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         scheduler.serve(config)
         return 0
     if args.command == "run-once":
-        return sync.run_once(config).exit_code
+        stop = threading.Event()
+        stop_on_signals(stop)
+        return sync.run_once(config, sync.Options(stop_event=stop)).exit_code
     engine = sync.open_state(config)
     try:
         if args.command == "migrate":

@@ -152,6 +152,7 @@ class Sender:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     stop_event: threading.Event | None = None
     transport: httpx.AsyncBaseTransport | None = None
+    secrets: tuple[str, ...] = ()  # never let these into an error text
     stopped: str | None = None  # why the destination is out for the rest of the run
     refused: bool = False  # ...because it refused the key (401/403)
     requests: int = 0
@@ -194,6 +195,11 @@ class Sender:
             self._give_up(last)
         return replace(last, uncertain=uncertain)
 
+    def _redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def _give_up(self, last: Result) -> None:
         self._consecutive_exhausted += 1
         if self._consecutive_exhausted >= self.policy.set_aside_after and self.stopped is None:
@@ -208,7 +214,7 @@ class Sender:
             try:
                 response = await self.client.request(request.method, request.url, json=request.body)
             except httpx.HTTPError as exc:
-                error = _describe(exc)
+                error = self._redact(_describe(exc))
                 result = Result(Verdict.RETRY, attempt, None, error, isinstance(exc, _UNCERTAIN))
                 return result, self.policy.backoff(attempt)
         verdict = classify(response.status_code)
@@ -218,7 +224,7 @@ class Sender:
             except ValueError:
                 body = None
             return Result(verdict, attempt, response.status_code, body=body), 0.0
-        result = Result(verdict, attempt, response.status_code, reason_of(response))
+        result = Result(verdict, attempt, response.status_code, self._redact(reason_of(response)))
         if verdict is Verdict.STOP and not self.refused:
             self.stopped, self.refused = f"{self.name} refused the API key ({result.error})", True
         wait = self.policy.backoff(attempt)

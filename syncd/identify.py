@@ -11,6 +11,8 @@ from typing import Any
 from syncd import __version__
 from syncd.plan import Change
 
+MAX_MESSAGE_BYTES = 32 * 1024  # Segment's limit for one call
+
 
 def iso_millis(moment: datetime) -> str:
     """2026-11-22T09:00:00.000Z"""

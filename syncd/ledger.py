@@ -11,7 +11,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,39 +64,41 @@ def _upsert(conn: Connection, table: Any) -> Any:
 
 @dataclass
 class SnapshotCounts:
-    rows: int = 0
+    rows: int = 0  # rows the query returned
     members: int = 0
-    no_identifier: int = 0
-    duplicates: int = 0
+    no_identifier: int = 0  # skipped: no usable user_id / anonymous_id
+    too_large: int = 0  # skipped: the Identify would exceed 32 KB
+    duplicates: int = 0  # skipped: identifier already seen (the first row wins)
+    invalid_email: int = 0  # kept, without the email (Nat skips them)
+
+    @property
+    def skipped(self) -> int:
+        return self.no_identifier + self.too_large + self.duplicates
 
 
-def replace_members(engine: Engine, audience_key: str, rows: Iterable[SnapshotRow | None]) -> SnapshotCounts:
+def replace_members(engine: Engine, audience_key: str, rows: Iterable[SnapshotRow],
+                    counts: SnapshotCounts) -> SnapshotCounts:
     """Replace an audience's members with a fresh snapshot, in one transaction.
 
-    `rows` yields a SnapshotRow per valid row and None per row without an
-    identifier. Later rows with an identifier already seen are duplicates: the
-    first one wins. If the iterator raises, the previous snapshot stays.
+    `rows` are the usable rows (the source counts the unusable ones in `counts`).
+    A later row with an identifier already seen is a duplicate: the first one
+    wins. If the iterator raises, the previous snapshot stays.
     """
-    counts = SnapshotCounts()
+    fed = 0
     with engine.begin() as conn:
         conn.execute(delete(M).where(M.c.audience_key == audience_key))
         stmt = _upsert(conn, M).on_conflict_do_nothing()
         batch: list[dict[str, Any]] = []
         for row in rows:
-            counts.rows += 1
-            if row is None:
-                counts.no_identifier += 1
-                continue
+            fed += 1
             batch.append(row.as_member(audience_key))
             if len(batch) >= INSERT_BATCH:
                 conn.execute(stmt, batch)
                 batch = []
         if batch:
             conn.execute(stmt, batch)
-        counts.members = conn.scalar(
-            select(func.count()).select_from(M).where(M.c.audience_key == audience_key)
-        ) or 0
-    counts.duplicates = counts.rows - counts.no_identifier - counts.members
+        counts.members = member_count(conn, audience_key)
+    counts.duplicates = fed - counts.members
     return counts
 
 
@@ -347,8 +349,7 @@ def record_audience(engine: Engine, run_id: int, audience_key: str, counts: Snap
                     error: str | None) -> None:
     with engine.begin() as conn:
         conn.execute(insert(RUN_AUDIENCE).values(
-            run_id=run_id, audience_key=audience_key, rows=counts.rows, members=counts.members,
-            no_identifier=counts.no_identifier, duplicates=counts.duplicates, error=error,
+            run_id=run_id, audience_key=audience_key, error=error, **asdict(counts)
         ))
 
 
@@ -417,7 +418,10 @@ class LeaseHandle:
     ttl: timedelta
 
 
-def acquire_lease(engine: Engine, name: str = "run", ttl: timedelta = timedelta(minutes=10)) -> LeaseHandle:
+LEASE_TTL = timedelta(minutes=5)
+
+
+def acquire_lease(engine: Engine, name: str = "run", ttl: timedelta = LEASE_TTL) -> LeaseHandle:
     host, pid = socket.gethostname(), os.getpid()
     holder = f"{host}:{pid}:{uuid.uuid4().hex[:8]}"
     at = now()
@@ -459,10 +463,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def renew_lease(engine: Engine, lease: LeaseHandle) -> None:
+def renew_lease(engine: Engine, lease: LeaseHandle) -> bool:
+    """Extend our lease; False if it is no longer ours (it expired and was taken over)."""
     with engine.begin() as conn:
-        conn.execute(update(LEASE).where(LEASE.c.name == lease.name, LEASE.c.holder == lease.holder)
-                     .values(expires_at=now() + lease.ttl))
+        result = conn.execute(
+            update(LEASE).where(LEASE.c.name == lease.name, LEASE.c.holder == lease.holder)
+            .values(expires_at=now() + lease.ttl)
+        )
+        return result.rowcount == 1
 
 
 def release_lease(engine: Engine, lease: LeaseHandle) -> None:

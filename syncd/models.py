@@ -102,7 +102,9 @@ class RunAudience(SQLModel, table=True):
     rows: int = 0
     members: int = 0
     no_identifier: int = 0
+    too_large: int = 0
     duplicates: int = 0
+    invalid_email: int = 0
     error: str | None = None
 
 

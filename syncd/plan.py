@@ -35,6 +35,10 @@ class SnapshotRow:
         assert subject is not None, "a SnapshotRow always has an identifier"
         return subject
 
+    def approximate_size(self) -> int:
+        parts = (self.user_id, self.anonymous_id, self.email, self.url)
+        return sum(len(p) for p in parts if p) + sum(len(str(v)) + len(k) for k, v in self.traits.items())
+
     def as_member(self, audience_key: str) -> dict[str, Any]:
         return {
             "audience_key": audience_key,

@@ -8,10 +8,8 @@ recorded before the process exits.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from datetime import UTC, datetime, timedelta
-from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -19,6 +17,7 @@ from sqlalchemy import Engine
 
 from syncd import ledger
 from syncd.config import Config, ScheduleConfig
+from syncd.signals import stop_on_signals
 from syncd.sync import Options, open_state, run_once
 
 log = logging.getLogger("syncd")
@@ -47,7 +46,7 @@ def serve(config: Config, stop_event: threading.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or until stop_event is set)."""
     stop = stop_event or threading.Event()
     engine = open_state(config)
-    _install_signal_handlers(stop)
+    stop_on_signals(stop)
     scheduler = BackgroundScheduler(timezone=UTC)
     now = datetime.now(UTC)
     first = first_run_time(config.schedule, _last_start(engine), now)
@@ -62,7 +61,6 @@ def serve(config: Config, stop_event: threading.Event | None = None) -> None:
     try:
         stop.wait()
     finally:
-        log.info("stopping: finishing the page in flight")
         scheduler.shutdown(wait=True)
         engine.dispose()
         log.info("syncd stopped")
@@ -81,18 +79,6 @@ def _last_start(engine: Engine) -> datetime | None:
     with engine.connect() as conn:
         run = ledger.last_run(conn)
     return run.started_at if run is not None else None
-
-
-def _install_signal_handlers(stop: threading.Event) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
 
 
 def _fmt(delta: timedelta) -> str:

@@ -90,6 +90,9 @@ class StandIn:
         self.down = False
         self.delay = 0.0
         self.rate_limit: float | None = None
+        # Called with the number of accepted calls after each one is applied and before
+        # it is answered: tests use it to kill the client between our 2xx and its commit.
+        self.after_accept: Callable[[int], None] | None = None
         self.reset()
 
     @property
@@ -138,10 +141,10 @@ class StandIn:
         with self._lock:
             self.requests += 1
             fault = self._faults.pop(0) if self._faults else None
-        self._sleep(self.delay + (fault.delay if fault else 0.0))
         if self.down:
             return 503, "<html><body>Service Unavailable</body></html>", {}
         if fault is not None:
+            self._sleep(fault.delay)
             extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             return fault.status, fault.body, extra
         if self.rate_limit and not self._take_token():
@@ -150,7 +153,11 @@ class StandIn:
             body = json.loads(raw) if raw else None
         except ValueError:
             return 400, {"error": "body is not JSON"}, {}
-        return self.route(method, path, headers, body)
+        reply = self.route(method, path, headers, body)
+        # A slow server applies the change, then answers late: a client that times out
+        # cannot know the change was applied (the "uncertain" case).
+        self._sleep(self.delay)
+        return reply
 
     def route(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
         raise NotImplementedError
@@ -176,6 +183,9 @@ class StandIn:
     def _accept(self, body: dict[str, Any]) -> None:
         with self._lock:
             self.received.append(body)
+            count = len(self.received)
+        if self.after_accept is not None:
+            self.after_accept(count)
 
 
 class NatStandIn(StandIn):

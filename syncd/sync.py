@@ -10,18 +10,19 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 
 import httpx
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import ledger
 from syncd.config import AudienceConfig, Config, DestinationConfig
 from syncd.db import create_state_engine, migrate
 from syncd.delivery import RetryPolicy, Sender, Verdict
 from syncd.destinations import Destination, DestinationError, make_destination
-from syncd.identify import identify, size_of
+from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
 from syncd.ledger import Outcome, SnapshotCounts
 from syncd.plan import Change
 from syncd.source import SourceError, open_source, stream_members
@@ -29,7 +30,6 @@ from syncd.source import SourceError, open_source, stream_members
 log = logging.getLogger("syncd")
 
 PAGE_SIZE = 500
-MAX_MESSAGE_BYTES = 32 * 1024  # Segment's limit for one call
 
 
 @dataclass
@@ -94,20 +94,50 @@ def open_state(config: Config) -> Engine:
 def run_once(config: Config, options: Options | None = None, engine: Engine | None = None) -> RunReport:
     """One sync of every audience to every destination; RunInProgress if another run holds the lease."""
     options = options or Options()
+    if options.stop_event is None:  # the lease keeper must be able to stop the run
+        options = replace(options, stop_event=threading.Event())
     own_engine = engine is None
     engine = engine or open_state(config)
     try:
         lease = ledger.acquire_lease(engine)
+        keeper = _LeaseKeeper(engine, lease, options.stop_event)
+        keeper.start()
         try:
-            return _run(config, options, engine, lease)
+            return _run(config, options, engine)
         finally:
+            keeper.finish()
             ledger.release_lease(engine, lease)
     finally:
         if own_engine:
             engine.dispose()
 
 
-def _run(config: Config, options: Options, engine: Engine, lease: ledger.LeaseHandle) -> RunReport:
+class _LeaseKeeper(threading.Thread):
+    """Renews the run lease while the run lasts; if it was lost (taken over after it
+    expired), stops the run, so two processes never deliver the same changes at once."""
+
+    def __init__(self, engine: Engine, lease: ledger.LeaseHandle, stop: threading.Event | None) -> None:
+        super().__init__(name="syncd-lease", daemon=True)
+        self.engine, self.lease, self.stop = engine, lease, stop
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.lease.ttl.total_seconds() / 5):
+            try:
+                if not ledger.renew_lease(self.engine, self.lease):
+                    log.error("lost the run lease (another process took it over): stopping this run")
+                    if self.stop is not None:
+                        self.stop.set()
+                    return
+            except SQLAlchemyError as exc:  # keep trying: the lease outlives a short outage
+                log.warning("could not renew the run lease: %s", " ".join(str(exc).split())[:200])
+
+    def finish(self) -> None:
+        self.done.set()
+        self.join()
+
+
+def _run(config: Config, options: Options, engine: Engine) -> RunReport:
     recovered = ledger.recover_in_flight(engine)
     if recovered:
         log.warning("%d changes were in flight when the last run stopped; they will be re-sent "
@@ -117,9 +147,8 @@ def _run(config: Config, options: Options, engine: Engine, lease: ledger.LeaseHa
     log.info("run %d started (snapshot time %s)", report.run_id, snapshot_at.isoformat())
     for audience in config.audiences:
         _snapshot(config, engine, report, audience)
-        ledger.renew_lease(engine, lease)
     ready = [a for a in config.audiences if a.key not in report.audience_errors]
-    report.pairs = asyncio.run(_deliver_all(config, options, engine, lease, report, ready))
+    report.pairs = asyncio.run(_deliver_all(config, options, engine, report, ready))
     for audience in config.audiences:
         if audience.key in report.audience_errors:
             for name in audience.destinations:
@@ -139,9 +168,8 @@ def _snapshot(config: Config, engine: Engine, report: RunReport, audience: Audie
     try:
         source = open_source(config.sources[audience.source].url)
         try:
-            counts = ledger.replace_members(
-                engine, audience.key, stream_members(source, audience.query, report.snapshot_at)
-            )
+            rows = stream_members(source, audience.query, report.snapshot_at, counts)
+            ledger.replace_members(engine, audience.key, rows, counts)
         finally:
             source.dispose()
     except SourceError as exc:
@@ -151,17 +179,20 @@ def _snapshot(config: Config, engine: Engine, report: RunReport, audience: Audie
     report.audiences[audience.key] = counts
     ledger.record_audience(engine, report.run_id, audience.key, counts, error)
     if error is None:
-        log.info("audience %s: %d rows, %d members, %d without identifier, %d duplicates skipped",
-                 audience.key, counts.rows, counts.members, counts.no_identifier, counts.duplicates)
+        log.log(logging.WARNING if counts.skipped or counts.invalid_email else logging.INFO,
+                "audience %s: %d rows, %d members; skipped: %d without identifier, %d duplicates, "
+                "%d too large (32 KB); %d invalid emails dropped", audience.key, counts.rows,
+                counts.members, counts.no_identifier, counts.duplicates, counts.too_large,
+                counts.invalid_email)
 
 
-async def _deliver_all(config: Config, options: Options, engine: Engine, lease: ledger.LeaseHandle,
-                       report: RunReport, audiences: Sequence[AudienceConfig]) -> list[PairReport]:
+async def _deliver_all(config: Config, options: Options, engine: Engine, report: RunReport,
+                       audiences: Sequence[AudienceConfig]) -> list[PairReport]:
     tasks = []
     for dest in config.destinations.values():
         connected = [a for a in audiences if dest.name in a.destinations]
         if connected:
-            tasks.append(_Delivery(dest, options, engine, lease, report.snapshot_at).run(connected))
+            tasks.append(_Delivery(dest, options, engine, report.snapshot_at).run(connected))
     results = await asyncio.gather(*tasks)
     return [pair for pairs in results for pair in pairs]
 
@@ -170,14 +201,14 @@ class _Delivery:
     """Delivers every audience connected to one destination, one page at a time."""
 
     def __init__(self, config: DestinationConfig, options: Options, engine: Engine,
-                 lease: ledger.LeaseHandle, snapshot_at: datetime) -> None:
+                 snapshot_at: datetime) -> None:
         self.destination: Destination = make_destination(config)
         self.name = config.name
-        self.engine, self.lease, self.snapshot_at = engine, lease, snapshot_at
+        self.engine, self.snapshot_at = engine, snapshot_at
         self.sender = Sender(
             name=self.destination.integration, headers=self.destination.headers(),
             concurrency=config.concurrency, rate_limit=config.rate_limit, timeout=config.timeout,
-            policy=options.policy, stop_event=options.stop_event,
+            policy=options.policy, stop_event=options.stop_event, secrets=self.destination.secrets(),
             transport=options.transport() if options.transport else None,
         )
 
@@ -228,7 +259,6 @@ class _Delivery:
                 ledger.mark_in_flight(self.engine, key, self.name, page)
                 outcomes = await asyncio.gather(*(self._send(key, change) for change in page))
                 ledger.record_outcomes(self.engine, key, self.name, outcomes)
-                ledger.renew_lease(self.engine, self.lease)
                 _tally(pair, outcomes)
 
     async def _send(self, key: str, change: Change) -> Outcome:

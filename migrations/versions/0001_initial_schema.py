@@ -86,7 +86,9 @@ def upgrade() -> None:
     sa.Column('rows', sa.Integer(), nullable=False),
     sa.Column('members', sa.Integer(), nullable=False),
     sa.Column('no_identifier', sa.Integer(), nullable=False),
+    sa.Column('too_large', sa.Integer(), nullable=False),
     sa.Column('duplicates', sa.Integer(), nullable=False),
+    sa.Column('invalid_email', sa.Integer(), nullable=False),
     sa.Column('error', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.ForeignKeyConstraint(['run_id'], ['run.id'], ),
     sa.PrimaryKeyConstraint('run_id', 'audience_key')

@@ -25,6 +25,11 @@ class Destination(ABC):
     def headers(self) -> dict[str, str]:
         """Authentication and protocol headers sent with every request."""
 
+    def secrets(self) -> tuple[str, ...]:
+        """Every form of the key that could be echoed back: redacted from error texts."""
+        token = self.headers().get("Authorization", "").split(" ", 1)[-1]
+        return tuple(sorted({self.config.api_key.reveal(), token} - {""}))
+
     @abstractmethod
     def request(self, message: dict[str, Any], audience_key: str) -> Request:
         """The HTTP request that delivers one Identify message."""
