@@ -21,6 +21,7 @@ import enum
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -77,18 +78,23 @@ class Result:
 
 
 class Pacer:
-    """Spaces requests evenly at `rate` per second; `pause_until` holds everyone (429)."""
+    """Spaces requests evenly at `rate` per second; `pause_until` holds everyone (429).
 
-    def __init__(self, rate: float | None) -> None:
+    Waiting ends early once `cancelled()` is true, so a stop signal or a destination
+    set aside never leaves a task asleep behind a long pause.
+    """
+
+    def __init__(self, rate: float | None, cancelled: Callable[[], bool] = lambda: False) -> None:
         self.interval = 1.0 / rate if rate else 0.0
         self.next_slot = 0.0
         self.paused_until = 0.0
+        self.cancelled = cancelled
 
     async def wait(self) -> None:
-        while True:
+        while not self.cancelled():
             now = time.monotonic()
             if now < self.paused_until:
-                await asyncio.sleep(self.paused_until - now)
+                await asyncio.sleep(min(0.5, self.paused_until - now))
                 continue
             slot = max(now, self.next_slot)
             self.next_slot = slot + self.interval
@@ -159,7 +165,7 @@ class Sender:
     _consecutive_exhausted: int = 0
 
     def __post_init__(self) -> None:
-        self.pacer = Pacer(self.rate_limit)
+        self.pacer = Pacer(self.rate_limit, self.interrupted)
         self.semaphore = asyncio.Semaphore(self.concurrency)
         limits = httpx.Limits(max_connections=self.concurrency,
                               max_keepalive_connections=self.concurrency)
@@ -230,12 +236,15 @@ class Sender:
         wait = self.policy.backoff(attempt)
         if verdict is Verdict.RETRY:
             retry_after = retry_after_seconds(response)
+            if retry_after is not None and retry_after > self.policy.max_retry_after:
+                self.stopped = (f"{self.name} asked to wait {retry_after:.0f}s (Retry-After); "
+                                "set aside until the next run")
+                return result, 0.0
             if retry_after is not None:
-                if retry_after > self.policy.max_retry_after:
-                    self.stopped = (f"{self.name} asked to wait {retry_after:.0f}s (Retry-After); "
-                                    "set aside until the next run")
                 wait = retry_after
-                self.pacer.pause_until(time.monotonic() + retry_after)
+            if retry_after is not None or response.status_code == 429:
+                # The destination is limiting us, not this change: everyone waits.
+                self.pacer.pause_until(time.monotonic() + wait)
         return result, wait
 
 

@@ -397,11 +397,12 @@ def acked_true_count(conn: Connection, audience_key: str, destination: str) -> i
 
 
 def oldest_pending(conn: Connection, audience_key: str, destination: str) -> datetime | None:
-    query = select(func.min(L.c.pending_since)).where(
-        L.c.audience_key == audience_key, L.c.destination == destination
-    )
-    value = conn.scalar(query)
-    return value if isinstance(value, datetime) or value is None else None
+    """Since when the oldest change that still needs sending has been tried (None: no such)."""
+    joined, where = _enters_from(audience_key, destination)
+    enters = select(func.min(L.c.pending_since)).select_from(joined).where(where)
+    leaves = select(func.min(L.c.pending_since)).where(_leaves_where(audience_key, destination))
+    found = [v for v in (conn.scalar(enters), conn.scalar(leaves)) if isinstance(v, datetime)]
+    return min(found, default=None)
 
 
 # --- the run lease ---------------------------------------------------------------------

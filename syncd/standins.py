@@ -133,6 +133,12 @@ class StandIn:
         with self._lock:
             self._faults.extend([fault] * n)
 
+    def heal(self) -> None:
+        """Back to normal service; what was received stays."""
+        with self._lock:
+            self._faults = []
+        self.down, self.delay, self.rate_limit, self.after_accept = False, 0.0, None, None
+
     # -- request handling ------------------------------------------------------------------
 
     def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> Reply:
@@ -223,8 +229,11 @@ def _nat_problem(body: Any) -> str | None:
     if not isinstance(body, dict) or body.get("type") != "identify":
         return "only identify calls are accepted"
     traits: dict[str, Any] = body["traits"] if isinstance(body.get("traits"), dict) else {}
-    if not (traits.get("email") or body.get("email")):
+    email = traits.get("email") or body.get("email")
+    if not email:
         return "email is required"
+    if not isinstance(email, str) or "@" not in email:
+        return "email is not valid"
     timestamp = body.get("timestamp")
     try:
         datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))

@@ -39,8 +39,8 @@ def status(config: Config, engine: Engine) -> list[dict[str, Any]]:
 
 
 def format_status(rows: list[dict[str, Any]]) -> str:
-    headers = ["audience", "destination", "members", "acknowledged", "pending", "failed",
-               "last_run", "last_outcome"]
+    headers = ["audience", "destination", "members", "acknowledged", "pending", "oldest_pending",
+               "failed", "last_run", "last_outcome"]
     table = [headers] + [[_cell(row[h]) for h in headers] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()

@@ -3,11 +3,13 @@ a real SQLite source database, and real HTTP stand-ins of Nat and User.com on 12
 
 from __future__ import annotations
 
+import base64
 import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import MetaData, create_engine, text
 from sqlalchemy.engine import make_url
 
 from syncd.config import Config, load_config
@@ -26,6 +28,8 @@ from syncd.sync import Options, RunReport, open_state, run_once
 NAT_KEY = "nat-test-key-SECRET-1f2e3d"
 USERCOM_KEY = "usercom-test-key-SECRET-9a8b7c"
 KEYS_ENV = {"NAT_API_KEY": NAT_KEY, "USERCOM_API_KEY": USERCOM_KEY}
+# Every form in which a key could leak: as configured, and as sent in the Authorization header.
+SECRETS = (NAT_KEY, USERCOM_KEY, base64.b64encode(f"{NAT_KEY}:".encode()).decode())
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, set_aside_after=3)
 POSTGRES_URL = os.environ.get("SYNCD_TEST_POSTGRES_URL")
 
@@ -116,7 +120,7 @@ class Env:
     usercom: UserComStandIn
 
     def write_config(self, audiences: str | None = None, extra: str = "", nat_key_env: str = "NAT_API_KEY",
-                     nat_endpoint: str | None = None) -> Path:
+                     nat_endpoint: str | None = None, nat_timeout: str = "2s") -> Path:
         audiences = audiences if audiences is not None else audience_toml("Buyers", ["nat", "usercom"])
         body = textwrap.dedent(f"""
             [state]
@@ -129,7 +133,7 @@ class Env:
             type = "nat"
             endpoint = "{nat_endpoint or self.nat.url + '/segment'}"
             api_key_env = "{nat_key_env}"
-            timeout = "2s"
+            timeout = "{nat_timeout}"
 
             [destinations.usercom]
             type = "usercom"
@@ -156,6 +160,15 @@ class Env:
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, cwd=self.tmp_path, env=env, timeout=timeout)
 
+    def spawn(self, *args: str, config: Path | None = None) -> subprocess.Popen[str]:
+        """`syncd ARGS --config ...` as a real background process (run-once by default)."""
+        path = config or self.tmp_path / "config.toml"
+        return subprocess.Popen(
+            [sys.executable, "-m", "syncd", *(args or ("run-once",)), "--config", str(path)],
+            cwd=self.tmp_path, env={**os.environ, **KEYS_ENV},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
 
 def audience_toml(name: str, destinations: list[str], query: str = ALL_QUERY, key: str | None = None) -> str:
     key_line = f'key = "{key}"\n' if key else ""
@@ -167,16 +180,58 @@ def audience_toml(name: str, destinations: list[str], query: str = ALL_QUERY, ke
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **KEYS_ENV, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "syncd", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    result = subprocess.run([sys.executable, "-m", "syncd", *args], cwd=cwd, env=full_env,
+                            capture_output=True, text=True, timeout=timeout, check=False)
+    assert_no_secrets(result.stdout, result.stderr)
+    return result
+
+
+def assert_no_secrets(*texts: str) -> None:
+    for output in texts:
+        for secret in SECRETS:
+            assert secret not in output, "an API key leaked into output"
+
+
+def wait_for(condition: Any, timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 @pytest.fixture
-def env(tmp_path: Path, state_url: str, shop: Shop, nat: NatStandIn, usercom: UserComStandIn) -> Env:
-    return Env(tmp_path, state_url, shop, nat, usercom)
+def env(tmp_path: Path, state_url: str, shop: Shop, nat: NatStandIn,
+        usercom: UserComStandIn) -> Iterator[Env]:
+    yield Env(tmp_path, state_url, shop, nat, usercom)
+    assert_no_secrets(dump_state(state_url))
 
 
 @pytest.fixture
-def sqlite_env(tmp_path: Path, shop: Shop, nat: NatStandIn, usercom: UserComStandIn) -> Env:
+def sqlite_env(tmp_path: Path, shop: Shop, nat: NatStandIn, usercom: UserComStandIn) -> Iterator[Env]:
     """For tests whose point is not the state backend."""
-    return Env(tmp_path, f"sqlite:///{tmp_path / 'state.db'}", shop, nat, usercom)
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    yield Env(tmp_path, url, shop, nat, usercom)
+    assert_no_secrets(dump_state(url))
+
+
+@pytest.fixture(autouse=True)
+def _no_secrets_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every test runs with recognisable keys: none may reach a log line or exception text."""
+    yield
+    assert_no_secrets(caplog.text)
+
+
+def dump_state(url: str) -> str:
+    """Every row of every table of a state database, as text."""
+    if url.startswith("sqlite") and not Path(make_url(url).database or "").exists():
+        return ""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            meta = MetaData()
+            meta.reflect(conn)
+            return "\n".join(repr(tuple(row)) for table in meta.sorted_tables
+                             for row in conn.execute(table.select()))
+    finally:
+        engine.dispose()

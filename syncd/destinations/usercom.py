@@ -29,6 +29,9 @@ class UserCom(Destination):
         while url:
             result = await sender.call(Request("GET", url))
             body = _checked(result.verdict, result.error, result.body, "listing attributes")
+            if not isinstance(body, dict):
+                raise DestinationError("listing attributes failed: the answer was not JSON "
+                                       f"(HTTP {result.status}); is base_url the API's address?")
             for attribute in body.get("results", []):
                 if audience_key in (attribute.get("name_std"), attribute.get("name")):
                     if attribute.get("value_type") != "boolean":
@@ -43,7 +46,7 @@ class UserCom(Destination):
         _checked(result.verdict, result.error, result.body, f"creating attribute {audience_key!r}")
 
 
-def _checked(verdict: Verdict | None, error: str | None, body: Any, doing: str) -> dict[str, Any]:
+def _checked(verdict: Verdict | None, error: str | None, body: Any, doing: str) -> Any:
     if verdict is not Verdict.ACK:
         raise DestinationError(f"{doing} failed: {error or 'not attempted'}")
-    return body if isinstance(body, dict) else {}
+    return body

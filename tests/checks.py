@@ -1,0 +1,37 @@
+"""What a destination ended up with, and the delivery rules every fault test checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def flags(calls: list[dict[str, Any]], key: str = "buyers") -> dict[str, bool]:
+    """userId/custom_id -> the audience flag, in arrival order (later wins)."""
+    out = {}
+    for call in calls:
+        traits = call.get("traits", call)
+        if key in traits:  # not User.com's attribute creation
+            out[call.get("userId") or call.get("custom_id")] = traits[key]
+    return out
+
+
+def view(calls: list[dict[str, Any]], universe: set[str], key: str = "buyers") -> set[str]:
+    """The users the destination holds as members (a user it never heard of is not one)."""
+    held = flags(calls, key)
+    return {user for user in universe if held.get(user) is True}
+
+
+def assert_no_stale_values(calls: list[dict[str, Any]]) -> None:
+    """A re-send after a crash or a timeout repeats the same message (same messageId, same
+    value); once a newer message arrived for a user, an older one never arrives again."""
+    values: dict[str, bool] = {}
+    history: dict[str, list[str]] = {}
+    for call in calls:
+        message_id, user = call["messageId"], call.get("userId") or call.get("anonymousId")
+        value = next(v for k, v in call["traits"].items() if isinstance(v, bool))
+        assert values.setdefault(message_id, value) == value, f"{message_id} carried two values"
+        seen = history.setdefault(user, [])
+        if seen and seen[-1] == message_id:
+            continue  # the same change again: the destination deduplicates it
+        assert message_id not in seen, f"{user}: a stale change arrived after a newer one"
+        seen.append(message_id)
