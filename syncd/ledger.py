@@ -21,6 +21,7 @@ from sqlalchemy import (
     Engine,
     and_,
     bindparam,
+    case,
     delete,
     exists,
     false,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -45,9 +47,6 @@ RUN_AUDIENCE = RunAudience.__table__  # type: ignore[attr-defined]
 RUN_RESULT = RunResult.__table__  # type: ignore[attr-defined]
 ATTRIBUTE = Attribute.__table__  # type: ignore[attr-defined]
 LEASE = Lease.__table__  # type: ignore[attr-defined]
-
-INSERT_BATCH = 5_000
-
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -83,23 +82,101 @@ def replace_members(engine: Engine, audience_key: str, rows: Iterable[SnapshotRo
     `rows` are the usable rows (the source counts the unusable ones in `counts`).
     A later row with an identifier already seen is a duplicate: the first one
     wins. If the iterator raises, the previous snapshot stays.
+
+    The rows go to an unindexed staging table first (the fastest bulk load each
+    database has: executemany of tuples on SQLite, COPY on PostgreSQL), then one
+    set-based merge deletes who left, inserts who entered and rewrites only rows
+    that changed. With 1% churn that writes ~2% of the rows instead of all of them.
     """
-    fed = 0
     with engine.begin() as conn:
-        conn.execute(delete(M).where(M.c.audience_key == audience_key))
-        stmt = _upsert(conn, M).on_conflict_do_nothing()
-        batch: list[dict[str, Any]] = []
-        for row in rows:
-            fed += 1
-            batch.append(row.as_member(audience_key))
-            if len(batch) >= INSERT_BATCH:
-                conn.execute(stmt, batch)
-                batch = []
-        if batch:
-            conn.execute(stmt, batch)
+        postgres = conn.dialect.name == "postgresql"
+        _create_stage(conn, postgres)
+        load = _copy_stage if postgres else _insert_stage
+        fed = load(conn, rows)
+        _merge_stage(conn, audience_key, postgres)
         counts.members = member_count(conn, audience_key)
+        conn.exec_driver_sql(f"DROP TABLE {STAGE}")
     counts.duplicates = fed - counts.members
     return counts
+
+
+STAGE = "syncd_member_stage"
+_STAGE_COLUMNS = "n, subject, user_id, anonymous_id, email, url, traits"
+_STAGE_INDEX = "subject, n, user_id, anonymous_id, email, url, traits"
+_MEMBER_COLUMNS = ("user_id", "anonymous_id", "email", "url", "traits")
+
+
+def _create_stage(conn: Connection, postgres: bool) -> None:
+    # A temporary table is private to this connection and never reaches the WAL/journal
+    # of the shared state. A failed earlier attempt may have left one on a pooled connection.
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {STAGE}")
+    conn.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE {STAGE} (n BIGINT NOT NULL, subject TEXT NOT NULL, user_id TEXT, "
+        "anonymous_id TEXT, email TEXT, url TEXT, traits TEXT)"
+        + (" ON COMMIT DROP" if postgres else "")
+    )
+
+
+class _Feed:
+    """The snapshot as numbered tuples (the number orders duplicates: the first one wins)."""
+
+    def __init__(self, rows: Iterable[SnapshotRow]) -> None:
+        self.rows, self.fed = rows, 0
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        for row in self.rows:
+            self.fed += 1
+            yield (self.fed, *row.as_tuple())
+
+
+def _insert_stage(conn: Connection, rows: Iterable[SnapshotRow]) -> int:
+    feed = _Feed(rows)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        # sqlite3 streams any iterable: the snapshot is never held in memory whole.
+        cursor.executemany(f"INSERT INTO {STAGE} ({_STAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           feed)  # type: ignore[arg-type]
+        # Covering, so the merge never looks rows up in the (randomly ordered) table.
+        cursor.execute(f"CREATE INDEX {STAGE}_subject ON {STAGE} ({_STAGE_INDEX})")
+    finally:
+        cursor.close()
+    return feed.fed
+
+
+def _copy_stage(conn: Connection, rows: Iterable[SnapshotRow]) -> int:
+    feed = _Feed(rows)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(f"COPY {STAGE} ({_STAGE_COLUMNS}) FROM STDIN") as copy:
+            for values in feed:
+                copy.write_row(values)
+        cursor.execute(f"ANALYZE {STAGE}")  # temporary tables get no statistics otherwise
+    finally:
+        cursor.close()
+    return feed.fed
+
+
+def _merge_stage(conn: Connection, audience_key: str, postgres: bool) -> None:
+    """Make `member` equal the stage for this audience: delete, insert, update what changed."""
+    params = {"key": audience_key}
+    conn.execute(text(
+        f"DELETE FROM member WHERE audience_key = :key "
+        f"AND NOT EXISTS (SELECT 1 FROM {STAGE} s WHERE s.subject = member.subject)"
+    ), params)
+    columns = ", ".join(_MEMBER_COLUMNS)
+    if postgres:  # the first row of each subject wins
+        distinct = f"SELECT DISTINCT ON (subject) subject, {columns} FROM {STAGE} ORDER BY subject, n"
+        changed = f"(member.{', member.'.join(_MEMBER_COLUMNS)}) IS DISTINCT FROM " \
+                  f"(excluded.{', excluded.'.join(_MEMBER_COLUMNS)})"
+    else:  # SQLite: bare columns of a min() aggregate come from the row holding the minimum
+        distinct = f"SELECT subject, {columns}, min(n) FROM {STAGE} GROUP BY subject"
+        changed = " OR ".join(f"member.{c} IS NOT excluded.{c}" for c in _MEMBER_COLUMNS)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _MEMBER_COLUMNS)
+    conn.execute(text(
+        f"INSERT INTO member (audience_key, subject, {columns}) "
+        f"SELECT :key, subject, {columns} FROM ({distinct}) AS firsts WHERE true "
+        f"ON CONFLICT (audience_key, subject) DO UPDATE SET {updates} WHERE {changed}"
+    ), params)
 
 
 def member_count(conn: Connection, audience_key: str) -> int:
@@ -159,25 +236,26 @@ class PlanCounts:
 
 
 def plan_counts(conn: Connection, audience_key: str, destination: str, needs_email: bool) -> PlanCounts:
+    # One pass over the enters and one over the leaves: each is a full scan at a million members.
     joined, where = _enters_from(audience_key, destination)
-    entered_all = select(func.count()).select_from(joined).where(where)
-    skipped = 0
-    entered = conn.scalar(entered_all) or 0
-    if needs_email:
-        skipped = conn.scalar(entered_all.where(not_(_has_email()))) or 0
-        entered -= skipped
-    left = conn.scalar(
-        select(func.count()).select_from(L).where(_leaves_where(audience_key, destination))
-    ) or 0
-    failed_enters = select(func.count()).select_from(joined).where(where, L.c.failed == true())
-    if needs_email:
-        failed_enters = failed_enters.where(_has_email())
-    failed = (conn.scalar(failed_enters) or 0) + (conn.scalar(
-        select(func.count()).select_from(L).where(
-            _leaves_where(audience_key, destination), L.c.failed == true()
-        )
-    ) or 0)
-    return PlanCounts(member_count(conn, audience_key), entered, left, skipped, failed)
+    sendable = _has_email() if needs_email else true()
+    enters = conn.execute(
+        select(func.count(), _count_if(not_(sendable)), _count_if(and_(sendable, L.c.failed == true())))
+        .select_from(joined).where(where)
+    ).one()
+    leaves = conn.execute(
+        select(func.count(), _count_if(L.c.failed == true()))
+        .select_from(L).where(_leaves_where(audience_key, destination))
+    ).one()
+    skipped = int(enters[1] or 0)
+    return PlanCounts(
+        members=member_count(conn, audience_key), entered=int(enters[0]) - skipped,
+        left=int(leaves[0]), skipped=skipped, failed=int(enters[2] or 0) + int(leaves[1] or 0),
+    )
+
+
+def _count_if(condition: ColumnElement[bool]) -> Any:
+    return func.sum(case((condition, 1), else_=0))
 
 
 def enters_page(
