@@ -97,7 +97,18 @@ def replace_members(engine: Engine, audience_key: str, rows: Iterable[SnapshotRo
         counts.members = member_count(conn, audience_key)
         conn.exec_driver_sql(f"DROP TABLE {STAGE}")
     counts.duplicates = fed - counts.members
+    if postgres:
+        _analyze(engine)
     return counts
+
+
+def _analyze(engine: Engine) -> None:
+    """Fresh planner statistics for the diff. Right after a big first snapshot, autovacuum has
+    not analysed yet: with "empty" tables PostgreSQL picks a nested loop and the diff of
+    100k members takes minutes instead of a second. ANALYZE samples; it is cheap."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE member")
+        conn.exec_driver_sql("ANALYZE ledger")
 
 
 STAGE = "syncd_member_stage"
@@ -443,6 +454,66 @@ def finish_run(engine: Engine, run_id: int, outcome: str) -> None:
         conn.execute(
             update(RUN).where(RUN.c.outcome == "running", RUN.c.id < run_id).values(outcome="crashed")
         )
+
+
+# --- retention -------------------------------------------------------------------------
+
+
+@dataclass
+class Pruned:
+    runs: int = 0
+    run_audiences: int = 0
+    run_results: int = 0
+    ledger_rows: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.runs + self.run_audiences + self.run_results + self.ledger_rows
+
+
+def prune(engine: Engine, before: datetime) -> Pruned:
+    """Delete what no longer informs anything: runs started before `before` (but never the
+    latest run of an audience or of a pair, which `syncd status` shows), and ledger rows
+    settled at `false` since before `before` for users who are not members."""
+    pruned = Pruned()
+    with engine.begin() as conn:
+        keep = _latest_runs(conn)
+        old = select(RUN.c.id).where(RUN.c.started_at < before, RUN.c.id.not_in(keep))
+        pruned.run_results = conn.execute(delete(RUN_RESULT).where(RUN_RESULT.c.run_id.in_(old))).rowcount
+        pruned.run_audiences = conn.execute(
+            delete(RUN_AUDIENCE).where(RUN_AUDIENCE.c.run_id.in_(old))).rowcount
+        pruned.runs = conn.execute(
+            delete(RUN).where(RUN.c.started_at < before, RUN.c.id.not_in(keep))).rowcount
+    with engine.begin() as conn:
+        pruned.ledger_rows = conn.execute(delete(L).where(_settled_false(before))).rowcount
+    return pruned
+
+
+def _latest_runs(conn: Connection) -> list[int]:
+    """The latest run overall, of every audience and of every (audience, destination) pair."""
+    queries = [
+        select(func.max(RUN.c.id)),
+        select(func.max(RUN_AUDIENCE.c.run_id)).group_by(RUN_AUDIENCE.c.audience_key),
+        select(func.max(RUN_RESULT.c.run_id)).group_by(RUN_RESULT.c.audience_key,
+                                                       RUN_RESULT.c.destination),
+    ]
+    return sorted({run_id for query in queries for run_id in conn.scalars(query) if run_id is not None})
+
+
+def _settled_false(before: datetime) -> ColumnElement[bool]:
+    """A ledger row that says no more than "never sent": the destination holds `false`
+    (acknowledged), nothing is pending, in flight, uncertain or failed, and the user is not
+    a member. For the diff such a row and no row are the same: a member with either needs
+    `true` (_enter_condition: acked false / acked NULL), a non-member with either needs
+    nothing (_leave_condition needs acked true or maybe_true). Only rows acknowledged
+    before `before` go: the user's next `true` then starts again at seq 0, so its
+    messageId repeats one sent more than a retention period ago, well outside any
+    destination's de-duplication window."""
+    return and_(
+        L.c.acked == false(), L.c.acked_at < before, L.c.pending.is_(None), L.c.in_flight.is_(None),
+        L.c.maybe_true == false(), L.c.maybe_false == false(), L.c.failed == false(),
+        ~exists().where(M.c.audience_key == L.c.audience_key, M.c.subject == L.c.subject),
+    )
 
 
 def last_run(conn: Connection) -> Any:
