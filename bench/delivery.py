@@ -24,14 +24,14 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table  # noqa: E402
+from _common import table
 
-from syncd.config import DestinationConfig, Secret  # noqa: E402
-from syncd.delivery import Request, Sender, Verdict  # noqa: E402
-from syncd.destinations.nat import Nat  # noqa: E402
-from syncd.identify import identify  # noqa: E402
-from syncd.plan import Enter  # noqa: E402
-from syncd.standins import NatStandIn  # noqa: E402
+from syncd.config import DestinationConfig, Secret
+from syncd.delivery import Sender, Verdict
+from syncd.destinations.nat import Nat
+from syncd.identify import identify
+from syncd.plan import Enter
+from syncd.standins import NatStandIn
 
 KEY = "bench-nat-key"
 

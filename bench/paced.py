@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table  # noqa: E402
+from _common import table
 
-from syncd.config import load_config  # noqa: E402
-from syncd.standins import NatStandIn  # noqa: E402
-from syncd.sync import Options, open_state, run_once  # noqa: E402
+from syncd.config import load_config
+from syncd.standins import NatStandIn
+from syncd.sync import Options, open_state, run_once
 
 KEY = "bench-nat-key"
 

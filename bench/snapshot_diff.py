@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, fresh_state, peak_rss_mb, run_step, table  # noqa: E402
+from _common import emit, fresh_state, peak_rss_mb, run_step, table
 
-from syncd import ledger  # noqa: E402
-from syncd.db import create_state_engine, migrate  # noqa: E402
-from syncd.ledger import SnapshotCounts  # noqa: E402
-from syncd.source import open_source, stream_members  # noqa: E402
+from syncd import ledger
+from syncd.db import create_state_engine, migrate
+from syncd.ledger import SnapshotCounts
+from syncd.source import open_source, stream_members
 
 KEY, DEST = "bench_audience", "nat"
 QUERY = "SELECT id AS user_id, email FROM customers"
@@ -64,14 +64,14 @@ def step_setup(source: str, state: str, members: int, churn: float) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql(
             "INSERT INTO ledger (audience_key, destination, subject, user_id, email, acked, seq, "
-            "maybe_true, maybe_false, attempts, failed) SELECT audience_key, %s, subject, user_id, "
-            "email, true, 1, false, false, 0, false FROM member" % f"'{DEST}'"
+            "maybe_true, maybe_false, attempts, failed) SELECT audience_key, 'nat', subject, user_id, "
+            "email, true, 1, false, false, 0, false FROM member"
         )
     src.dispose()
     engine.dispose()
     step = max(1, round(1 / churn))
     with sqlite3.connect(source) as db:
-        db.execute("DELETE FROM customers WHERE rowid %% %d = 0" % step)
+        db.execute(f"DELETE FROM customers WHERE rowid % {step} = 0")
         new = range(members, members + members // step)
         db.executemany("INSERT INTO customers VALUES (?, ?)", (customer(i) for i in new))
     emit({"full_snapshot_s": round(full, 2), "members": counts.members})
