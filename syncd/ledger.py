@@ -436,6 +436,7 @@ def record_outcomes(engine: Engine, audience_key: str, destination: str, outcome
                if not o.acked and not o.attempts and not o.rejected]
     where = _where_subject(audience_key, destination)
     with engine.begin() as conn:
+        _analyze_unknown_ledger(conn)
         if untried:
             conn.execute(update(L).where(where).values(in_flight=None), untried)
         if acked:
@@ -458,6 +459,18 @@ def record_outcomes(engine: Engine, audience_key: str, destination: str, outcome
                 ),
                 others,
             )
+
+
+def _analyze_unknown_ledger(conn: Connection) -> None:
+    """PostgreSQL without statistics on the ledger (a first send, before autovacuum has
+    looked, or with autovacuum off) updates each row through the (audience, destination)
+    index, reading every row of the pair: quadratic over an initial send. Once the ledger
+    has been analysed with rows in it, estimates scale with its size on their own."""
+    if conn.dialect.name != "postgresql":
+        return
+    reltuples = conn.scalar(text("SELECT reltuples FROM pg_class WHERE oid = 'ledger'::regclass"))
+    if reltuples is not None and reltuples <= 0:
+        conn.exec_driver_sql("ANALYZE ledger")
 
 
 def recover_in_flight(engine: Engine) -> int:
