@@ -1,7 +1,7 @@
 """A paced initial send: `rate_limit = 50` against a Nat stand-in that enforces 50 req/s.
 
-    .venv/bin/python bench/paced.py                     # 5,000 members (about 100 s)
-    .venv/bin/python bench/paced.py --members 1000 --rate 50
+    .venv/bin/python bench/paced.py                     # 2,500 members (about 50 s)
+    .venv/bin/python bench/paced.py --members 5000      # the issue's figure (about 100 s)
 
 The whole pipeline runs (`sync.run_once`: snapshot, plan, identify, delivery) with a
 SQLite source and state in a temporary directory. The stand-in answers 429 with
@@ -63,7 +63,7 @@ def write_config(tmp: Path, endpoint: str, rate: float | None, concurrency: int 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--members", type=int, default=5_000)
+    parser.add_argument("--members", type=int, default=2_500)
     parser.add_argument("--rate", type=float, default=50.0, help="rate_limit configured and enforced")
     parser.add_argument("--concurrency", type=int, default=None, help="default: the destination's")
     args = parser.parse_args()
