@@ -24,6 +24,12 @@ from syncd.keys import audience_key
 
 DEFAULT_STATE_URL = "sqlite:///syncd-state.db"
 DESTINATION_TYPES = ("nat", "usercom")
+# Per type: (rate_limit in requests per second, concurrency). Neither Nat nor User.com
+# publishes a rate limit we could confirm, so these stay well under what such APIs
+# commonly allow; a destination that still answers 429 is slowed by its Retry-After.
+DESTINATION_DEFAULTS: dict[str, tuple[float, int]] = {"nat": (20.0, 8), "usercom": (10.0, 4)}
+DEFAULT_RETENTION = timedelta(days=30)
+MIN_RETENTION = timedelta(days=1)
 _KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -78,7 +84,7 @@ class DestinationConfig:
     type: str
     url: str  # Nat: the endpoint; User.com: base_url, always ending in "/"
     api_key: Secret
-    rate_limit: float | None  # requests per second; None = unpaced
+    rate_limit: float | None  # requests per second (config: per-type default); None = unpaced
     concurrency: int
     timeout: float  # seconds per request
 
@@ -100,6 +106,7 @@ class Config:
     sources: Mapping[str, SourceConfig]
     destinations: Mapping[str, DestinationConfig]
     audiences: tuple[AudienceConfig, ...]
+    retention: timedelta = DEFAULT_RETENTION  # run history and finished ledger rows older than this go
 
 
 def default_config_path() -> Path:
@@ -182,7 +189,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"malformed TOML: {exc}") from None
     top = reader.table(raw, "", {"state", "schedule", "sources", "destinations", "audiences"})
-    state = reader.table(top.get("state", {}), "state", {"url"})
+    state = reader.table(top.get("state", {}), "state", {"url", "retention"})
     sources = _sources(reader, top.get("sources", {}))
     destinations = _destinations(reader, top.get("destinations", {}))
     return Config(
@@ -192,7 +199,16 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         sources=sources,
         destinations=destinations,
         audiences=_audiences(reader, top.get("audiences", []), sources, destinations),
+        retention=_retention(reader, state),
     )
+
+
+def _retention(reader: _Reader, state: dict[str, Any]) -> timedelta:
+    retention = reader.duration(state, "state", "retention", DEFAULT_RETENTION)
+    if retention < MIN_RETENTION:
+        raise reader.error("state.retention", "must be at least 1d (run history and finished "
+                                              "ledger rows older than this are deleted)")
+    return retention
 
 
 def _schedule(reader: _Reader, data: Any) -> ScheduleConfig:
@@ -238,10 +254,11 @@ def _destinations(reader: _Reader, data: Any) -> dict[str, DestinationConfig]:
         url = _http_url(reader, table, key, url_field)
         if kind == "usercom" and not url.endswith("/"):
             url += "/"
-        rate = reader.get(table, key, "rate_limit", float, None)
-        if rate is not None and rate <= 0:
+        default_rate, default_concurrency = DESTINATION_DEFAULTS[kind]
+        rate = reader.get(table, key, "rate_limit", float, default_rate)
+        if rate <= 0:
             raise reader.error(f"{key}.rate_limit", "must be a positive number of requests per second")
-        concurrency = reader.get(table, key, "concurrency", int, 8)
+        concurrency = reader.get(table, key, "concurrency", int, default_concurrency)
         if not 1 <= concurrency <= 256:
             raise reader.error(f"{key}.concurrency", "must be between 1 and 256")
         timeout = reader.duration(table, key, "timeout", timedelta(seconds=10)).total_seconds()

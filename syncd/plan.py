@@ -36,19 +36,17 @@ class SnapshotRow:
         return subject
 
     def approximate_size(self) -> int:
-        parts = (self.user_id, self.anonymous_id, self.email, self.url)
-        return sum(len(p) for p in parts if p) + sum(len(str(v)) + len(k) for k, v in self.traits.items())
+        size = len(self.user_id or "") + len(self.anonymous_id or "") + len(self.email or "")
+        size += len(self.url or "")
+        if self.traits:
+            size += sum(len(str(v)) + len(k) for k, v in self.traits.items())
+        return size
 
-    def as_member(self, audience_key: str) -> dict[str, Any]:
-        return {
-            "audience_key": audience_key,
-            "subject": self.subject,
-            "user_id": self.user_id,
-            "anonymous_id": self.anonymous_id,
-            "email": self.email,
-            "url": self.url,
-            "traits": json.dumps(self.traits, sort_keys=True, default=str) if self.traits else None,
-        }
+    def as_tuple(self) -> tuple[str, str | None, str | None, str | None, str | None, str | None]:
+        """(subject, user_id, anonymous_id, email, url, traits JSON) for bulk loading."""
+        traits = json.dumps(self.traits, sort_keys=True, default=str) if self.traits else None
+        subject = f"u:{self.user_id}" if self.user_id else f"a:{self.anonymous_id}"  # == self.subject
+        return (subject, self.user_id, self.anonymous_id, self.email, self.url, traits)
 
 
 @dataclass(frozen=True)

@@ -158,9 +158,18 @@ def _run(config: Config, options: Options, engine: Engine) -> RunReport:
     for pair in report.pairs:
         ledger.record_result(engine, report.run_id, asdict(pair))
     ledger.finish_run(engine, report.run_id, report.outcome)
+    _prune(config, engine)
     for line in summary_lines(report):
         log.log(logging.INFO if line.endswith(": ok") else logging.WARNING, "%s", line)
     return report
+
+
+def _prune(config: Config, engine: Engine) -> None:
+    pruned = ledger.prune(engine, ledger.now() - config.retention)
+    if pruned.total:
+        log.info("retention %s: deleted %d runs (%d audience and %d destination records) and %d "
+                 "settled ledger rows", config.retention, pruned.runs, pruned.run_audiences,
+                 pruned.run_results, pruned.ledger_rows)
 
 
 def _snapshot(config: Config, engine: Engine, report: RunReport, audience: AudienceConfig) -> None:

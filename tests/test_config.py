@@ -63,6 +63,18 @@ def test_good_config_loads_into_frozen_objects(tmp_path: Path) -> None:
     assert KEYS_ENV["USERCOM_API_KEY"] not in repr(config)
 
 
+def test_retention_and_per_type_pacing_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), KEYS_ENV)
+    assert config.retention == timedelta(days=30)
+    nat = config.destinations["nat"]
+    assert (nat.rate_limit, nat.concurrency) == (20.0, 8)
+    text = GOOD.replace("rate_limit = 20\nconcurrency = 4\n", "").replace(
+        'url = "sqlite:///state.db"', 'url = "sqlite:///state.db"\nretention = "7d"')
+    config = load_config(write(tmp_path, text), KEYS_ENV)
+    usercom = config.destinations["usercom"]
+    assert (config.retention, usercom.rate_limit, usercom.concurrency) == (timedelta(days=7), 10.0, 4)
+
+
 def test_api_key_file(tmp_path: Path) -> None:
     key_file = tmp_path / "nat.key"
     key_file.write_text("file-key\n")
@@ -109,6 +121,12 @@ MISTAKES = [
     ("wrong type", ("concurrency = 4", 'concurrency = "four"'), "destinations.usercom.concurrency",
      "must be int"),
     ("bad state URL", ('url = "sqlite:///state.db"', 'url = "not a url"'), "state.url", "not a database URL"),
+    ("bad retention", ('url = "sqlite:///state.db"', 'url = "sqlite:///state.db"\nretention = "30 days"'),
+     "state.retention", "not a duration"),
+    ("retention too short", ('url = "sqlite:///state.db"', 'url = "sqlite:///state.db"\nretention = "2h"'),
+     "state.retention", "must be at least 1d"),
+    ("zero rate limit", ("rate_limit = 20", "rate_limit = 0"), "destinations.usercom.rate_limit",
+     "must be a positive number"),
 ]
 
 

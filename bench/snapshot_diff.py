@@ -1,0 +1,179 @@
+"""Incremental snapshot + diff of a large audience, against a plain-sqlite3 baseline.
+
+    .venv/bin/python bench/snapshot_diff.py                       # 100k, SQLite state
+    .venv/bin/python bench/snapshot_diff.py --members 100000 1000000
+    .venv/bin/python bench/snapshot_diff.py --members 1000000 \\
+        --state postgresql+psycopg://postgres@127.0.0.1:5432/postgres   # a fresh database per size
+
+Per size, in a temporary directory: a SQLite source with N customers; a full snapshot
+and a ledger where every member is acknowledged `true` (setup, not timed); then 1% of
+the customers leave and 1% new ones arrive, and the timed step is what a run does
+before sending: `ledger.replace_members` fed by `source.stream_members`, then
+`ledger.plan_counts` and paging through every `enters_page` / `leaves_page`. No network.
+
+The baseline is a plain sqlite3 script: read the same rows from the source, insert them
+into a table, compute the two set differences with EXCEPT and read them.
+Every step runs in its own interpreter, so each peak RSS is that step's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, fresh_state, peak_rss_mb, run_step, table
+
+from syncd import ledger
+from syncd.db import create_state_engine, migrate
+from syncd.ledger import SnapshotCounts
+from syncd.source import open_source, stream_members
+
+KEY, DEST = "bench_audience", "nat"
+QUERY = "SELECT id AS user_id, email FROM customers"
+PAGE = 500
+
+
+def customer(i: int) -> tuple[str, str]:
+    """A pseudo-random (but reproducible) id order, as real sources return."""
+    cid = format((i * 2654435761) % (1 << 32), "08x")
+    return cid, f"{cid}@example.com"
+
+
+def step_source(path: str, members: int) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE customers (id TEXT, email TEXT)")
+        db.executemany("INSERT INTO customers VALUES (?, ?)", (customer(i) for i in range(members)))
+    emit({})
+
+
+def step_setup(source: str, state: str, members: int, churn: float) -> None:
+    """Full snapshot, everyone acknowledged `true`; then churn the source."""
+    engine = create_state_engine(state)
+    migrate(engine)
+    src = open_source(f"sqlite:///{source}")
+    started = time.perf_counter()
+    counts = SnapshotCounts()
+    ledger.replace_members(engine, KEY, stream_members(src, QUERY, datetime.now(UTC), counts), counts)
+    full = time.perf_counter() - started
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO ledger (audience_key, destination, subject, user_id, email, acked, seq, "
+            "maybe_true, maybe_false, attempts, failed) SELECT audience_key, 'nat', subject, user_id, "
+            "email, true, 1, false, false, 0, false FROM member"
+        )
+    src.dispose()
+    engine.dispose()
+    step = max(1, round(1 / churn))
+    with sqlite3.connect(source) as db:
+        db.execute(f"DELETE FROM customers WHERE rowid % {step} = 0")
+        new = range(members, members + members // step)
+        db.executemany("INSERT INTO customers VALUES (?, ?)", (customer(i) for i in new))
+    emit({"full_snapshot_s": round(full, 2), "members": counts.members})
+
+
+def step_incremental(source: str, state: str) -> None:
+    engine = create_state_engine(state)
+    src = open_source(f"sqlite:///{source}")
+    started = time.perf_counter()
+    counts = SnapshotCounts()
+    ledger.replace_members(engine, KEY, stream_members(src, QUERY, datetime.now(UTC), counts), counts)
+    snapshot = time.perf_counter() - started
+    with engine.connect() as conn:
+        plan = ledger.plan_counts(conn, KEY, DEST, needs_email=True)
+        entered = _page_all(lambda after: ledger.enters_page(conn, KEY, DEST, True, after, PAGE))
+        left = _page_all(lambda after: ledger.leaves_page(conn, KEY, DEST, after, PAGE))
+    total = time.perf_counter() - started
+    assert (entered, left) == (plan.entered, plan.left), (entered, left, plan)
+    emit({"rows": counts.rows, "snapshot_s": round(snapshot, 2), "diff_s": round(total - snapshot, 2),
+          "total_s": round(total, 2), "entered": entered, "left": left,
+          "peak_rss_mb": round(peak_rss_mb(), 1)})
+
+
+def _page_all(fetch: object) -> int:
+    assert callable(fetch)
+    seen, after = 0, ""
+    while page := fetch(after):
+        seen += len(page)
+        after = page[-1].subject
+    return seen
+
+
+def step_baseline_prepare(source: str, path: str) -> None:
+    """The baseline's previous snapshot (not timed)."""
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE prev (subject TEXT PRIMARY KEY, user_id TEXT, email TEXT)")
+        db.execute("ATTACH DATABASE ? AS src", (source,))
+        db.execute("INSERT INTO prev SELECT 'u:' || id, id, email FROM src.customers")
+    emit({})
+
+
+def step_baseline(source: str, path: str) -> None:
+    started = time.perf_counter()
+    db = sqlite3.connect(path)
+    src = sqlite3.connect(source)
+    db.execute("CREATE TABLE cur (subject TEXT PRIMARY KEY, user_id TEXT, email TEXT)")
+    rows = src.execute("SELECT id, email FROM customers")
+    db.executemany("INSERT OR IGNORE INTO cur VALUES (?, ?, ?)", (("u:" + i, i, e) for i, e in rows))
+    db.commit()
+    entered = sum(1 for _ in db.execute("SELECT subject FROM cur EXCEPT SELECT subject FROM prev"))
+    left = sum(1 for _ in db.execute("SELECT subject FROM prev EXCEPT SELECT subject FROM cur"))
+    total = time.perf_counter() - started
+    emit({"total_s": round(total, 2), "entered": entered, "left": left,
+          "peak_rss_mb": round(peak_rss_mb(), 1)})
+
+
+def measure(members: int, state_url: str, churn: float) -> dict[str, object]:
+    me = __file__
+    with tempfile.TemporaryDirectory(prefix="syncd-bench-") as tmp, fresh_state(state_url, tmp) as state:
+        source, base = f"{tmp}/source.db", f"{tmp}/baseline.db"
+        run_step(me, "source", source, str(members))
+        run_step(me, "baseline-prepare", source, base)
+        setup = run_step(me, "setup", source, state, str(members), str(churn))
+        inc = run_step(me, "incremental", source, state)
+        baseline = run_step(me, "baseline", source, base)
+    assert (inc["entered"], inc["left"]) == (baseline["entered"], baseline["left"]), (inc, baseline)
+    return {
+        "members": members, "state": "sqlite" if state_url == "sqlite" else "postgresql",
+        "full_s": setup["full_snapshot_s"], "snapshot_s": inc["snapshot_s"], "diff_s": inc["diff_s"],
+        "incremental_s": inc["total_s"], "rows/s": int(inc["rows"] / inc["total_s"]),
+        "rss_mb": inc["peak_rss_mb"], "baseline_s": baseline["total_s"],
+        "baseline_rss_mb": baseline["peak_rss_mb"],
+        "x_baseline": round(inc["total_s"] / baseline["total_s"], 2),
+        "entered": inc["entered"], "left": inc["left"],
+    }
+
+
+STEPS = {
+    "source": lambda a: step_source(a[0], int(a[1])),
+    "setup": lambda a: step_setup(a[0], a[1], int(a[2]), float(a[3])),
+    "incremental": lambda a: step_incremental(a[0], a[1]),
+    "baseline-prepare": lambda a: step_baseline_prepare(a[0], a[1]),
+    "baseline": lambda a: step_baseline(a[0], a[1]),
+}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in STEPS:
+        STEPS[sys.argv[1]](sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--members", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--state", default="sqlite",
+                        help="'sqlite' (a temp file) or a PostgreSQL server URL (a fresh database is made)")
+    parser.add_argument("--churn", type=float, default=0.01, help="fraction entering and leaving")
+    args = parser.parse_args()
+    results = []
+    for members in args.members:
+        results.append(measure(members, args.state, args.churn))
+        print(table(results[-1:], list(results[-1])), flush=True)
+    print("\nall sizes:\n" + table(results, list(results[0])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The ledger's snapshot store on real SQLite and PostgreSQL: replace_members keeps the
+previous snapshot on failure, lets the first of duplicate rows win, and rewrites what changed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import Engine, select
+
+from syncd import ledger
+from syncd.config import Config, ScheduleConfig
+from syncd.ledger import L, M, SnapshotCounts
+from syncd.plan import Change, SnapshotRow
+from syncd.sync import open_state
+
+
+@pytest.fixture
+def engine(state_url: str) -> Iterator[Engine]:
+    config = Config(path="-", state_url=state_url, schedule=ScheduleConfig(), sources={},
+                    destinations={}, audiences=())
+    engine = open_state(config)
+    yield engine
+    engine.dispose()
+
+
+def row(user_id: str, email: str | None = None, **traits: object) -> SnapshotRow:
+    return SnapshotRow(user_id=user_id, anonymous_id=None, email=email, url=None, traits=dict(traits))
+
+
+def members(engine: Engine, key: str) -> dict[str, tuple[str | None, str | None]]:
+    with engine.connect() as conn:
+        result = conn.execute(select(M.c.subject, M.c.email, M.c.traits).where(M.c.audience_key == key))
+        return {r.subject: (r.email, r.traits) for r in result}
+
+
+def test_replace_members_adds_removes_and_rewrites_changed_rows(engine: Engine) -> None:
+    ledger.replace_members(engine, "a", [row("1", "one@x.io"), row("2", "two@x.io", plan="pro")],
+                           SnapshotCounts())
+    ledger.replace_members(engine, "b", [row("1", "b@x.io")], SnapshotCounts())
+
+    counts = ledger.replace_members(
+        engine, "a", [row("2", "new@x.io", plan="max"), row("3"), row("2", "dup@x.io")], SnapshotCounts()
+    )
+
+    assert (counts.members, counts.duplicates) == (2, 1)
+    assert members(engine, "a") == {"u:2": ("new@x.io", '{"plan": "max"}'), "u:3": (None, None)}
+    assert members(engine, "b") == {"u:1": ("b@x.io", None)}  # another audience is untouched
+
+
+def test_replace_members_keeps_the_previous_snapshot_if_the_source_fails(engine: Engine) -> None:
+    ledger.replace_members(engine, "a", [row("1", "one@x.io")], SnapshotCounts())
+
+    def failing() -> Iterator[SnapshotRow]:
+        yield row("2")
+        raise RuntimeError("source connection lost")
+
+    with pytest.raises(RuntimeError):
+        ledger.replace_members(engine, "a", failing(), SnapshotCounts())
+
+    assert members(engine, "a") == {"u:1": ("one@x.io", None)}
+    ledger.replace_members(engine, "a", [row("4")], SnapshotCounts())  # the same pooled connection works
+    assert members(engine, "a") == {"u:4": (None, None)}
+
+
+def test_an_empty_snapshot_empties_the_audience(engine: Engine) -> None:
+    ledger.replace_members(engine, "a", [row("1")], SnapshotCounts())
+    counts = ledger.replace_members(engine, "a", [], SnapshotCounts())
+    assert (counts.members, counts.duplicates, members(engine, "a")) == (0, 0, {})
+
+
+def test_pages_walk_spans_of_keys_and_miss_nothing(engine: Engine) -> None:
+    """Enters and leaves are collected span by span (here 7 keys per span, 5 per page):
+    every change appears exactly once, in subject order, whatever the boundaries."""
+    ids = [f"{i:02d}" for i in range(40)]
+    ledger.replace_members(engine, "a", [row(i, f"{i}@x.io") for i in ids], SnapshotCounts())
+    with engine.begin() as conn:  # the destination holds `true` for every third member
+        conn.execute(L.insert(), [
+            {"audience_key": "a", "destination": "nat", "subject": f"u:{i}", "acked": True, "seq": 1,
+             "maybe_true": False, "maybe_false": False, "attempts": 0, "failed": False}
+            for i in ids[::3]
+        ])
+    staying = [i for n, i in enumerate(ids) if n % 4]  # every fourth member leaves
+    ledger.replace_members(engine, "a", [row(i, f"{i}@x.io") for i in staying], SnapshotCounts())
+
+    def walk(fetch: Callable[[str], list[Change]]) -> list[str]:
+        seen, after = [], ""
+        while page := fetch(after):
+            assert len(page) <= 5
+            seen += [c.subject for c in page]
+            after = page[-1].subject
+        return seen
+
+    with engine.connect() as conn:
+        enters = walk(lambda after: ledger.enters_page(conn, "a", "nat", True, after, 5, scan=7))
+        leaves = walk(lambda after: ledger.leaves_page(conn, "a", "nat", after, 5, scan=7))
+        counts = ledger.plan_counts(conn, "a", "nat", needs_email=True)
+    assert enters == [f"u:{i}" for i in staying if int(i) % 3]
+    assert leaves == [f"u:{i}" for i in ids if int(i) % 3 == 0 and int(i) % 4 == 0]
+    assert (counts.entered, counts.left) == (len(enters), len(leaves))
