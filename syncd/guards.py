@@ -15,6 +15,7 @@ Raising the limit in the config releases them too.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -58,7 +59,7 @@ class GuardVerdict:
                   if self.approved_exits is not None else "")
         return (f"holding {self.exits} exits of {self.audience_key} at {self.destination}: "
                 f"{self.reason()}{beyond}. No `false` was sent. If these exits are right, run: "
-                f"syncd approve --config {config_path} --audience {self.audience_key} "
+                f"syncd approve --config {shlex.quote(config_path)} --audience {self.audience_key} "
                 f"--destination {self.destination} (or raise max_exit_share)")
 
     def as_dict(self) -> dict[str, Any]:
