@@ -190,9 +190,8 @@ def test_commands_reject_unknown_names_with_one_line_before_any_io(sqlite_env: E
     for args, message in cases:
         result = sqlite_env.cli(*args, "--config", path)
         assert result.returncode == 2, args
-        assert result.stderr.strip() == f"syncd: {message}" or (
-            result.stderr.startswith(f"syncd: {message}") and len(result.stderr.strip().splitlines()) == 1
-        ), result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"syncd: {message}"), result.stderr
     assert not (sqlite_env.tmp_path / "state.db").exists()
     bad_limit = sqlite_env.cli("history", "--limit", "0", "--config", path)
     assert bad_limit.returncode == 2 and "not a positive whole number" in bad_limit.stderr
