@@ -120,7 +120,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             output = commands.history(engine, args.limit)
         else:
             output = commands.approve(config, engine, args.audience, args.destination)
-        print(json.dumps(output.data, indent=2) if args.json else output.text)
+        if args.json or output.text:
+            print(json.dumps(output.data, indent=2) if args.json else output.text)
         return output.exit_code
     finally:
         engine.dispose()

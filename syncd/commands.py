@@ -31,7 +31,7 @@ SAMPLES = 5
 @dataclass
 class Output:
     data: Any  # what --json prints
-    text: str  # what a person reads
+    text: str  # what a person reads (on stdout; nothing if empty)
     exit_code: int = 0
 
 
@@ -217,7 +217,8 @@ def _run_now(config: Config, engine: Engine, pairs: set[tuple[str, str]], option
     try:
         report = run_once(only(config, pairs), options, engine=engine)
     except ledger.RunInProgress as exc:
-        return Output({"run": None, "error": str(exc)}, f"{exc}; {if_busy}", 1)
+        log.error("%s; %s", exc, if_busy)
+        return Output({"run": None, "error": str(exc)}, "", 1)
     return Output({"run": _report(report)}, "\n".join(summary_lines(report)) or "nothing to send",
                   report.exit_code)
 

@@ -176,6 +176,27 @@ def test_resync_of_one_destination_leaves_the_other_alone(sqlite_env: Env) -> No
     assert sqlite_env.usercom.requests == 0
 
 
+def test_resync_during_another_run_keeps_its_marks_for_the_next_run(sqlite_env: Env) -> None:
+    env = sqlite_env
+    config = env.config(audiences=audience_toml("Buyers", ["nat"]))
+    env.shop.members("u1", "u2")
+    env.run(config)
+    env.nat.reset()
+    engine = create_state_engine(env.state_url)
+    lease = ledger.acquire_lease(engine)
+    try:
+        busy = env.cli("resync", "--audience", "buyers", "--config", str(env.tmp_path / "config.toml"))
+    finally:
+        ledger.release_lease(engine, lease)
+        engine.dispose()
+    assert busy.returncode == 1
+    assert "another run is in progress" in busy.stderr and "the next run sends them" in busy.stderr
+    assert env.nat.requests == 0
+
+    assert env.run(config).exit_code == 0
+    assert _flags(env.nat.accepted()) == {"u1": True, "u2": True}
+
+
 def test_commands_reject_unknown_names_with_one_line_before_any_io(sqlite_env: Env) -> None:
     path = str(sqlite_env.write_config(audiences=audience_toml("Buyers", ["nat"])))
     cases = [
