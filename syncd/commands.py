@@ -89,7 +89,7 @@ def _plan_audience(config: Config, conn: Connection, scratch: Table, audience: A
         source = open_source(config.sources[audience.source].url)
         try:
             rows = stream_members(source, audience.query, snapshot_at, counts)
-            ledger.load_members(conn, scratch, audience.key, rows, counts)
+            ledger.load_scratch(conn, scratch, audience.key, rows, counts)
         finally:
             source.dispose()
     except SourceError as exc:

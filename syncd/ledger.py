@@ -90,28 +90,22 @@ def replace_members(engine: Engine, audience_key: str, rows: Iterable[SnapshotRo
     A later row with an identifier already seen is a duplicate: the first one
     wins. If the iterator raises, the previous snapshot stays.
     """
-    with engine.begin() as conn:
-        load_members(conn, M, audience_key, rows, counts)
-    return counts
-
-
-def load_members(conn: Connection, members: Table, audience_key: str, rows: Iterable[SnapshotRow],
-                 counts: SnapshotCounts) -> None:
-    """Replace an audience's rows in `members` (the member table, or plan's scratch copy)."""
-    conn.execute(delete(members).where(members.c.audience_key == audience_key))
-    stmt = _upsert(conn, members).on_conflict_do_nothing()
     fed = 0
-    batch: list[dict[str, Any]] = []
-    for row in rows:
-        fed += 1
-        batch.append(row.as_member(audience_key))
-        if len(batch) >= INSERT_BATCH:
+    with engine.begin() as conn:
+        conn.execute(delete(M).where(M.c.audience_key == audience_key))
+        stmt = _upsert(conn, M).on_conflict_do_nothing()
+        batch: list[dict[str, Any]] = []
+        for row in rows:
+            fed += 1
+            batch.append(row.as_member(audience_key))
+            if len(batch) >= INSERT_BATCH:
+                conn.execute(stmt, batch)
+                batch = []
+        if batch:
             conn.execute(stmt, batch)
-            batch = []
-    if batch:
-        conn.execute(stmt, batch)
-    counts.members = member_count(conn, audience_key, members)
+        counts.members = member_count(conn, audience_key)
     counts.duplicates = fed - counts.members
+    return counts
 
 
 @contextmanager
@@ -134,6 +128,25 @@ def scratch_members(conn: Connection) -> Iterator[Table]:
         conn.rollback()  # PostgreSQL: the table goes with the transaction that created it
         table.drop(conn, checkfirst=True)  # SQLite: created outside it
         conn.commit()
+
+
+def load_scratch(conn: Connection, scratch: Table, audience_key: str, rows: Iterable[SnapshotRow],
+                 counts: SnapshotCounts) -> None:
+    """An audience's snapshot into the scratch table (as replace_members does into `member`)."""
+    conn.execute(delete(scratch).where(scratch.c.audience_key == audience_key))
+    stmt = _upsert(conn, scratch).on_conflict_do_nothing()
+    fed = 0
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        fed += 1
+        batch.append(row.as_member(audience_key))
+        if len(batch) >= INSERT_BATCH:
+            conn.execute(stmt, batch)
+            batch = []
+    if batch:
+        conn.execute(stmt, batch)
+    counts.members = member_count(conn, audience_key, scratch)
+    counts.duplicates = fed - counts.members
 
 
 def member_count(conn: Connection, audience_key: str, members: Table = M) -> int:
@@ -204,7 +217,14 @@ def plan_counts(conn: Connection, audience_key: str, destination: str, needs_ema
     left = conn.scalar(
         select(func.count()).select_from(L).where(_leaves_where(audience_key, destination, members))
     ) or 0
-    failed = work_count(conn, audience_key, destination, needs_email, L.c.failed == true(), members)
+    failed_enters = select(func.count()).select_from(joined).where(where, L.c.failed == true())
+    if needs_email:
+        failed_enters = failed_enters.where(_has_email(members))
+    failed = (conn.scalar(failed_enters) or 0) + (conn.scalar(
+        select(func.count()).select_from(L).where(
+            _leaves_where(audience_key, destination, members), L.c.failed == true()
+        )
+    ) or 0)
     return PlanCounts(member_count(conn, audience_key, members), entered, left, skipped, failed)
 
 

@@ -114,7 +114,7 @@ def test_plan_needs_no_lease_and_blocks_no_run(env: Env) -> None:
     try:
         with engine.connect() as conn, ledger.scratch_members(conn) as scratch:  # plan, mid-plan
             rows = [SnapshotRow(f"p{i}", None, None, None) for i in range(10)]
-            ledger.load_members(conn, scratch, "buyers", rows, SnapshotCounts())
+            ledger.load_scratch(conn, scratch, "buyers", rows, SnapshotCounts())
             assert ledger.plan_counts(conn, "buyers", "usercom", False, scratch).entered == 10
 
             done = threading.Event()
