@@ -8,13 +8,17 @@ import logging
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import __version__
-from syncd.config import Config, ConfigError, default_config_path, load_config
+from syncd.config import Config, ConfigError, UsageError, default_config_path, load_config
 from syncd.ledger import RunInProgress
 from syncd.signals import stop_on_signals
+
+if TYPE_CHECKING:
+    from syncd.sync import Options
 
 log = logging.getLogger("syncd")
 
@@ -28,10 +32,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", parents=[common], help="the daemon: sync on a schedule until stopped")
     sub.add_parser("run-once", parents=[common], help="sync every audience once, then exit")
-    status = sub.add_parser("status", parents=[common], help="what each destination holds and lacks")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    with_json = argparse.ArgumentParser(add_help=False, parents=[common])
+    with_json.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("status", parents=[with_json], help="what each destination holds and lacks")
     sub.add_parser("migrate", parents=[common], help="bring the state database schema up to date")
+    sub.add_parser("plan", parents=[with_json], help="dry run: what a run would send now (sends nothing)")
+    resync = sub.add_parser("resync", parents=[with_json],
+                            help="send an audience's full state again, now")
+    resync.add_argument("--audience", required=True, metavar="KEY", help="the audience key")
+    resync.add_argument("--destination", metavar="NAME", help="only this destination")
+    failures = sub.add_parser("failures", parents=[with_json], help="changes a destination rejected")
+    failures.add_argument("--destination", metavar="NAME", help="only this destination")
+    retry = sub.add_parser("retry", parents=[with_json], help="try the rejected changes again, now")
+    retry.add_argument("--destination", metavar="NAME", help="only this destination")
+    history = sub.add_parser("history", parents=[with_json], help="recent runs and what they did")
+    history.add_argument("--limit", type=_positive, default=10, metavar="N", help="runs to show (10)")
+    approve = sub.add_parser("approve", parents=[with_json],
+                             help="let the next run send the exits the guard holds")
+    approve.add_argument("--audience", required=True, metavar="KEY", help="the audience key")
+    approve.add_argument("--destination", metavar="NAME", help="only this destination")
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def setup_logging() -> None:
@@ -52,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config or default_config_path())
         return _dispatch(args, config)
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return 2
     except RunInProgress as exc:
@@ -66,25 +92,47 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
-    from syncd import scheduler, status, sync  # heavy imports only once the config is good
+    from syncd import commands, scheduler, status, sync  # heavy imports only once the config is good
 
     if args.command == "run":
         scheduler.serve(config)
         return 0
     if args.command == "run-once":
-        stop = threading.Event()
-        stop_on_signals(stop)
-        return sync.run_once(config, sync.Options(stop_event=stop)).exit_code
+        return sync.run_once(config, _run_options()).exit_code
+    commands.check_args(config, getattr(args, "audience", None), getattr(args, "destination", None))
     engine = sync.open_state(config)
     try:
         if args.command == "migrate":
             print("state database is up to date")
             return 0
-        rows = status.status(config, engine)
-        print(json.dumps(rows, indent=2) if args.json else status.format_status(rows))
-        return 0
+        if args.command == "status":
+            rows = status.status(config, engine)
+            output = commands.Output(rows, status.format_status(rows))
+        elif args.command == "plan":
+            output = commands.plan(config, engine)
+        elif args.command == "resync":
+            output = commands.resync(config, engine, args.audience, args.destination, _run_options())
+        elif args.command == "failures":
+            output = commands.failures(config, engine, args.destination)
+        elif args.command == "retry":
+            output = commands.retry(config, engine, args.destination, _run_options())
+        elif args.command == "history":
+            output = commands.history(engine, args.limit)
+        else:
+            output = commands.approve(config, engine, args.audience, args.destination)
+        if args.json or output.text:
+            print(json.dumps(output.data, indent=2) if args.json else output.text)
+        return output.exit_code
     finally:
         engine.dispose()
+
+
+def _run_options() -> Options:
+    from syncd.sync import Options
+
+    stop = threading.Event()
+    stop_on_signals(stop)
+    return Options(stop_event=stop)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,10 @@ class ConfigError(Exception):
         super().__init__(f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
 
 
+class UsageError(Exception):
+    """A command-line argument that does not fit the config (unknown audience...): exit 2."""
+
+
 class Secret:
     """An API key. Its repr and str never show the value."""
 
@@ -90,12 +94,21 @@ class DestinationConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    """When a run holds an audience's exits instead of sending them (see guards.py)."""
+
+    max_exit_share: float = 0.5  # of the members a destination holds as `true`
+    min_acknowledged: int = 10  # smaller audiences are never held
+
+
+@dataclass(frozen=True)
 class AudienceConfig:
     name: str
     key: str
     source: str
     destinations: tuple[str, ...]
     query: str
+    max_exit_share: float = GuardConfig.max_exit_share  # [guards] value unless the audience sets its own
 
 
 @dataclass(frozen=True)
@@ -107,6 +120,7 @@ class Config:
     destinations: Mapping[str, DestinationConfig]
     audiences: tuple[AudienceConfig, ...]
     retention: timedelta = DEFAULT_RETENTION  # run history and finished ledger rows older than this go
+    guards: GuardConfig = GuardConfig()
 
 
 def default_config_path() -> Path:
@@ -188,18 +202,20 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         raise ConfigError(path, "", f"cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"malformed TOML: {exc}") from None
-    top = reader.table(raw, "", {"state", "schedule", "sources", "destinations", "audiences"})
+    top = reader.table(raw, "", {"state", "schedule", "sources", "destinations", "audiences", "guards"})
     state = reader.table(top.get("state", {}), "state", {"url", "retention"})
     sources = _sources(reader, top.get("sources", {}))
     destinations = _destinations(reader, top.get("destinations", {}))
+    guards = _guards(reader, top.get("guards", {}))
     return Config(
         path=str(path),
         state_url=reader.db_url(state, "state", DEFAULT_STATE_URL),
         schedule=_schedule(reader, top.get("schedule", {})),
         sources=sources,
         destinations=destinations,
-        audiences=_audiences(reader, top.get("audiences", []), sources, destinations),
+        audiences=_audiences(reader, top.get("audiences", []), sources, destinations, guards),
         retention=_retention(reader, state),
+        guards=guards,
     )
 
 
@@ -222,6 +238,25 @@ def _schedule(reader: _Reader, data: Any) -> ScheduleConfig:
         jitter=reader.duration(table, "schedule", "jitter", default.jitter),
         run_at_start=reader.get(table, "schedule", "run_at_start", bool, default.run_at_start),
     )
+
+
+def _guards(reader: _Reader, data: Any) -> GuardConfig:
+    table = reader.table(data, "guards", {"max_exit_share", "min_acknowledged"})
+    default = GuardConfig()
+    minimum = reader.get(table, "guards", "min_acknowledged", int, default.min_acknowledged)
+    if minimum < 0:
+        raise reader.error("guards.min_acknowledged", "must be 0 or more")
+    return GuardConfig(
+        max_exit_share=_share(reader, table, "guards", default.max_exit_share),
+        min_acknowledged=minimum,
+    )
+
+
+def _share(reader: _Reader, table: dict[str, Any], key: str, default: float) -> float:
+    share = reader.get(table, key, "max_exit_share", float, default)
+    if not 0 <= share <= 1:
+        raise reader.error(f"{key}.max_exit_share", f"must be between 0 and 1 (a share), not {share:g}")
+    return float(share)
 
 
 def _sources(reader: _Reader, data: Any) -> dict[str, SourceConfig]:
@@ -298,7 +333,7 @@ def _secret(reader: _Reader, table: dict[str, Any], key: str) -> Secret:
     return Secret(value)
 
 
-_AUDIENCE_KEYS = {"name", "key", "source", "destinations", "query"}
+_AUDIENCE_KEYS = {"name", "key", "source", "destinations", "query", "max_exit_share"}
 
 
 def _audiences(
@@ -306,6 +341,7 @@ def _audiences(
     data: Any,
     sources: Mapping[str, SourceConfig],
     destinations: Mapping[str, DestinationConfig],
+    guards: GuardConfig,
 ) -> tuple[AudienceConfig, ...]:
     if not isinstance(data, list):
         raise reader.error("audiences", "must be an array of tables ([[audiences]])")
@@ -336,6 +372,7 @@ def _audiences(
         result.append(AudienceConfig(
             name=name, key=key, source=source, destinations=tuple(targets),
             query=reader.required_str(table, where, "query"),
+            max_exit_share=_share(reader, table, where, guards.max_exit_share),
         ))
     if not result:
         raise reader.error("audiences", "at least one [[audiences]] table is required")

@@ -91,17 +91,20 @@ class Pacer:
         self.cancelled = cancelled
 
     async def wait(self) -> None:
-        while not self.cancelled():
+        slot: float | None = None
+        while not self.cancelled():  # short naps: a stop is noticed within half a second
             now = time.monotonic()
             if now < self.paused_until:
+                slot = None  # after the pause, queue again
                 await asyncio.sleep(min(0.5, self.paused_until - now))
                 continue
-            slot = max(now, self.next_slot)
-            self.next_slot = slot + self.interval
+            if slot is None:
+                slot = max(now, self.next_slot)
+                self.next_slot = slot + self.interval
             if slot > now:
-                await asyncio.sleep(slot - now)
-            if time.monotonic() >= self.paused_until:
-                return
+                await asyncio.sleep(min(0.5, slot - now))
+                continue
+            return
 
     def pause_until(self, moment: float) -> None:
         self.paused_until = max(self.paused_until, moment)

@@ -11,14 +11,18 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
     Connection,
     Engine,
+    MetaData,
+    Table,
     and_,
     bindparam,
     case,
@@ -37,7 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from syncd.models import Attribute, Lease, Ledger, Member, Run, RunAudience, RunResult
+from syncd.models import Attribute, GuardApproval, Lease, Ledger, Member, Run, RunAudience, RunResult
 from syncd.plan import Change, Enter, Leave, SnapshotRow
 
 M = Member.__table__  # type: ignore[attr-defined]
@@ -47,6 +51,7 @@ RUN_AUDIENCE = RunAudience.__table__  # type: ignore[attr-defined]
 RUN_RESULT = RunResult.__table__  # type: ignore[attr-defined]
 ATTRIBUTE = Attribute.__table__  # type: ignore[attr-defined]
 LEASE = Lease.__table__  # type: ignore[attr-defined]
+APPROVAL = GuardApproval.__table__  # type: ignore[attr-defined]
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -197,8 +202,52 @@ def _merge_stage(conn: Connection, audience_key: str, postgres: bool) -> None:
     ), params)
 
 
-def member_count(conn: Connection, audience_key: str) -> int:
-    query = select(func.count()).select_from(M).where(M.c.audience_key == audience_key)
+@contextmanager
+def scratch_members(conn: Connection) -> Iterator[Table]:
+    """A private, temporary copy of the member table, for `syncd plan`.
+
+    A TEMPORARY table lives in the connection's own session (PostgreSQL) or temp
+    database (SQLite): writing it takes no lock a concurrent run could wait on, and
+    nothing in the shared tables changes. Whatever was written is rolled back and
+    the table dropped on the way out.
+    """
+    table = Table("syncd_plan_member", MetaData(),
+                  *(Column(c.name, c.type, primary_key=c.primary_key) for c in M.columns),
+                  prefixes=["TEMPORARY"])
+    table.drop(conn, checkfirst=True)  # left over on a pooled connection
+    table.create(conn)
+    try:
+        yield table
+    finally:
+        conn.rollback()  # PostgreSQL: the table goes with the transaction that created it
+        table.drop(conn, checkfirst=True)  # SQLite: created outside it
+        conn.commit()
+
+
+def load_scratch(conn: Connection, scratch: Table, audience_key: str, rows: Iterable[SnapshotRow],
+                 counts: SnapshotCounts) -> None:
+    """An audience's snapshot into the scratch table (as replace_members does into `member`)."""
+    conn.execute(delete(scratch).where(scratch.c.audience_key == audience_key))
+    stmt = _upsert(conn, scratch).on_conflict_do_nothing()
+    fed = 0
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        fed += 1
+        batch.append(dict(zip(_SCRATCH_COLUMNS, (audience_key, *row.as_tuple()), strict=True)))
+        if len(batch) >= 5_000:
+            conn.execute(stmt, batch)
+            batch = []
+    if batch:
+        conn.execute(stmt, batch)
+    counts.members = member_count(conn, audience_key, scratch)
+    counts.duplicates = fed - counts.members
+
+
+_SCRATCH_COLUMNS = ("audience_key", "subject", "user_id", "anonymous_id", "email", "url", "traits")
+
+
+def member_count(conn: Connection, audience_key: str, members: Table = M) -> int:
+    query = select(func.count()).select_from(members).where(members.c.audience_key == audience_key)
     return conn.scalar(query) or 0
 
 
@@ -216,9 +265,10 @@ def _in_span(column: Any, span: Span) -> ColumnElement[bool]:
     return and_(column > after, true() if upto is None else column <= upto)
 
 
-def _is_member(audience_key: str, span: Span = WHOLE) -> ColumnElement[bool]:
-    return exists().where(and_(M.c.audience_key == audience_key, M.c.subject == L.c.subject,
-                               _in_span(M.c.subject, span)))
+def _is_member(audience_key: str | ColumnElement[str], span: Span = WHOLE,
+               members: Table = M) -> ColumnElement[bool]:
+    return exists().where(and_(members.c.audience_key == audience_key, members.c.subject == L.c.subject,
+                               _in_span(members.c.subject, span)))
 
 
 def _enter_condition() -> ColumnElement[bool]:
@@ -231,32 +281,33 @@ def _leave_condition() -> ColumnElement[bool]:
     return or_(L.c.acked == true(), L.c.maybe_true == true())
 
 
-def _enters_from(audience_key: str, destination: str, span: Span = WHOLE) -> Any:
-    joined = M.outerjoin(
+def _enters_from(audience_key: str, destination: str, span: Span = WHOLE, members: Table = M) -> Any:
+    joined = members.outerjoin(
         L,
         and_(
-            L.c.audience_key == M.c.audience_key,
+            L.c.audience_key == members.c.audience_key,
             L.c.destination == destination,
-            L.c.subject == M.c.subject,
+            L.c.subject == members.c.subject,
             _in_span(L.c.subject, span),
         ),
     )
-    return joined, and_(M.c.audience_key == audience_key, _in_span(M.c.subject, span),
+    return joined, and_(members.c.audience_key == audience_key, _in_span(members.c.subject, span),
                         _enter_condition())
 
 
-def _leaves_where(audience_key: str, destination: str, span: Span = WHOLE) -> ColumnElement[bool]:
+def _leaves_where(audience_key: str, destination: str, span: Span = WHOLE,
+                  members: Table = M) -> ColumnElement[bool]:
     return and_(
         L.c.audience_key == audience_key,
         L.c.destination == destination,
         _in_span(L.c.subject, span),
         _leave_condition(),
-        not_(_is_member(audience_key, span)),
+        not_(_is_member(audience_key, span, members)),
     )
 
 
-def _has_email() -> ColumnElement[bool]:
-    return and_(M.c.email.is_not(None), M.c.email != "")
+def _has_email(members: Table = M) -> ColumnElement[bool]:
+    return and_(members.c.email.is_not(None), members.c.email != "")
 
 
 @dataclass
@@ -268,21 +319,22 @@ class PlanCounts:
     failed: int  # of the work, how many were rejected last time
 
 
-def plan_counts(conn: Connection, audience_key: str, destination: str, needs_email: bool) -> PlanCounts:
+def plan_counts(conn: Connection, audience_key: str, destination: str, needs_email: bool,
+                members: Table = M) -> PlanCounts:
     # One pass over the enters and one over the leaves: each is a full scan at a million members.
-    joined, where = _enters_from(audience_key, destination)
-    sendable = _has_email() if needs_email else true()
+    joined, where = _enters_from(audience_key, destination, members=members)
+    sendable = _has_email(members) if needs_email else true()
     enters = conn.execute(
         select(func.count(), _count_if(not_(sendable)), _count_if(and_(sendable, L.c.failed == true())))
         .select_from(joined).where(where)
     ).one()
     leaves = conn.execute(
         select(func.count(), _count_if(L.c.failed == true()))
-        .select_from(L).where(_leaves_where(audience_key, destination))
+        .select_from(L).where(_leaves_where(audience_key, destination, members=members))
     ).one()
     skipped = int(enters[1] or 0)
     return PlanCounts(
-        members=member_count(conn, audience_key), entered=int(enters[0]) - skipped,
+        members=member_count(conn, audience_key, members), entered=int(enters[0]) - skipped,
         left=int(leaves[0]), skipped=skipped, failed=int(enters[2] or 0) + int(leaves[1] or 0),
     )
 
@@ -291,27 +343,47 @@ def _count_if(condition: ColumnElement[bool]) -> Any:
     return func.sum(case((condition, 1), else_=0))
 
 
+def work_count(conn: Connection, audience_key: str, destination: str, needs_email: bool,
+               condition: ColumnElement[bool], members: Table = M) -> int:
+    """Of the changes a run would send (enters and leaves), how many meet `condition` (on L)."""
+    joined, where = _enters_from(audience_key, destination, members=members)
+    enters = select(func.count()).select_from(joined).where(where, condition)
+    if needs_email:
+        enters = enters.where(_has_email(members))
+    leaves = select(func.count()).select_from(L).where(
+        _leaves_where(audience_key, destination, members=members), condition
+    )
+    return (conn.scalar(enters) or 0) + (conn.scalar(leaves) or 0)
+
+
+def retry_count(conn: Connection, audience_key: str, destination: str, needs_email: bool,
+                members: Table = M) -> int:
+    """Of the changes a run would send, how many were attempted before and not acknowledged."""
+    tried = or_(L.c.pending.is_not(None), L.c.failed == true())
+    return work_count(conn, audience_key, destination, needs_email, tried, members)
+
+
 PAGE_SCAN = 20_000  # keys one page query looks at, at most
 
 
 def enters_page(
     conn: Connection, audience_key: str, destination: str, needs_email: bool, after: str, limit: int,
-    scan: int = PAGE_SCAN,
+    members: Table = M, scan: int = PAGE_SCAN,
 ) -> list[Change]:
     """The next members (by subject, after `after`) who need `true`, at most `limit`."""
     def fetch(span: Span, room: int) -> list[Change]:
-        return _enters_between(conn, audience_key, destination, needs_email, span, room)
-    return _paged(fetch, _span_end(conn, M.c.subject, [M.c.audience_key == audience_key], scan),
-                  after, limit)
+        return _enters_between(conn, audience_key, destination, needs_email, span, room, members)
+    end = _span_end(conn, members.c.subject, [members.c.audience_key == audience_key], scan)
+    return _paged(fetch, end, after, limit)
 
 
 def leaves_page(
     conn: Connection, audience_key: str, destination: str, after: str, limit: int,
-    scan: int = PAGE_SCAN,
+    members: Table = M, scan: int = PAGE_SCAN,
 ) -> list[Change]:
     """The next non-members (by subject, after `after`) who need `false`, at most `limit`."""
     def fetch(span: Span, room: int) -> list[Change]:
-        return _leaves_between(conn, audience_key, destination, span, room)
+        return _leaves_between(conn, audience_key, destination, span, room, members)
     bounds = [L.c.audience_key == audience_key, L.c.destination == destination]
     return _paged(fetch, _span_end(conn, L.c.subject, bounds, scan), after, limit)
 
@@ -338,18 +410,18 @@ def _span_end(conn: Connection, key: Any, bounds: list[ColumnElement[bool]], sca
 
 
 def _enters_between(conn: Connection, audience_key: str, destination: str, needs_email: bool,
-                    span: Span, limit: int) -> list[Change]:
-    joined, where = _enters_from(audience_key, destination, span)
+                    span: Span, limit: int, members: Table) -> list[Change]:
+    joined, where = _enters_from(audience_key, destination, span, members)
+    m = members.c
     query = (
-        select(M.c.subject, M.c.user_id, M.c.anonymous_id, M.c.email, M.c.url, M.c.traits,
-               func.coalesce(L.c.seq, 0))
+        select(m.subject, m.user_id, m.anonymous_id, m.email, m.url, m.traits, func.coalesce(L.c.seq, 0))
         .select_from(joined)
         .where(where)
-        .order_by(M.c.subject)
+        .order_by(m.subject)
         .limit(limit)
     )
     if needs_email:
-        query = query.where(_has_email())
+        query = query.where(_has_email(members))
     return [
         Enter(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], url=r[4],
               traits=json.loads(r[5]) if r[5] else {}, seq=r[6])
@@ -358,10 +430,10 @@ def _enters_between(conn: Connection, audience_key: str, destination: str, needs
 
 
 def _leaves_between(conn: Connection, audience_key: str, destination: str, span: Span,
-                    limit: int) -> list[Change]:
+                    limit: int, members: Table) -> list[Change]:
     query = (
         select(L.c.subject, L.c.user_id, L.c.anonymous_id, L.c.email, L.c.seq)
-        .where(_leaves_where(audience_key, destination, span))
+        .where(_leaves_where(audience_key, destination, span, members))
         .order_by(L.c.subject)
         .limit(limit)
     )
@@ -705,3 +777,128 @@ def renew_lease(engine: Engine, lease: LeaseHandle) -> bool:
 def release_lease(engine: Engine, lease: LeaseHandle) -> None:
     with engine.begin() as conn:
         conn.execute(delete(LEASE).where(LEASE.c.name == lease.name, LEASE.c.holder == lease.holder))
+
+
+# --- operator commands (resync, failures, retry, history, approvals) ---------------------
+
+
+def mark_resync(engine: Engine, audience_key: str, destination: str) -> int:
+    """Make the next run send the pair's full state again; returns the rows marked.
+
+    Users the destination holds as `true` are marked "may hold false": members get
+    `true` again, non-members get `false` as any leave does. Members never
+    acknowledged need no mark. The attribute check (User.com) is redone too.
+    """
+    with engine.begin() as conn:
+        marked = conn.execute(
+            update(L).where(L.c.audience_key == audience_key, L.c.destination == destination,
+                            L.c.acked == true()).values(maybe_false=True)
+        ).rowcount or 0
+        conn.execute(delete(ATTRIBUTE).where(ATTRIBUTE.c.audience_key == audience_key,
+                                             ATTRIBUTE.c.destination == destination))
+    return marked
+
+
+def _still_work(audience_key: str | ColumnElement[str]) -> ColumnElement[bool]:
+    """A ledger row a run would still send: an enter for a member, a leave for a non-member."""
+    member = _is_member(audience_key)
+    return or_(and_(member, _enter_condition()), and_(not_(member), _leave_condition()))
+
+
+@dataclass
+class FailureGroup:
+    destination: str
+    audience_key: str
+    status: int | None
+    reason: str
+    count: int
+    samples: list[str]
+
+
+def failures(conn: Connection, destination: str | None = None, samples: int = 5) -> list[FailureGroup]:
+    """Changes the destination rejected last time that are still to be sent, grouped by reason."""
+    groups: dict[tuple[str, str, int | None, str], FailureGroup] = {}
+    query = (
+        select(L.c.destination, L.c.audience_key, L.c.last_status, L.c.last_error,
+               func.coalesce(L.c.user_id, L.c.anonymous_id))
+        .where(L.c.failed == true(), _still_work(L.c.audience_key))
+        .order_by(L.c.destination, L.c.audience_key, L.c.subject)
+    )
+    if destination is not None:
+        query = query.where(L.c.destination == destination)
+    for dest, key, status, error, who in conn.execute(query):
+        reason = error or "rejected"
+        group = groups.setdefault((dest, key, status, reason),
+                                  FailureGroup(dest, key, status, reason, 0, []))
+        group.count += 1
+        if len(group.samples) < samples:
+            group.samples.append(who)
+    return sorted(groups.values(), key=lambda g: (g.destination, g.audience_key, -g.count, g.reason))
+
+
+def requeue_failures(engine: Engine, destination: str | None = None) -> dict[tuple[str, str], int]:
+    """Clear the failure marks (reason, attempts) of rejected changes; per pair, how many."""
+    where = and_(L.c.failed == true(), _still_work(L.c.audience_key))
+    if destination is not None:
+        where = and_(where, L.c.destination == destination)
+    with engine.begin() as conn:
+        pairs = conn.execute(
+            select(L.c.audience_key, L.c.destination, func.count())
+            .where(where).group_by(L.c.audience_key, L.c.destination)
+        ).all()
+        conn.execute(update(L).where(where).values(failed=False, attempts=0, last_status=None,
+                                                   last_error=None))
+    return {(key, dest): count for key, dest, count in pairs}
+
+
+def recent_runs(conn: Connection, limit: int) -> list[Any]:
+    """The last `limit` runs, newest first, with their pairs' totals summed."""
+    totals = (
+        select(RUN_RESULT.c.run_id,
+               *(func.sum(RUN_RESULT.c[name]).label(name) for name in RUN_TOTALS),
+               func.count().label("pairs"),
+               func.sum(case((RUN_RESULT.c.outcome == "held", 1), else_=0)).label("held"))
+        .group_by(RUN_RESULT.c.run_id)
+        .subquery()
+    )
+    errors = (
+        select(RUN_AUDIENCE.c.run_id, func.count().label("source_errors"))
+        .where(RUN_AUDIENCE.c.error.is_not(None))
+        .group_by(RUN_AUDIENCE.c.run_id)
+        .subquery()
+    )
+    query = (
+        select(RUN, *(func.coalesce(totals.c[n], 0).label(n) for n in (*RUN_TOTALS, "pairs", "held")),
+               func.coalesce(errors.c.source_errors, 0).label("source_errors"))
+        .outerjoin(totals, totals.c.run_id == RUN.c.id)
+        .outerjoin(errors, errors.c.run_id == RUN.c.id)
+        .order_by(RUN.c.id.desc())
+        .limit(limit)
+    )
+    return list(conn.execute(query))
+
+
+RUN_TOTALS = ("entered", "left", "sent", "acknowledged", "skipped", "failed", "pending")
+
+
+def approval(conn: Connection, audience_key: str, destination: str) -> Any:
+    return conn.execute(select(APPROVAL).where(APPROVAL.c.audience_key == audience_key,
+                                               APPROVAL.c.destination == destination)).first()
+
+
+def record_approval(engine: Engine, audience_key: str, destination: str, exits: int,
+                    acknowledged: int, by: str) -> None:
+    values = {"audience_key": audience_key, "destination": destination, "exits": exits,
+              "acknowledged": acknowledged, "approved_at": now(), "approved_by": by}
+    with engine.begin() as conn:
+        stmt = _upsert(conn, APPROVAL)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=[APPROVAL.c.audience_key, APPROVAL.c.destination],
+            set_={k: stmt.excluded[k] for k in ("exits", "acknowledged", "approved_at", "approved_by")},
+        ), values)
+
+
+def drop_approval(engine: Engine, audience_key: str, destination: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(APPROVAL).where(APPROVAL.c.audience_key == audience_key,
+                                            APPROVAL.c.destination == destination))

@@ -88,7 +88,7 @@ class Run(SQLModel, table=True):
     started_at: datetime = Field(sa_column=_ts(nullable=False))
     snapshot_at: datetime = Field(sa_column=_ts(nullable=False))
     finished_at: datetime | None = Field(default=None, sa_column=_ts())
-    outcome: str = "running"  # running | ok | undelivered | interrupted | crashed
+    outcome: str = "running"  # running | ok | held | undelivered | interrupted | crashed
     host: str = ""
     pid: int = 0
 
@@ -123,7 +123,7 @@ class RunResult(SQLModel, table=True):
     skipped: int = 0  # members without email (Nat)
     failed: int = 0
     pending: int = 0  # still undelivered at the end of the run
-    outcome: str = "ok"  # ok | undelivered | stopped | source_failed
+    outcome: str = "ok"  # ok | undelivered | stopped | held | source_failed
     message: str | None = None
 
 
@@ -146,3 +146,18 @@ class Lease(SQLModel, table=True):
     pid: int
     acquired_at: datetime = Field(sa_column=_ts(nullable=False))
     expires_at: datetime = Field(sa_column=_ts(nullable=False))
+
+
+class GuardApproval(SQLModel, table=True):
+    """`syncd approve`: lets runs send up to `exits` held exits of one (audience, destination).
+
+    Deleted by the first run after which no exit of the pair is left to send.
+    """
+
+    __tablename__ = "guard_approval"
+    audience_key: str = Field(primary_key=True)
+    destination: str = Field(primary_key=True)
+    exits: int  # the number of exits held when approved; more than this holds again
+    acknowledged: int  # members the destination held as `true` when approved
+    approved_at: datetime = Field(sa_column=_ts(nullable=False))
+    approved_by: str = ""  # user@host, for the record

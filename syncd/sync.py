@@ -17,8 +17,8 @@ import httpx
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd import ledger
-from syncd.config import AudienceConfig, Config, DestinationConfig
+from syncd import guards, ledger
+from syncd.config import AudienceConfig, Config, DestinationConfig, GuardConfig
 from syncd.db import create_state_engine, migrate
 from syncd.delivery import RetryPolicy, Sender, Verdict
 from syncd.destinations import Destination, DestinationError, make_destination
@@ -69,7 +69,10 @@ class RunReport:
     def outcome(self) -> str:
         if self.interrupted:
             return "interrupted"
-        return "ok" if self.delivered else "undelivered"
+        if self.delivered:
+            return "ok"
+        held_only = not self.audience_errors and all(p.outcome in ("ok", "held") for p in self.pairs)
+        return "held" if held_only else "undelivered"
 
     @property
     def exit_code(self) -> int:
@@ -201,7 +204,8 @@ async def _deliver_all(config: Config, options: Options, engine: Engine, report:
     for dest in config.destinations.values():
         connected = [a for a in audiences if dest.name in a.destinations]
         if connected:
-            tasks.append(_Delivery(dest, options, engine, report.snapshot_at).run(connected))
+            delivery = _Delivery(dest, options, engine, report.snapshot_at, config.guards, config.path)
+            tasks.append(delivery.run(connected))
     results = await asyncio.gather(*tasks)
     return [pair for pairs in results for pair in pairs]
 
@@ -210,10 +214,11 @@ class _Delivery:
     """Delivers every audience connected to one destination, one page at a time."""
 
     def __init__(self, config: DestinationConfig, options: Options, engine: Engine,
-                 snapshot_at: datetime) -> None:
+                 snapshot_at: datetime, guard_config: GuardConfig, config_path: str) -> None:
         self.destination: Destination = make_destination(config)
         self.name = config.name
         self.engine, self.snapshot_at = engine, snapshot_at
+        self.guard_config, self.config_path = guard_config, config_path
         self.sender = Sender(
             name=self.destination.integration, headers=self.destination.headers(),
             concurrency=config.concurrency, rate_limit=config.rate_limit, timeout=config.timeout,
@@ -223,28 +228,48 @@ class _Delivery:
 
     async def run(self, audiences: Sequence[AudienceConfig]) -> list[PairReport]:
         try:
-            return [await self._pair(audience.key) for audience in audiences]
+            return [await self._pair(audience) for audience in audiences]
         finally:
             await self.sender.aclose()
 
-    async def _pair(self, key: str) -> PairReport:
-        needs_email = self.destination.needs_email
+    async def _pair(self, audience: AudienceConfig) -> PairReport:
+        key, needs_email = audience.key, self.destination.needs_email
         with self.engine.connect() as conn:
             counts = ledger.plan_counts(conn, key, self.name, needs_email)
+            guard = guards.check(conn, audience, self.guard_config, self.name, counts.members, counts.left)
         pair = PairReport(key, self.name, members=counts.members, entered=counts.entered,
                           left=counts.left, skipped=counts.skipped)
+        self._log_guard(guard)
         work = counts.entered + counts.left
         if work and not self.sender.interrupted():
             try:
                 await self._prepare(key)
-                await self._send_all(key, pair, needs_email)
+                await self._send_all(key, pair, needs_email, leaves=not guard.held)
             except DestinationError as exc:
                 pair.message = str(exc)
         pair.pending = work - pair.acknowledged
-        if pair.pending:
+        if pair.pending and guard.held and not self.sender.refused:
+            pair.outcome, pair.message = "held", guard.hold_message(self.config_path)
+        elif pair.pending:
             pair.outcome = "stopped" if self.sender.refused else "undelivered"
             pair.message = self.sender.stopped or pair.message or _interrupted(self.sender)
+        if guard.approved_exits is not None and not guard.held:
+            self._consume_approval(key)
         return pair
+
+    def _log_guard(self, guard: guards.GuardVerdict) -> None:
+        if guard.held:
+            log.error("%s", guard.hold_message(self.config_path))
+        elif guard.approved:
+            log.warning("sending %d exits of %s at %s, approved by %s: %s", guard.exits,
+                        guard.audience_key, self.name, guard.approved_by or "?", guard.reason())
+
+    def _consume_approval(self, key: str) -> None:
+        """An approval lasts until no exit of the pair is left to send."""
+        with self.engine.connect() as conn:
+            left = ledger.plan_counts(conn, key, self.name, self.destination.needs_email).left
+        if not left:
+            ledger.drop_approval(self.engine, key, self.name)
 
     async def _prepare(self, key: str) -> None:
         with self.engine.connect() as conn:
@@ -253,8 +278,8 @@ class _Delivery:
         await self.destination.prepare(self.sender, key)
         ledger.record_attribute(self.engine, self.name, key)
 
-    async def _send_all(self, key: str, pair: PairReport, needs_email: bool) -> None:
-        for enters in (True, False):
+    async def _send_all(self, key: str, pair: PairReport, needs_email: bool, leaves: bool = True) -> None:
+        for enters in (True, False) if leaves else (True,):
             after = ""
             while not self.sender.interrupted():
                 with self.engine.connect() as conn:

@@ -75,6 +75,17 @@ def test_retention_and_per_type_pacing_defaults(tmp_path: Path) -> None:
     assert (config.retention, usercom.rate_limit, usercom.concurrency) == (timedelta(days=7), 10.0, 4)
 
 
+def test_guards_default_and_per_audience_exit_share(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, GOOD), KEYS_ENV).audiences[0].max_exit_share == 0.5
+    text = GOOD.replace("[sources.shop]", "[guards]\nmax_exit_share = 0.2\nmin_acknowledged = 100\n"
+                        "[sources.shop]")
+    text += 'max_exit_share = 1\n[[audiences]]\nname = "Other"\nsource = "shop"\n' \
+        'destinations = ["nat"]\nquery = "SELECT 1 AS user_id"\n'
+    config = load_config(write(tmp_path, text), KEYS_ENV)
+    assert (config.guards.max_exit_share, config.guards.min_acknowledged) == (0.2, 100)
+    assert [a.max_exit_share for a in config.audiences] == [1.0, 0.2]  # its own, else [guards]
+
+
 def test_api_key_file(tmp_path: Path) -> None:
     key_file = tmp_path / "nat.key"
     key_file.write_text("file-key\n")
@@ -127,6 +138,16 @@ MISTAKES = [
      "state.retention", "must be at least 1d"),
     ("zero rate limit", ("rate_limit = 20", "rate_limit = 0"), "destinations.usercom.rate_limit",
      "must be a positive number"),
+    ("exit share above 1", ("[sources.shop]", "[guards]\nmax_exit_share = 1.5\n[sources.shop]"),
+     "guards.max_exit_share", "must be between 0 and 1 (a share), not 1.5"),
+    ("exit share not a number", ("[sources.shop]", '[guards]\nmax_exit_share = "half"\n[sources.shop]'),
+     "guards.max_exit_share", "must be float, not a string"),
+    ("negative minimum", ("[sources.shop]", "[guards]\nmin_acknowledged = -1\n[sources.shop]"),
+     "guards.min_acknowledged", "must be 0 or more"),
+    ("unknown guards key", ("[sources.shop]", "[guards]\nmax_exits = 3\n[sources.shop]"),
+     "guards.max_exits", "unknown key"),
+    ("audience exit share below 0", ('source = "shop"', 'source = "shop"\nmax_exit_share = -0.1'),
+     "audiences[0] (Order Completed Last 30 Days).max_exit_share", "must be between 0 and 1"),
 ]
 
 

@@ -1,0 +1,293 @@
+"""The operator commands: plan, resync, failures, retry, history, approve.
+
+Each returns an Output: the data `--json` prints, the text a person reads, and the
+exit status. Arguments are checked against the config (`check_args`) before any
+database is touched; a mistake there is a UsageError (exit 2, one line).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import socket
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table
+
+from syncd import guards, ledger
+from syncd.config import AudienceConfig, Config, UsageError
+from syncd.destinations import make_destination
+from syncd.ledger import SnapshotCounts
+from syncd.source import SourceError, open_source, stream_members
+from syncd.sync import Options, RunReport, run_once, summary_lines
+
+log = logging.getLogger("syncd")
+
+SAMPLES = 5
+
+
+@dataclass
+class Output:
+    data: Any  # what --json prints
+    text: str  # what a person reads (on stdout; nothing if empty)
+    exit_code: int = 0
+
+
+def check_args(config: Config, audience: str | None = None, destination: str | None = None) -> None:
+    """Unknown audience or destination names, before any database is touched."""
+    known = {a.key: a for a in config.audiences}
+    if audience is not None and audience not in known:
+        raise UsageError(f"unknown audience {audience!r} (audience keys: {', '.join(sorted(known))})")
+    if destination is not None and destination not in config.destinations:
+        raise UsageError(f"unknown destination {destination!r} "
+                         f"(destinations: {', '.join(sorted(config.destinations))})")
+    if audience is not None and destination is not None and destination not in known[audience].destinations:
+        raise UsageError(f"audience {audience!r} is not sent to {destination!r} "
+                         f"(its destinations: {', '.join(known[audience].destinations)})")
+
+
+def _audience(config: Config, key: str) -> AudienceConfig:
+    return next(a for a in config.audiences if a.key == key)
+
+
+def _needs_email(config: Config, destination: str) -> bool:
+    return make_destination(config.destinations[destination]).needs_email
+
+
+def only(config: Config, pairs: set[tuple[str, str]]) -> Config:
+    """The config restricted to some (audience, destination) pairs, for a targeted run."""
+    audiences = tuple(
+        replace(a, destinations=tuple(d for d in a.destinations if (a.key, d) in pairs))
+        for a in config.audiences
+    )
+    return replace(config, audiences=tuple(a for a in audiences if a.destinations))
+
+
+# --- plan --------------------------------------------------------------------------------
+
+
+def plan(config: Config, engine: Engine) -> Output:
+    """A dry run: a fresh snapshot into a temporary table, compared with the ledger.
+
+    Nothing is sent and nothing in the state database changes; no lease is needed,
+    and a run going on at the same time is neither blocked nor disturbed.
+    """
+    snapshot_at = ledger.now()
+    with engine.connect() as conn, ledger.scratch_members(conn) as scratch:
+        audiences = [_plan_audience(config, conn, scratch, a, snapshot_at) for a in config.audiences]
+    data = {"snapshot_at": _iso(snapshot_at), "audiences": audiences}
+    return Output(data, format_plan(data))
+
+
+def _plan_audience(config: Config, conn: Connection, scratch: Table, audience: AudienceConfig,
+                   snapshot_at: datetime) -> dict[str, Any]:
+    counts = SnapshotCounts()
+    result: dict[str, Any] = {"audience": audience.key, "error": None}
+    try:
+        source = open_source(config.sources[audience.source].url)
+        try:
+            rows = stream_members(source, audience.query, snapshot_at, counts)
+            ledger.load_scratch(conn, scratch, audience.key, rows, counts)
+        finally:
+            source.dispose()
+    except SourceError as exc:
+        result["error"] = f"query failed on source {audience.source!r}: {exc}"
+        return result
+    result.update(rows=counts.rows, members=counts.members, skipped_rows=counts.skipped,
+                  destinations=[_plan_pair(config, conn, scratch, audience, name)
+                                for name in audience.destinations])
+    return result
+
+
+def _plan_pair(config: Config, conn: Connection, scratch: Table, audience: AudienceConfig,
+               name: str) -> dict[str, Any]:
+    key, needs_email = audience.key, _needs_email(config, name)
+    counts = ledger.plan_counts(conn, key, name, needs_email, scratch)
+    guard = guards.check(conn, audience, config.guards, name, counts.members, counts.left)
+    sends = counts.entered + (0 if guard.held else counts.left)
+    rate = config.destinations[name].rate_limit
+    return {
+        "destination": name,
+        "true": counts.entered,
+        "false": counts.left,
+        "retries": ledger.retry_count(conn, key, name, needs_email, scratch),
+        "skipped_no_email": counts.skipped,
+        "samples": {
+            "true": [_who(c) for c in ledger.enters_page(conn, key, name, needs_email, "", SAMPLES, scratch)],
+            "false": [_who(c) for c in ledger.leaves_page(conn, key, name, "", SAMPLES, scratch)],
+        },
+        "sends": sends,
+        "rate_limit": rate,
+        "send_seconds": round(sends / rate, 1) if rate else None,  # None: unpaced
+        "guard": {**guard.as_dict(), "message": guard.hold_message(config.path) if guard.held else None},
+    }
+
+
+def _who(change: Any) -> str:
+    return str(change.user_id or change.anonymous_id)
+
+
+def format_plan(data: dict[str, Any]) -> str:
+    lines = [f"plan for a run at {data['snapshot_at']} (dry run: nothing sent, nothing recorded)"]
+    for item in data["audiences"]:
+        if item["error"]:
+            lines.append(f"{item['audience']}: {item['error']}")
+            continue
+        lines.append(f"{item['audience']}: {item['members']} members "
+                     f"({item['rows']} rows, {item['skipped_rows']} skipped)")
+        for pair in item["destinations"]:
+            lines.append(
+                f"  {pair['destination']}: {pair['true']} true, {pair['false']} false "
+                f"({pair['retries']} retries), {pair['skipped_no_email']} skipped (no email); "
+                f"{_send_time(pair)}"
+            )
+            for value in ("true", "false"):
+                if pair["samples"][value]:
+                    lines.append(f"    {value}: {', '.join(pair['samples'][value])}"
+                                 + (", …" if pair[value] > len(pair["samples"][value]) else ""))
+            if pair["guard"]["held"]:
+                lines.append(f"    HELD: {pair['guard']['message']}")
+    return "\n".join(lines)
+
+
+def _send_time(pair: dict[str, Any]) -> str:
+    if not pair["sends"]:
+        return "nothing to send"
+    if pair["send_seconds"] is None:
+        return f"{pair['sends']} sends, unpaced (no rate_limit)"
+    return f"{pair['sends']} sends, about {_duration(pair['send_seconds'])} at {pair['rate_limit']:g}/s"
+
+
+def _duration(seconds: float) -> str:
+    total = max(1, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if v)
+
+
+# --- resync and retry: mark the ledger, then run the pairs now ----------------------------
+
+
+def resync(config: Config, engine: Engine, audience: str, destination: str | None,
+           options: Options) -> Output:
+    """Send the pair's full state again: `true` to every member, `false` to every
+    non-member the destination holds as `true`; marked in the ledger, then run now."""
+    names = [destination] if destination else list(_audience(config, audience).destinations)
+    marked = {name: ledger.mark_resync(engine, audience, name) for name in names}
+    for name, count in marked.items():
+        log.info("resync %s at %s: %d acknowledged users marked to be sent again", audience, name, count)
+    return _run_now(config, engine, {(audience, name) for name in names}, options,
+                    "the marks stay: the next run sends them")
+
+
+def failures(config: Config, engine: Engine, destination: str | None) -> Output:
+    with engine.connect() as conn:
+        groups = ledger.failures(conn, destination, SAMPLES)
+    data = [asdict(g) for g in groups]
+    if not groups:
+        return Output(data, "no failed changes")
+    lines = [f"{sum(g.count for g in groups)} failed change(s); each is tried again every run "
+             "(`syncd retry` to try now)"]
+    for g in groups:
+        more = ", …" if g.count > len(g.samples) else ""
+        lines.append(f"{g.destination} / {g.audience_key}: {g.count} rejected: {g.reason}; "
+                     f"e.g. {', '.join(g.samples)}{more}")
+    return Output(data, "\n".join(lines))
+
+
+def retry(config: Config, engine: Engine, destination: str | None, options: Options) -> Output:
+    """Clear the failure marks of rejected changes and try them now (a run of those pairs)."""
+    requeued = ledger.requeue_failures(engine, destination)
+    configured = {(a.key, d) for a in config.audiences for d in a.destinations}
+    pairs = set(requeued) & configured
+    if not pairs:
+        return Output({"requeued": 0, "run": None}, "no failed changes to retry")
+    total = sum(requeued.values())
+    log.info("requeued %d failed change(s): %s", total,
+             ", ".join(f"{k} at {d}: {n}" for (k, d), n in sorted(requeued.items())))
+    output = _run_now(config, engine, pairs, options, "they stay queued for the next run")
+    output.data = {"requeued": total, **output.data}
+    return output
+
+
+def _run_now(config: Config, engine: Engine, pairs: set[tuple[str, str]], options: Options,
+             if_busy: str) -> Output:
+    try:
+        report = run_once(only(config, pairs), options, engine=engine)
+    except ledger.RunInProgress as exc:
+        log.error("%s; %s", exc, if_busy)
+        return Output({"run": None, "error": str(exc)}, "", 1)
+    return Output({"run": _report(report)}, "\n".join(summary_lines(report)) or "nothing to send",
+                  report.exit_code)
+
+
+def _report(report: RunReport) -> dict[str, Any]:
+    return {"run_id": report.run_id, "outcome": report.outcome,
+            "pairs": [asdict(p) for p in report.pairs], "audience_errors": report.audience_errors}
+
+
+# --- history -----------------------------------------------------------------------------
+
+HISTORY_COLUMNS = ("run", "started", "duration", "outcome", *ledger.RUN_TOTALS, "held")
+
+
+def history(engine: Engine, limit: int) -> Output:
+    with engine.connect() as conn:
+        runs = ledger.recent_runs(conn, limit)
+    data = [{
+        "run": r.id, "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at),
+        "duration_s": (r.finished_at - r.started_at).total_seconds() if r.finished_at else None,
+        "outcome": r.outcome, "host": r.host, "pid": r.pid,
+        **{name: int(getattr(r, name)) for name in (*ledger.RUN_TOTALS, "held", "source_errors")},
+    } for r in runs]
+    if not data:
+        return Output(data, "no runs yet")
+    table = [list(HISTORY_COLUMNS)] + [[
+        str(d["run"]), str(d["started_at"]),
+        _duration(d["duration_s"]) if d["duration_s"] is not None else "-",
+        d["outcome"], *(str(d[name]) for name in (*ledger.RUN_TOTALS, "held")),
+    ] for d in data]
+    return Output(data, _table(table))
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+
+
+# --- approve -----------------------------------------------------------------------------
+
+
+def approve(config: Config, engine: Engine, audience: str, destination: str | None) -> Output:
+    """Let the next run send the exits the guard holds (up to their current number)."""
+    target = _audience(config, audience)
+    data, lines = [], []
+    for name in [destination] if destination else target.destinations:
+        with engine.connect() as conn:  # the last run's snapshot: what it held
+            counts = ledger.plan_counts(conn, audience, name, _needs_email(config, name))
+            verdict = guards.check(conn, target, config.guards, name, counts.members, counts.left)
+        if verdict.tripped:
+            ledger.record_approval(engine, audience, name, verdict.exits, verdict.acknowledged, _operator())
+            lines.append(f"approved: the next run sends {verdict.exits} exits of {audience} at {name} "
+                         f"({verdict.reason()})")
+        else:
+            lines.append(f"nothing held for {audience} at {name}: {verdict.exits} exits of "
+                         f"{verdict.acknowledged} acknowledged members are within the guard")
+        data.append({"audience": audience, "destination": name, "approved": verdict.tripped,
+                     **verdict.as_dict()})
+    return Output(data, "\n".join(lines))
+
+
+def _operator() -> str:
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
