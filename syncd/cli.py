@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncd import __version__
 from syncd.config import Config, ConfigError, default_config_path, load_config
 from syncd.ledger import RunInProgress
+from syncd.logs import LOG_FORMATS, setup_logging
 from syncd.signals import stop_on_signals
 
 log = logging.getLogger("syncd")
@@ -22,9 +23,12 @@ log = logging.getLogger("syncd")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syncd", description="Audience sync daemon for Nat and User.com.")
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    _add_log_format(parser, default="text")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=None,
                         help="path to config.toml (default: $SYNCD_CONFIG or ./config.toml)")
+    # Also accepted after the command; SUPPRESS keeps a global value from being reset.
+    _add_log_format(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", parents=[common], help="the daemon: sync on a schedule until stopped")
     sub.add_parser("run-once", parents=[common], help="sync every audience once, then exit")
@@ -34,26 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    # journald stamps each line itself; a terminal wants the time.
-    fmt = "%(asctime)s %(levelname)s %(message)s" if sys.stderr.isatty() else "%(levelname)s %(message)s"
-    handler.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    for noisy in ("httpx", "httpcore", "apscheduler", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _add_log_format(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=default,
+                        help="text (default) or json: one JSON object per line, for log shippers")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(args.log_format)
     try:
         config = load_config(args.config or default_config_path())
         return _dispatch(args, config)
     except ConfigError as exc:
-        print(f"syncd: {exc}", file=sys.stderr)
+        if args.log_format == "json":  # a shipper expects every line to be JSON
+            log.error("%s", exc, extra={"config_file": exc.path, "config_key": exc.key})
+        else:
+            print(f"syncd: {exc}", file=sys.stderr)
         return 2
     except RunInProgress as exc:
         log.error("%s", exc)
@@ -66,15 +66,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
-    from syncd import scheduler, status, sync  # heavy imports only once the config is good
+    from syncd import progress, scheduler, status, sync  # heavy imports only once the config is good
 
+    shown = progress.for_stream(sys.stderr, args.log_format)
     if args.command == "run":
-        scheduler.serve(config)
+        scheduler.serve(config, progress=shown)
         return 0
     if args.command == "run-once":
         stop = threading.Event()
         stop_on_signals(stop)
-        return sync.run_once(config, sync.Options(stop_event=stop)).exit_code
+        return sync.run_once(config, sync.Options(stop_event=stop, progress=shown)).exit_code
     engine = sync.open_state(config)
     try:
         if args.command == "migrate":

@@ -21,6 +21,7 @@ import enum
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -153,6 +154,7 @@ class Sender:
     stop_event: threading.Event | None = None
     transport: httpx.AsyncBaseTransport | None = None
     secrets: tuple[str, ...] = ()  # never let these into an error text
+    on_latency: Callable[[float], None] | None = None  # seconds from request to response
     stopped: str | None = None  # why the destination is out for the rest of the run
     refused: bool = False  # ...because it refused the key (401/403)
     requests: int = 0
@@ -211,12 +213,15 @@ class Sender:
             if self.interrupted():
                 return None
             self.requests += 1
+            started = time.monotonic()
             try:
                 response = await self.client.request(request.method, request.url, json=request.body)
             except httpx.HTTPError as exc:
                 error = self._redact(_describe(exc))
                 result = Result(Verdict.RETRY, attempt, None, error, isinstance(exc, _UNCERTAIN))
                 return result, self.policy.backoff(attempt)
+            if self.on_latency is not None:
+                self.on_latency(time.monotonic() - started)
         verdict = classify(response.status_code)
         if verdict is Verdict.ACK:
             try:

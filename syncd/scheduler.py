@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from syncd import ledger
 from syncd.config import Config, ScheduleConfig
+from syncd.progress import Null, Progress
 from syncd.signals import stop_on_signals
 from syncd.sync import Options, open_state, run_once
 
@@ -42,7 +43,8 @@ def first_run_time(schedule: ScheduleConfig, last_start: datetime | None, now: d
     return max(now, last_start + schedule.interval)
 
 
-def serve(config: Config, stop_event: threading.Event | None = None) -> None:
+def serve(config: Config, stop_event: threading.Event | None = None,
+          progress: Progress | None = None) -> None:
     """Run until SIGTERM/SIGINT (or until stop_event is set)."""
     stop = stop_event or threading.Event()
     engine = open_state(config)
@@ -51,7 +53,8 @@ def serve(config: Config, stop_event: threading.Event | None = None) -> None:
     now = datetime.now(UTC)
     first = first_run_time(config.schedule, _last_start(engine), now)
     scheduler.add_job(
-        _job, make_trigger(config.schedule, now), args=(config, engine, stop),
+        _job, make_trigger(config.schedule, now), args=(config, engine, Options(stop_event=stop,
+                                                                                progress=progress or Null())),
         id="sync", max_instances=1, coalesce=True, misfire_grace_time=None, next_run_time=first,
     )
     scheduler.start()
@@ -66,9 +69,9 @@ def serve(config: Config, stop_event: threading.Event | None = None) -> None:
         log.info("syncd stopped")
 
 
-def _job(config: Config, engine: Engine, stop: threading.Event) -> None:
+def _job(config: Config, engine: Engine, options: Options) -> None:
     try:
-        run_once(config, Options(stop_event=stop), engine=engine)
+        run_once(config, options, engine=engine)
     except ledger.RunInProgress as exc:
         log.warning("skipping this run: %s", exc)
     except Exception:  # the daemon must outlive one bad run; the next run retries
