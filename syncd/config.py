@@ -25,6 +25,7 @@ from syncd.keys import audience_key
 DEFAULT_STATE_URL = "sqlite:///syncd-state.db"
 DESTINATION_TYPES = ("nat", "usercom")
 _KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+_LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})$")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -93,6 +94,16 @@ class AudienceConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     state_url: str
@@ -100,6 +111,7 @@ class Config:
     sources: Mapping[str, SourceConfig]
     destinations: Mapping[str, DestinationConfig]
     audiences: tuple[AudienceConfig, ...]
+    metrics: MetricsConfig | None = None  # `syncd run` serves /metrics when set
 
 
 def default_config_path() -> Path:
@@ -181,7 +193,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         raise ConfigError(path, "", f"cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"malformed TOML: {exc}") from None
-    top = reader.table(raw, "", {"state", "schedule", "sources", "destinations", "audiences"})
+    top = reader.table(raw, "", {"state", "schedule", "sources", "destinations", "audiences", "metrics"})
     state = reader.table(top.get("state", {}), "state", {"url"})
     sources = _sources(reader, top.get("sources", {}))
     destinations = _destinations(reader, top.get("destinations", {}))
@@ -192,7 +204,32 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         sources=sources,
         destinations=destinations,
         audiences=_audiences(reader, top.get("audiences", []), sources, destinations),
+        metrics=_metrics(reader, top.get("metrics", {})),
     )
+
+
+def _metrics(reader: _Reader, data: Any) -> MetricsConfig | None:
+    table = reader.table(data, "metrics", {"listen"})
+    listen = reader.get(table, "metrics", "listen", str, None)
+    if listen is None:
+        return None
+    try:
+        return parse_listen(listen)
+    except ValueError as exc:
+        raise reader.error("metrics.listen", str(exc)) from None
+
+
+def parse_listen(text: str) -> MetricsConfig:
+    """'127.0.0.1:9464', '[::1]:9464', 'localhost:9464' -> host and port; ValueError otherwise."""
+    hint = f"{text!r} is not host:port (e.g. \"127.0.0.1:9464\", \"[::1]:9464\", \"0.0.0.0:9464\")"
+    match = _LISTEN_RE.match(text.strip())
+    if match is None:
+        raise ValueError(hint)
+    host = match.group("v6") or match.group("host")
+    port = int(match.group("port"))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range (1-65535)")
+    return MetricsConfig(host=host, port=port)
 
 
 def _schedule(reader: _Reader, data: Any) -> ScheduleConfig:

@@ -4,6 +4,7 @@ a real SQLite source database, and real HTTP stand-ins of Nat and User.com on 12
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -180,3 +181,22 @@ def env(tmp_path: Path, state_url: str, shop: Shop, nat: NatStandIn, usercom: Us
 def sqlite_env(tmp_path: Path, shop: Shop, nat: NatStandIn, usercom: UserComStandIn) -> Env:
     """For tests whose point is not the state backend."""
     return Env(tmp_path, f"sqlite:///{tmp_path / 'state.db'}", shop, nat, usercom)
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (for a server the test starts next)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def samples(text: str) -> dict[str, float]:
+    """'name{labels} value' lines -> {'name{labels}': value}; comments must be HELP/TYPE."""
+    result = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert line.split()[1] in ("HELP", "TYPE"), line
+            continue
+        name, value = line.rsplit(" ", 1)
+        result[name] = float(value)
+    return result
