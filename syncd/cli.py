@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from syncd import __version__
 from syncd.config import Config, ConfigError, default_config_path, load_config
 from syncd.ledger import RunInProgress
 from syncd.logs import LOG_FORMATS, setup_logging
+from syncd.metrics import MetricsError
 from syncd.signals import stop_on_signals
 
 log = logging.getLogger("syncd")
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"syncd: {exc}", file=sys.stderr)
         return 2
-    except RunInProgress as exc:
+    except (RunInProgress, MetricsError) as exc:
         log.error("%s", exc)
         return 1
     except SQLAlchemyError as exc:
@@ -70,9 +72,9 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
 
     shown = progress.for_stream(sys.stderr, args.log_format)
     if args.command == "run":
-        scheduler.serve(config, progress=shown)
+        scheduler.serve(config, progress=shown, environ=os.environ)
         return 0
-    if args.command == "run-once":
+    if args.command == "run-once":  # serves no metrics: it is gone before a scrape (README)
         stop = threading.Event()
         stop_on_signals(stop)
         return sync.run_once(config, sync.Options(stop_event=stop, progress=shown)).exit_code
