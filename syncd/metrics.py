@@ -190,6 +190,7 @@ class MetricsServer:
             self.server = server_class((listen.host, listen.port), _handler_for(metrics))
         except OSError as exc:
             raise MetricsError(f"cannot serve metrics on {listen.address}: {exc.strerror}") from None
+        self.address = listen.address
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="syncd-metrics", daemon=True)
 

@@ -14,6 +14,7 @@ waiting or freezing time.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from typing import Protocol, TextIO
@@ -131,8 +132,8 @@ class Bar:
     """One terminal line, redrawn in place at most `fps` times a second."""
 
     def __init__(self, stream: TextIO, clock: Clock = time.monotonic, fps: float = 8.0,
-                 width: int = 20) -> None:
-        self.stream, self.clock, self.width = stream, clock, width
+                 width: int = 20, columns: int | None = None) -> None:
+        self.stream, self.clock, self.width, self.columns = stream, clock, width, columns
         self.min_gap = 1.0 / fps
         self.active: list[Meter] = []
         self.drawn_at: float | None = None
@@ -148,7 +149,9 @@ class Bar:
             return
         self.drawn_at = now
         line = " | ".join(self._render(m) for m in self.active)
-        self.stream.write("\r\033[K" + line)
+        # A line wider than the terminal wraps, and \r would then redraw only its tail.
+        columns = self.columns or shutil.get_terminal_size((100, 24)).columns
+        self.stream.write("\r\033[K" + line[: max(columns - 1, 10)])
         self.stream.flush()
 
     def finish(self, meter: Meter) -> None:

@@ -77,8 +77,7 @@ def serve(config: Config, stop_event: threading.Event | None = None, progress: P
         if server is not None:
             daemon.refresh_metrics()
             server.start()
-            log.info("serving Prometheus metrics on http://%s/metrics", config.metrics.address
-                     if config.metrics else "")
+            log.info("serving Prometheus metrics on http://%s/metrics", server.address)
         now = datetime.now(UTC)
         first = first_run_time(config.schedule, _last_start(engine), now)
         scheduler.add_job(

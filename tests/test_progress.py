@@ -83,7 +83,7 @@ def test_log_lines_come_every_interval_not_every_change(caplog: pytest.LogCaptur
 
 def test_bar_redraws_one_line_and_clears_it_when_done() -> None:
     clock, out = Clock(), io.StringIO()
-    bar = Bar(out, clock=clock, fps=2, width=10)
+    bar = Bar(out, clock=clock, fps=2, width=10, columns=200)
     nat = bar.task("nat: buyers", 4, "delivered")
     usercom = bar.task("usercom: buyers", 2, "delivered")
     clock.now += 1
@@ -99,6 +99,13 @@ def test_bar_redraws_one_line_and_clears_it_when_done() -> None:
     usercom.close()
     assert out.getvalue().endswith("\r\033[K")
     assert "\n" not in out.getvalue()
+
+
+def test_bar_never_wraps_a_narrow_terminal() -> None:
+    clock, out = Clock(), io.StringIO()
+    bar = Bar(out, clock=clock, columns=40)
+    bar.task("usercom: order_completed_last_30days", 50_000, "delivered").advance()
+    assert len(out.getvalue().split("\r\033[K")[-1]) == 39
 
 
 def test_log_lines_when_not_a_terminal_or_json() -> None:
