@@ -202,7 +202,8 @@ class MetricsServer:
         self.thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self.thread.is_alive():  # shutdown() would wait forever for a loop never started
+            self.server.shutdown()
         self.server.server_close()
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -60,48 +61,49 @@ def serve(config: Config, stop_event: threading.Event | None = None, progress: P
     """
     stop = stop_event or threading.Event()
     notifier = Notifier(environ or {})
-    engine = open_state(config)
     metrics = Metrics() if config.metrics else None
-    try:
+    with ExitStack() as running:  # on the way out, everything started is undone in reverse
+        # Bound before any database work, so a taken port fails fast.
         server = MetricsServer(metrics, config.metrics) if metrics and config.metrics else None
-    except Exception:
-        engine.dispose()
-        raise
-    options = Options(stop_event=stop, progress=progress or Null(),
-                      latency=metrics.observe_latency if metrics else None)
-    daemon = _Daemon(config, engine, options, notifier, metrics)
-    stop_on_signals(stop)
-    scheduler = BackgroundScheduler(timezone=UTC)
-    heartbeat = Heartbeat(notifier, lambda: bool(scheduler.running))
-    try:
+        if server is not None:
+            running.callback(server.stop)
+        engine = open_state(config)
+        running.callback(engine.dispose)
+        options = Options(stop_event=stop, progress=progress or Null(),
+                          latency=metrics.observe_latency if metrics else None)
+        daemon = _Daemon(config, engine, options, notifier, metrics)
+        stop_on_signals(stop)
         if server is not None:
             daemon.refresh_metrics()
             server.start()
             log.info("serving Prometheus metrics on http://%s/metrics", server.address)
-        now = datetime.now(UTC)
-        first = first_run_time(config.schedule, _last_start(engine), now)
-        scheduler.add_job(
-            daemon.job, make_trigger(config.schedule, now), id="sync", max_instances=1,
-            coalesce=True, misfire_grace_time=None, next_run_time=first,
-        )
-        scheduler.start()
+        scheduler, first = _start_scheduler(config, engine, daemon.job)
+        running.callback(log.info, "syncd stopped")
+        running.callback(scheduler.shutdown, wait=True)  # lets the run in flight record its page
+        heartbeat = Heartbeat(notifier, lambda: bool(scheduler.running))
         if heartbeat.needed:
             heartbeat.start()
-        first_text = first.strftime("%Y-%m-%d %H:%M:%SZ")
-        log.info("syncd started: %d audience(s), %d destination(s); first run at %s, then every %s + 0..%s",
-                 len(config.audiences), len(config.destinations), first_text,
-                 _fmt(config.schedule.interval), _fmt(config.schedule.jitter))
-        notifier.ready(f"started; first run at {first_text}")
+            running.callback(heartbeat.finish)
+        running.callback(notifier.stopping)
+        notifier.ready(f"started; first run at {first}")
         stop.wait()
-    finally:
-        notifier.stopping()
-        heartbeat.finish()
-        if scheduler.running:
-            scheduler.shutdown(wait=True)
-        if server is not None:
-            server.stop()
-        engine.dispose()
-        log.info("syncd stopped")
+
+
+def _start_scheduler(config: Config, engine: Engine,
+                     job: Callable[[], None]) -> tuple[BackgroundScheduler, str]:
+    scheduler = BackgroundScheduler(timezone=UTC)
+    now = datetime.now(UTC)
+    first = first_run_time(config.schedule, _last_start(engine), now)
+    scheduler.add_job(
+        job, make_trigger(config.schedule, now), id="sync", max_instances=1,
+        coalesce=True, misfire_grace_time=None, next_run_time=first,
+    )
+    scheduler.start()
+    first_text = first.strftime("%Y-%m-%d %H:%M:%SZ")
+    log.info("syncd started: %d audience(s), %d destination(s); first run at %s, then every %s + 0..%s",
+             len(config.audiences), len(config.destinations), first_text,
+             _fmt(config.schedule.interval), _fmt(config.schedule.jitter))
+    return scheduler, first_text
 
 
 class _Daemon:
@@ -142,7 +144,7 @@ class _Daemon:
 
 
 def status_line(report: RunReport) -> str:
-    """systemctl status' one line: 'last run 14:02Z ok: nat 120 acknowledged, 0 pending; …'"""
+    """systemctl status' one line: 'last run 2026-11-22 14:02Z ok: nat 120 acknowledged, 0 pending; …'"""
     totals: dict[str, list[int]] = {}
     for pair in report.pairs:
         acked_pending = totals.setdefault(pair.destination, [0, 0])

@@ -99,6 +99,7 @@ def test_a_taken_metrics_port_exits_1_with_one_line(sqlite_env: Env) -> None:
     assert result.returncode == 1
     assert f"ERROR cannot serve metrics on 127.0.0.1:{port}: Address already in use" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (sqlite_env.tmp_path / "state.db").exists()  # failed before any database work
 
 
 class NotifySocket:
