@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # cli imports MetricsError before the config is read: keep th
 
 log = logging.getLogger("syncd")
 
+RUN_OUTCOMES = ("ok", "undelivered", "interrupted", "skipped", "error")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _CHANGE_COUNTERS = {
@@ -59,7 +60,8 @@ class Metrics:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.lock = threading.Lock()
-        self.runs: dict[str, int] = {}
+        # Every series exists from the start at 0, so rate() and increase() see the first run.
+        self.runs: dict[str, int] = dict.fromkeys(RUN_OUTCOMES, 0)
         self.changes: dict[tuple[str, str, str], int] = {}  # (kind, audience, destination)
         self.latency: dict[str, _Histogram] = {}
         self.pending: dict[tuple[str, str], int] = {}
@@ -102,6 +104,9 @@ class Metrics:
                     oldest[(audience.key, name)] = since.timestamp() if since and work else None
         with self.lock:
             self.pending, self.oldest_pending = pending, oldest
+            for audience_key, name in pending:
+                for kind in _CHANGE_COUNTERS:
+                    self.changes.setdefault((kind, audience_key, name), 0)
             for pair, moment in successes.items():
                 self.last_success[pair] = max(self.last_success.get(pair, 0.0), moment.timestamp())
 

@@ -86,6 +86,7 @@ def serve(config: Config, stop_event: threading.Event | None = None, progress: P
             running.callback(heartbeat.finish)
         running.callback(notifier.stopping)
         notifier.ready(f"started; first run at {first}")
+        scheduler.resume()  # only now: systemd hears READY before anything a run says
         stop.wait()
 
 
@@ -98,7 +99,7 @@ def _start_scheduler(config: Config, engine: Engine,
         job, make_trigger(config.schedule, now), id="sync", max_instances=1,
         coalesce=True, misfire_grace_time=None, next_run_time=first,
     )
-    scheduler.start()
+    scheduler.start(paused=True)
     first_text = first.strftime("%Y-%m-%d %H:%M:%SZ")
     log.info("syncd started: %d audience(s), %d destination(s); first run at %s, then every %s + 0..%s",
              len(config.audiences), len(config.destinations), first_text,
@@ -113,8 +114,11 @@ class _Daemon:
                  metrics: Metrics | None) -> None:
         self.config, self.engine, self.options = config, engine, options
         self.notifier, self.metrics = notifier, metrics
+        self.last_status = ""
 
     def job(self) -> None:
+        previous = f"; {self.last_status}" if self.last_status else ""
+        self.notifier.status(f"running since {_hhmm()}{previous}")
         try:
             report = run_once(self.config, self.options, engine=self.engine)
         except ledger.RunInProgress as exc:
@@ -126,12 +130,16 @@ class _Daemon:
         else:
             if self.metrics is not None:
                 self.metrics.record_run(report)
-            self.notifier.status(status_line(report))
+            self._tell(status_line(report))
         self.refresh_metrics()
 
     def _ended(self, outcome: str, status: str) -> None:
         if self.metrics is not None:
             self.metrics.count_run(outcome)
+        self._tell(status)
+
+    def _tell(self, status: str) -> None:
+        self.last_status = status
         self.notifier.status(status)
 
     def refresh_metrics(self) -> None:

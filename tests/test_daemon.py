@@ -56,7 +56,7 @@ def test_metrics_after_a_run_with_one_destination_down(env: Env) -> None:
             return {}
 
     try:
-        wait_for(lambda: 'syncd_runs_total{outcome="undelivered"}' in scraped(), process)
+        wait_for(lambda: scraped().get('syncd_runs_total{outcome="undelivered"}') == 1, process)
         body = httpx.get(url).text
         got = samples(body)
     finally:
@@ -67,6 +67,7 @@ def test_metrics_after_a_run_with_one_destination_down(env: Env) -> None:
     assert got[f"syncd_changes_sent_total{{{nat}}}"] == 3
     assert got[f"syncd_changes_acknowledged_total{{{nat}}}"] == 0
     assert got[f"syncd_changes_acknowledged_total{{{usercom}}}"] == 3
+    assert got['syncd_runs_total{outcome="ok"}'] == 0  # present from the start
     # the backlog, from the ledger after the run
     assert got[f"syncd_pending_changes{{{nat}}}"] == 3
     assert got[f"syncd_pending_changes{{{usercom}}}"] == 0
@@ -156,6 +157,8 @@ def test_daemon_tells_systemd_ready_status_watchdog_and_stopping(sqlite_env: Env
     [line] = [s for s in notify.messages[status].splitlines() if s.startswith("STATUS=")]
     assert line.endswith(" ok: nat 2 acknowledged, 0 pending; usercom 2 acknowledged, 0 pending"), line
     assert "syncd stopped" in stderr
+    running = notify.index(lambda m: m.startswith("STATUS=running since "), receive=False)
+    assert running is not None and ready < running < status
 
 
 def test_without_notify_socket_nothing_is_sent_and_all_works(sqlite_env: Env) -> None:
