@@ -174,7 +174,7 @@ def _snapshot(config: Config, engine: Engine, report: RunReport, audience: Audie
     counts, error = SnapshotCounts(), None
     with engine.connect() as conn:  # the last run's row count is the best guess for an ETA
         expected = ledger.last_snapshot_rows(conn, audience.key)
-    task = progress.task(f"{audience.key}:", expected, "rows read")
+    task = progress.task(f"{audience.key}:", expected or None, "rows read")
     try:
         source = open_source(config.sources[audience.source].url)
         try:
