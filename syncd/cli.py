@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -15,9 +16,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncd import __version__
 from syncd.config import Config, ConfigError, UsageError, default_config_path, load_config
 from syncd.ledger import RunInProgress
+from syncd.logs import LOG_FORMATS, setup_logging
+from syncd.metrics import MetricsError
 from syncd.signals import stop_on_signals
 
 if TYPE_CHECKING:
+    from syncd.progress import Progress
     from syncd.sync import Options
 
 log = logging.getLogger("syncd")
@@ -26,9 +30,12 @@ log = logging.getLogger("syncd")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syncd", description="Audience sync daemon for Nat and User.com.")
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    _add_log_format(parser, default="text")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=None,
                         help="path to config.toml (default: $SYNCD_CONFIG or ./config.toml)")
+    # Also accepted after the command; SUPPRESS keeps a global value from being reset.
+    _add_log_format(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", parents=[common], help="the daemon: sync on a schedule until stopped")
     sub.add_parser("run-once", parents=[common], help="sync every audience once, then exit")
@@ -60,28 +67,25 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    # journald stamps each line itself; a terminal wants the time.
-    fmt = "%(asctime)s %(levelname)s %(message)s" if sys.stderr.isatty() else "%(levelname)s %(message)s"
-    handler.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    for noisy in ("httpx", "httpcore", "apscheduler", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _add_log_format(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=default,
+                        help="text (default) or json: one JSON object per line, for log shippers")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(args.log_format)
     try:
         config = load_config(args.config or default_config_path())
         return _dispatch(args, config)
     except (ConfigError, UsageError) as exc:
-        print(f"syncd: {exc}", file=sys.stderr)
+        if args.log_format == "json":  # a shipper expects every line to be JSON
+            log.error("%s", exc, extra={"config_file": getattr(exc, "path", None),
+                                        "config_key": getattr(exc, "key", None)})
+        else:
+            print(f"syncd: {exc}", file=sys.stderr)
         return 2
-    except RunInProgress as exc:
+    except (RunInProgress, MetricsError) as exc:
         log.error("%s", exc)
         return 1
     except SQLAlchemyError as exc:
@@ -92,13 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
-    from syncd import commands, scheduler, status, sync  # heavy imports only once the config is good
+    # heavy imports only once the config is good
+    from syncd import commands, progress, scheduler, status, sync
 
+    shown = progress.for_stream(sys.stderr, args.log_format)
     if args.command == "run":
-        scheduler.serve(config)
+        scheduler.serve(config, progress=shown, environ=os.environ)
         return 0
-    if args.command == "run-once":
-        return sync.run_once(config, _run_options()).exit_code
+    if args.command == "run-once":  # serves no metrics: it is gone before a scrape (README)
+        return sync.run_once(config, _run_options(shown)).exit_code
     commands.check_args(config, getattr(args, "audience", None), getattr(args, "destination", None))
     engine = sync.open_state(config)
     try:
@@ -111,11 +117,11 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         elif args.command == "plan":
             output = commands.plan(config, engine)
         elif args.command == "resync":
-            output = commands.resync(config, engine, args.audience, args.destination, _run_options())
+            output = commands.resync(config, engine, args.audience, args.destination, _run_options(shown))
         elif args.command == "failures":
             output = commands.failures(config, engine, args.destination)
         elif args.command == "retry":
-            output = commands.retry(config, engine, args.destination, _run_options())
+            output = commands.retry(config, engine, args.destination, _run_options(shown))
         elif args.command == "history":
             output = commands.history(engine, args.limit)
         else:
@@ -127,12 +133,12 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         engine.dispose()
 
 
-def _run_options() -> Options:
+def _run_options(shown: Progress) -> Options:
     from syncd.sync import Options
 
     stop = threading.Event()
     stop_on_signals(stop)
-    return Options(stop_event=stop)
+    return Options(stop_event=stop, progress=shown)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ DESTINATION_DEFAULTS: dict[str, tuple[float, int]] = {"nat": (20.0, 8), "usercom
 DEFAULT_RETENTION = timedelta(days=30)
 MIN_RETENTION = timedelta(days=1)
 _KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+_LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})$")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -112,6 +113,16 @@ class AudienceConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     state_url: str
@@ -121,6 +132,7 @@ class Config:
     audiences: tuple[AudienceConfig, ...]
     retention: timedelta = DEFAULT_RETENTION  # run history and finished ledger rows older than this go
     guards: GuardConfig = GuardConfig()
+    metrics: MetricsConfig | None = None  # `syncd run` serves /metrics when set
 
 
 def default_config_path() -> Path:
@@ -202,7 +214,8 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         raise ConfigError(path, "", f"cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"malformed TOML: {exc}") from None
-    top = reader.table(raw, "", {"state", "schedule", "sources", "destinations", "audiences", "guards"})
+    top = reader.table(raw, "", {"state", "schedule", "sources", "destinations", "audiences", "guards",
+                                 "metrics"})
     state = reader.table(top.get("state", {}), "state", {"url", "retention"})
     sources = _sources(reader, top.get("sources", {}))
     destinations = _destinations(reader, top.get("destinations", {}))
@@ -216,6 +229,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         audiences=_audiences(reader, top.get("audiences", []), sources, destinations, guards),
         retention=_retention(reader, state),
         guards=guards,
+        metrics=_metrics(reader, top.get("metrics", {})),
     )
 
 
@@ -225,6 +239,30 @@ def _retention(reader: _Reader, state: dict[str, Any]) -> timedelta:
         raise reader.error("state.retention", "must be at least 1d (run history and finished "
                                               "ledger rows older than this are deleted)")
     return retention
+
+
+def _metrics(reader: _Reader, data: Any) -> MetricsConfig | None:
+    table = reader.table(data, "metrics", {"listen"})
+    listen = reader.get(table, "metrics", "listen", str, None)
+    if listen is None:
+        return None
+    try:
+        return parse_listen(listen)
+    except ValueError as exc:
+        raise reader.error("metrics.listen", str(exc)) from None
+
+
+def parse_listen(text: str) -> MetricsConfig:
+    """'127.0.0.1:9464', '[::1]:9464', 'localhost:9464' -> host and port; ValueError otherwise."""
+    hint = f"{text!r} is not host:port (e.g. \"127.0.0.1:9464\", \"[::1]:9464\", \"0.0.0.0:9464\")"
+    match = _LISTEN_RE.match(text.strip())
+    if match is None:
+        raise ValueError(hint)
+    host = match.group("v6") or match.group("host")
+    port = int(match.group("port"))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range (1-65535)")
+    return MetricsConfig(host=host, port=port)
 
 
 def _schedule(reader: _Reader, data: Any) -> ScheduleConfig:

@@ -91,20 +91,22 @@ class Pacer:
         self.cancelled = cancelled
 
     async def wait(self) -> None:
-        slot: float | None = None
-        while not self.cancelled():  # short naps: a stop is noticed within half a second
+        while not self.cancelled():
             now = time.monotonic()
             if now < self.paused_until:
-                slot = None  # after the pause, queue again
-                await asyncio.sleep(min(0.5, self.paused_until - now))
+                await self._nap(self.paused_until - now)
                 continue
-            if slot is None:
-                slot = max(now, self.next_slot)
-                self.next_slot = slot + self.interval
-            if slot > now:
-                await asyncio.sleep(min(0.5, slot - now))
-                continue
-            return
+            slot = max(now, self.next_slot)
+            self.next_slot = slot + self.interval
+            await self._nap(slot - now)
+            if time.monotonic() >= self.paused_until:
+                return
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep in short naps, so a stop is noticed within half a second."""
+        while seconds > 0 and not self.cancelled():
+            await asyncio.sleep(min(0.5, seconds))
+            seconds -= 0.5
 
     def pause_until(self, moment: float) -> None:
         self.paused_until = max(self.paused_until, moment)
@@ -162,6 +164,7 @@ class Sender:
     stop_event: threading.Event | None = None
     transport: httpx.AsyncBaseTransport | None = None
     secrets: tuple[str, ...] = ()  # never let these into an error text
+    on_latency: Callable[[float], None] | None = None  # seconds from request to response
     stopped: str | None = None  # why the destination is out for the rest of the run
     refused: bool = False  # ...because it refused the key (401/403)
     requests: int = 0
@@ -220,12 +223,15 @@ class Sender:
             if self.interrupted():
                 return None
             self.requests += 1
+            started = time.monotonic()
             try:
                 response = await self.client.request(request.method, request.url, json=request.body)
             except httpx.HTTPError as exc:
                 error = self._redact(_describe(exc))
                 result = Result(Verdict.RETRY, attempt, None, error, isinstance(exc, _UNCERTAIN))
                 return result, self.policy.backoff(attempt)
+            if self.on_latency is not None:
+                self.on_latency(time.monotonic() - started)
         verdict = classify(response.status_code)
         if verdict is Verdict.ACK:
             try:

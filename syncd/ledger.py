@@ -689,6 +689,29 @@ def last_results(conn: Connection) -> Iterator[Any]:
     yield from conn.execute(query)
 
 
+def last_snapshot_rows(conn: Connection, audience_key: str) -> int | None:
+    """Rows the audience's query returned in its latest successful snapshot, if any."""
+    query = (
+        select(RUN_AUDIENCE.c.rows)
+        .where(RUN_AUDIENCE.c.audience_key == audience_key, RUN_AUDIENCE.c.error.is_(None))
+        .order_by(RUN_AUDIENCE.c.run_id.desc())
+        .limit(1)
+    )
+    value = conn.scalar(query)
+    return int(value) if value is not None else None
+
+
+def last_successes(conn: Connection) -> dict[tuple[str, str], datetime]:
+    """When each (audience, destination) pair last finished a run with everything delivered."""
+    query = (
+        select(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination, func.max(RUN.c.finished_at))
+        .join(RUN, RUN.c.id == RUN_RESULT.c.run_id)
+        .where(RUN_RESULT.c.outcome == "ok", RUN.c.finished_at.is_not(None))
+        .group_by(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination)
+    )
+    return {(r[0], r[1]): r[2] for r in conn.execute(query) if isinstance(r[2], datetime)}
+
+
 def acked_true_count(conn: Connection, audience_key: str, destination: str) -> int:
     query = select(func.count()).select_from(L).where(
         L.c.audience_key == audience_key, L.c.destination == destination, L.c.acked == true()

@@ -3,22 +3,33 @@
 The daemon and `run-once` share one code path (sync.run_once). SIGTERM/SIGINT set a
 stop flag that delivery checks between pages, so the page in flight is finished and
 recorded before the process exits.
+
+Under systemd (`Type=notify`) the daemon says READY=1 once the config is loaded, the
+state migrated and the scheduler started; STATUS= with each run's one-line summary;
+WATCHDOG=1 from a heartbeat while the scheduler runs; STOPPING=1 on the way out. With
+`[metrics] listen` set it serves Prometheus metrics for as long as it runs.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import ledger
 from syncd.config import Config, ScheduleConfig
+from syncd.metrics import Metrics, MetricsServer
+from syncd.notify import Heartbeat, Notifier
+from syncd.progress import Null, Progress
 from syncd.signals import stop_on_signals
-from syncd.sync import Options, open_state, run_once
+from syncd.sync import Options, RunReport, open_state, run_once
 
 log = logging.getLogger("syncd")
 
@@ -42,37 +53,119 @@ def first_run_time(schedule: ScheduleConfig, last_start: datetime | None, now: d
     return max(now, last_start + schedule.interval)
 
 
-def serve(config: Config, stop_event: threading.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or until stop_event is set)."""
+def serve(config: Config, stop_event: threading.Event | None = None, progress: Progress | None = None,
+          environ: Mapping[str, str] | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or until stop_event is set).
+
+    `environ` carries systemd's NOTIFY_SOCKET / WATCHDOG_USEC; without it nothing is notified.
+    """
     stop = stop_event or threading.Event()
-    engine = open_state(config)
-    stop_on_signals(stop)
+    notifier = Notifier(environ or {})
+    metrics = Metrics() if config.metrics else None
+    with ExitStack() as running:  # on the way out, everything started is undone in reverse
+        # Bound before any database work, so a taken port fails fast.
+        server = MetricsServer(metrics, config.metrics) if metrics and config.metrics else None
+        if server is not None:
+            running.callback(server.stop)
+        engine = open_state(config)
+        running.callback(engine.dispose)
+        options = Options(stop_event=stop, progress=progress or Null(),
+                          latency=metrics.observe_latency if metrics else None)
+        daemon = _Daemon(config, engine, options, notifier, metrics)
+        stop_on_signals(stop)
+        if server is not None:
+            daemon.refresh_metrics()
+            server.start()
+            log.info("serving Prometheus metrics on http://%s/metrics", server.address)
+        scheduler, first = _start_scheduler(config, engine, daemon.job)
+        running.callback(log.info, "syncd stopped")
+        running.callback(scheduler.shutdown, wait=True)  # lets the run in flight record its page
+        heartbeat = Heartbeat(notifier, lambda: bool(scheduler.running))
+        if heartbeat.needed:
+            heartbeat.start()
+            running.callback(heartbeat.finish)
+        running.callback(notifier.stopping)
+        notifier.ready(f"started; first run at {first}")
+        scheduler.resume()  # only now: systemd hears READY before anything a run says
+        stop.wait()
+
+
+def _start_scheduler(config: Config, engine: Engine,
+                     job: Callable[[], None]) -> tuple[BackgroundScheduler, str]:
     scheduler = BackgroundScheduler(timezone=UTC)
     now = datetime.now(UTC)
     first = first_run_time(config.schedule, _last_start(engine), now)
     scheduler.add_job(
-        _job, make_trigger(config.schedule, now), args=(config, engine, stop),
-        id="sync", max_instances=1, coalesce=True, misfire_grace_time=None, next_run_time=first,
+        job, make_trigger(config.schedule, now), id="sync", max_instances=1,
+        coalesce=True, misfire_grace_time=None, next_run_time=first,
     )
-    scheduler.start()
+    scheduler.start(paused=True)
+    first_text = first.strftime("%Y-%m-%d %H:%M:%SZ")
     log.info("syncd started: %d audience(s), %d destination(s); first run at %s, then every %s + 0..%s",
-             len(config.audiences), len(config.destinations), first.strftime("%Y-%m-%d %H:%M:%SZ"),
+             len(config.audiences), len(config.destinations), first_text,
              _fmt(config.schedule.interval), _fmt(config.schedule.jitter))
-    try:
-        stop.wait()
-    finally:
-        scheduler.shutdown(wait=True)
-        engine.dispose()
-        log.info("syncd stopped")
+    return scheduler, first_text
 
 
-def _job(config: Config, engine: Engine, stop: threading.Event) -> None:
-    try:
-        run_once(config, Options(stop_event=stop), engine=engine)
-    except ledger.RunInProgress as exc:
-        log.warning("skipping this run: %s", exc)
-    except Exception:  # the daemon must outlive one bad run; the next run retries
-        log.exception("run failed")
+class _Daemon:
+    """One scheduled run, and what the outside world hears about it."""
+
+    def __init__(self, config: Config, engine: Engine, options: Options, notifier: Notifier,
+                 metrics: Metrics | None) -> None:
+        self.config, self.engine, self.options = config, engine, options
+        self.notifier, self.metrics = notifier, metrics
+        self.last_status = ""
+
+    def job(self) -> None:
+        previous = f"; {self.last_status}" if self.last_status else ""
+        self.notifier.status(f"running since {_hhmm()}{previous}")
+        try:
+            report = run_once(self.config, self.options, engine=self.engine)
+        except ledger.RunInProgress as exc:
+            log.warning("skipping this run: %s", exc)
+            self._ended("skipped", f"run skipped at {_hhmm()}: {exc}")
+        except Exception:  # the daemon must outlive one bad run; the next run retries
+            log.exception("run failed")
+            self._ended("error", f"run at {_hhmm()} failed: see the journal")
+        else:
+            if self.metrics is not None:
+                self.metrics.record_run(report)
+            self._tell(status_line(report))
+        self.refresh_metrics()
+
+    def _ended(self, outcome: str, status: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count_run(outcome)
+        self._tell(status)
+
+    def _tell(self, status: str) -> None:
+        self.last_status = status
+        self.notifier.status(status)
+
+    def refresh_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.refresh(self.config, self.engine)
+        except SQLAlchemyError as exc:  # stale gauges are better than a dead daemon
+            log.warning("could not refresh the backlog metrics: %s", " ".join(str(exc).split())[:200])
+
+
+def status_line(report: RunReport) -> str:
+    """systemctl status' one line: 'last run 2026-11-22 14:02Z ok: nat 120 acknowledged, 0 pending; …'"""
+    totals: dict[str, list[int]] = {}
+    for pair in report.pairs:
+        acked_pending = totals.setdefault(pair.destination, [0, 0])
+        acked_pending[0] += pair.acknowledged
+        acked_pending[1] += pair.pending
+    parts = [f"{name} {acked} acknowledged, {pending} pending" for name, (acked, pending) in totals.items()]
+    if report.audience_errors:
+        parts.append(f"{len(report.audience_errors)} audience query(ies) failed")
+    return f"last run {_hhmm(report.snapshot_at)} {report.outcome}: " + "; ".join(parts)
+
+
+def _hhmm(moment: datetime | None = None) -> str:
+    return (moment or datetime.now(UTC)).strftime("%Y-%m-%d %H:%MZ")
 
 
 def _last_start(engine: Engine) -> datetime | None:

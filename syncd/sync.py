@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 
@@ -24,7 +24,8 @@ from syncd.delivery import RetryPolicy, Sender, Verdict
 from syncd.destinations import Destination, DestinationError, make_destination
 from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
 from syncd.ledger import Outcome, SnapshotCounts
-from syncd.plan import Change
+from syncd.plan import Change, SnapshotRow
+from syncd.progress import Null, Progress, Task
 from syncd.source import SourceError, open_source, stream_members
 
 log = logging.getLogger("syncd")
@@ -81,11 +82,14 @@ class RunReport:
 
 @dataclass
 class Options:
-    """How a run behaves, beyond the config: tests shorten the waits, the daemon passes a stop flag."""
+    """How a run behaves, beyond the config: tests shorten the waits, the daemon passes a stop
+    flag, the CLI a progress display, the daemon's metrics a latency observer."""
 
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     stop_event: threading.Event | None = None
     transport: Callable[[], httpx.AsyncBaseTransport] | None = None
+    progress: Progress = field(default_factory=Null)
+    latency: Callable[[str, float], None] | None = None  # (destination, seconds per response)
 
 
 def open_state(config: Config) -> Engine:
@@ -147,9 +151,10 @@ def _run(config: Config, options: Options, engine: Engine) -> RunReport:
                     "with the same messageId where still needed", recovered)
     snapshot_at = ledger.now()
     report = RunReport(ledger.start_run(engine, snapshot_at), snapshot_at)
-    log.info("run %d started (snapshot time %s)", report.run_id, snapshot_at.isoformat())
+    log.info("run %d started (snapshot time %s)", report.run_id, snapshot_at.isoformat(),
+             extra={"run_id": report.run_id})
     for audience in config.audiences:
-        _snapshot(config, engine, report, audience)
+        _snapshot(config, engine, report, audience, options.progress)
     ready = [a for a in config.audiences if a.key not in report.audience_errors]
     report.pairs = asyncio.run(_deliver_all(config, options, engine, report, ready))
     for audience in config.audiences:
@@ -163,7 +168,8 @@ def _run(config: Config, options: Options, engine: Engine) -> RunReport:
     ledger.finish_run(engine, report.run_id, report.outcome)
     _prune(config, engine)
     for line in summary_lines(report):
-        log.log(logging.INFO if line.endswith(": ok") else logging.WARNING, "%s", line)
+        log.log(logging.INFO if line.endswith(": ok") else logging.WARNING, "%s", line,
+                extra={"run_id": report.run_id, "outcome": report.outcome})
     return report
 
 
@@ -175,15 +181,20 @@ def _prune(config: Config, engine: Engine) -> None:
                  pruned.run_results, pruned.ledger_rows)
 
 
-def _snapshot(config: Config, engine: Engine, report: RunReport, audience: AudienceConfig) -> None:
+def _snapshot(config: Config, engine: Engine, report: RunReport, audience: AudienceConfig,
+              progress: Progress) -> None:
     counts, error = SnapshotCounts(), None
+    with engine.connect() as conn:  # the last run's row count is the best guess for an ETA
+        expected = ledger.last_snapshot_rows(conn, audience.key)
+    task = progress.task(f"{audience.key}:", expected or None, "rows read")
     try:
         source = open_source(config.sources[audience.source].url)
         try:
             rows = stream_members(source, audience.query, report.snapshot_at, counts)
-            ledger.replace_members(engine, audience.key, rows, counts)
+            ledger.replace_members(engine, audience.key, _counted(rows, counts, task), counts)
         finally:
             source.dispose()
+            task.close()
     except SourceError as exc:
         error = f"query failed on source {audience.source!r}: {exc}"
         report.audience_errors[audience.key] = error
@@ -196,6 +207,16 @@ def _snapshot(config: Config, engine: Engine, report: RunReport, audience: Audie
                 "%d too large (32 KB); %d invalid emails dropped", audience.key, counts.rows,
                 counts.members, counts.no_identifier, counts.duplicates, counts.too_large,
                 counts.invalid_email)
+
+
+def _counted(rows: Iterable[SnapshotRow], counts: SnapshotCounts, task: Task) -> Iterator[SnapshotRow]:
+    """Pass rows through, advancing the task by every row read (skipped ones included)."""
+    seen = 0
+    for row in rows:
+        task.advance(counts.rows - seen)
+        seen = counts.rows
+        yield row
+    task.advance(counts.rows - seen)
 
 
 async def _deliver_all(config: Config, options: Options, engine: Engine, report: RunReport,
@@ -217,13 +238,15 @@ class _Delivery:
                  snapshot_at: datetime, guard_config: GuardConfig, config_path: str) -> None:
         self.destination: Destination = make_destination(config)
         self.name = config.name
-        self.engine, self.snapshot_at = engine, snapshot_at
+        self.engine, self.snapshot_at, self.progress = engine, snapshot_at, options.progress
         self.guard_config, self.config_path = guard_config, config_path
+        latency = options.latency
         self.sender = Sender(
             name=self.destination.integration, headers=self.destination.headers(),
             concurrency=config.concurrency, rate_limit=config.rate_limit, timeout=config.timeout,
             policy=options.policy, stop_event=options.stop_event, secrets=self.destination.secrets(),
             transport=options.transport() if options.transport else None,
+            on_latency=(lambda seconds: latency(config.name, seconds)) if latency else None,
         )
 
     async def run(self, audiences: Sequence[AudienceConfig]) -> list[PairReport]:
@@ -242,11 +265,14 @@ class _Delivery:
         self._log_guard(guard)
         work = counts.entered + counts.left
         if work and not self.sender.interrupted():
+            task = self.progress.task(f"{self.name}: {key}", work, "delivered")
             try:
                 await self._prepare(key)
-                await self._send_all(key, pair, needs_email, leaves=not guard.held)
+                await self._send_all(key, pair, needs_email, task, leaves=not guard.held)
             except DestinationError as exc:
                 pair.message = str(exc)
+            finally:
+                task.close()
         pair.pending = work - pair.acknowledged
         if pair.pending and guard.held and not self.sender.refused:
             pair.outcome, pair.message = "held", guard.hold_message(self.config_path)
@@ -278,7 +304,8 @@ class _Delivery:
         await self.destination.prepare(self.sender, key)
         ledger.record_attribute(self.engine, self.name, key)
 
-    async def _send_all(self, key: str, pair: PairReport, needs_email: bool, leaves: bool = True) -> None:
+    async def _send_all(self, key: str, pair: PairReport, needs_email: bool, task: Task,
+                        leaves: bool = True) -> None:
         for enters in (True, False) if leaves else (True,):
             after = ""
             while not self.sender.interrupted():
@@ -291,11 +318,17 @@ class _Delivery:
                     break
                 after = page[-1].subject
                 ledger.mark_in_flight(self.engine, key, self.name, page)
-                outcomes = await asyncio.gather(*(self._send(key, change) for change in page))
+                outcomes = await asyncio.gather(*(self._send(key, change, task) for change in page))
                 ledger.record_outcomes(self.engine, key, self.name, outcomes)
                 _tally(pair, outcomes)
 
-    async def _send(self, key: str, change: Change) -> Outcome:
+    async def _send(self, key: str, change: Change, task: Task) -> Outcome:
+        try:
+            return await self._send_one(key, change)
+        finally:
+            task.advance()
+
+    async def _send_one(self, key: str, change: Change) -> Outcome:
         message = identify(change, key, self.name, self.destination.integration, self.snapshot_at)
         size = size_of(message)
         if size > MAX_MESSAGE_BYTES:

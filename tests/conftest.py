@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -235,3 +236,22 @@ def dump_state(url: str) -> str:
                              for row in conn.execute(table.select()))
     finally:
         engine.dispose()
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (for a server the test starts next)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def samples(text: str) -> dict[str, float]:
+    """'name{labels} value' lines -> {'name{labels}': value}; comments must be HELP/TYPE."""
+    result = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert line.split()[1] in ("HELP", "TYPE"), line
+            continue
+        name, value = line.rsplit(" ", 1)
+        result[name] = float(value)
+    return result

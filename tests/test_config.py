@@ -148,6 +148,15 @@ MISTAKES = [
      "guards.max_exits", "unknown key"),
     ("audience exit share below 0", ('source = "shop"', 'source = "shop"\nmax_exit_share = -0.1'),
      "audiences[0] (Order Completed Last 30 Days).max_exit_share", "must be between 0 and 1"),
+    ("metrics listen without host", ("[state]", '[metrics]\nlisten = "9464"\n[state]'), "metrics.listen",
+     "'9464' is not host:port"),
+    ("metrics listen as a URL", ("[state]", '[metrics]\nlisten = "http://localhost:9464"\n[state]'),
+     "metrics.listen", "is not host:port"),
+    ("metrics port out of range", ("[state]", '[metrics]\nlisten = "127.0.0.1:70000"\n[state]'),
+     "metrics.listen", "port 70000 is out of range"),
+    ("metrics listen not a string", ("[state]", "[metrics]\nlisten = 9464\n[state]"), "metrics.listen",
+     "must be str"),
+    ("unknown metrics key", ("[state]", "[metrics]\nport = 9464\n[state]"), "metrics.port", "unknown key"),
 ]
 
 
@@ -168,6 +177,19 @@ def test_config_mistakes_exit_2_with_one_line_before_any_io(
     assert len(lines) == 1 and lines[0].startswith(f"syncd: {path}: ")
     assert problem in lines[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "state.db").exists()  # nothing touched
+
+
+@pytest.mark.parametrize(("listen", "host", "port"), [
+    ("127.0.0.1:9464", "127.0.0.1", 9464), ("[::1]:9464", "::1", 9464), ("localhost:80", "localhost", 80),
+])
+def test_metrics_listen(tmp_path: Path, listen: str, host: str, port: int) -> None:
+    config = load_config(write(tmp_path, f'[metrics]\nlisten = "{listen}"\n' + GOOD), KEYS_ENV)
+    assert config.metrics is not None
+    assert (config.metrics.host, config.metrics.port) == (host, port)
+
+
+def test_metrics_are_off_by_default(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, GOOD), KEYS_ENV).metrics is None
 
 
 def test_duplicate_audience_key(tmp_path: Path) -> None:

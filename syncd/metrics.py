@@ -1,0 +1,235 @@
+"""Prometheus metrics for `syncd run`, in the text exposition format (version 0.0.4).
+
+A handful of counters, gauges and one histogram do not justify prometheus_client:
+the format is a few lines of text, served by a `http.server` thread on the address
+in `[metrics] listen`. Labels are only audience keys, destination names and run
+outcomes, all from the config: never URLs, e-mails or keys.
+
+What is exposed (all prefixed `syncd_`):
+
+    runs_total{outcome}                                 counter
+    changes_{sent,acknowledged,failed,skipped}_total{audience,destination}   counters
+    delivery_latency_seconds{destination}               histogram (request -> response)
+    pending_changes{audience,destination}               gauge, from the ledger after each run
+    oldest_pending_age_seconds{audience,destination}    gauge (0 when nothing is pending)
+    last_success_timestamp_seconds{audience,destination}  gauge, unix seconds
+    build_info{version}                                 gauge, always 1
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+
+from syncd import __version__, ledger
+from syncd.config import Config, MetricsConfig
+
+if TYPE_CHECKING:  # cli imports MetricsError before the config is read: keep this module light
+    from syncd.sync import RunReport
+
+log = logging.getLogger("syncd")
+
+RUN_OUTCOMES = ("ok", "undelivered", "interrupted", "skipped", "error")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_CHANGE_COUNTERS = {
+    "sent": "Changes sent at least once (a change retried within a run counts once).",
+    "acknowledged": "Changes the destination acknowledged (HTTP 2xx).",
+    "failed": "Changes the destination refused (4xx); retried next run.",
+    "skipped": "Members not sent because the destination needs an email they lack.",
+}
+
+Labels = tuple[tuple[str, str], ...]
+
+
+class MetricsError(Exception):
+    """The metrics endpoint could not be started (e.g. the port is taken)."""
+
+
+class Metrics:
+    """The daemon's numbers. Updated by the run thread, read by the HTTP thread: one lock."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.lock = threading.Lock()
+        # Every series exists from the start at 0, so rate() and increase() see the first run.
+        self.runs: dict[str, int] = dict.fromkeys(RUN_OUTCOMES, 0)
+        self.changes: dict[tuple[str, str, str], int] = {}  # (kind, audience, destination)
+        self.latency: dict[str, _Histogram] = {}
+        self.pending: dict[tuple[str, str], int] = {}
+        self.oldest_pending: dict[tuple[str, str], float | None] = {}  # unix seconds
+        self.last_success: dict[tuple[str, str], float] = {}
+
+    def observe_latency(self, destination: str, seconds: float) -> None:
+        with self.lock:
+            self.latency.setdefault(destination, _Histogram(LATENCY_BUCKETS)).observe(seconds)
+
+    def count_run(self, outcome: str) -> None:
+        with self.lock:
+            self.runs[outcome] = self.runs.get(outcome, 0) + 1
+
+    def record_run(self, report: RunReport) -> None:
+        finished = self.clock()
+        with self.lock:
+            self.runs[report.outcome] = self.runs.get(report.outcome, 0) + 1
+            for pair in report.pairs:
+                for kind in _CHANGE_COUNTERS:
+                    key = (kind, pair.audience_key, pair.destination)
+                    self.changes[key] = self.changes.get(key, 0) + int(getattr(pair, kind))
+                if pair.outcome == "ok":
+                    self.last_success[(pair.audience_key, pair.destination)] = finished
+
+    def refresh(self, config: Config, engine: Engine) -> None:
+        """Backlog gauges (and, at start-up, last successes) from the ledger."""
+        from syncd.destinations import make_destination  # httpx: only once the daemon runs
+
+        pending, oldest = {}, {}
+        with engine.connect() as conn:
+            successes = ledger.last_successes(conn)
+            for audience in config.audiences:
+                for name in audience.destinations:
+                    needs_email = make_destination(config.destinations[name]).needs_email
+                    counts = ledger.plan_counts(conn, audience.key, name, needs_email)
+                    work = counts.entered + counts.left
+                    since = ledger.oldest_pending(conn, audience.key, name)
+                    pending[(audience.key, name)] = work
+                    oldest[(audience.key, name)] = since.timestamp() if since and work else None
+        with self.lock:
+            self.pending, self.oldest_pending = pending, oldest
+            for audience_key, name in pending:
+                for kind in _CHANGE_COUNTERS:
+                    self.changes.setdefault((kind, audience_key, name), 0)
+            for pair, moment in successes.items():
+                self.last_success[pair] = max(self.last_success.get(pair, 0.0), moment.timestamp())
+
+    def render(self) -> str:
+        with self.lock:
+            return "".join(self._lines())
+
+    def _lines(self) -> Iterator[str]:
+        yield from _family("build_info", "gauge", "syncd version.", {(("version", __version__),): 1})
+        yield from _family("runs_total", "counter", "Sync runs by outcome.",
+                           {(("outcome", k),): v for k, v in sorted(self.runs.items())})
+        for kind, help_text in _CHANGE_COUNTERS.items():
+            values = {_pair_labels(a, d): v for (k, a, d), v in sorted(self.changes.items()) if k == kind}
+            yield from _family(f"changes_{kind}_total", "counter", help_text, values)
+        yield from self._latency_lines()
+        yield from _family("pending_changes", "gauge", "Changes the destination has not acknowledged yet.",
+                           {_pair_labels(*k): v for k, v in sorted(self.pending.items())})
+        now = self.clock()
+        ages = {_pair_labels(*k): max(0.0, now - v) if v is not None else 0.0
+                for k, v in sorted(self.oldest_pending.items())}
+        yield from _family("oldest_pending_age_seconds", "gauge",
+                           "Age of the oldest change waiting for this destination (0: none).", ages)
+        yield from _family("last_success_timestamp_seconds", "gauge",
+                           "When a run last delivered everything for this pair (unix seconds).",
+                           {_pair_labels(*k): v for k, v in sorted(self.last_success.items())})
+
+    def _latency_lines(self) -> Iterator[str]:
+        name = "syncd_delivery_latency_seconds"
+        yield f"# HELP {name} Time from sending a request to its response, per destination.\n"
+        yield f"# TYPE {name} histogram\n"
+        for destination, histogram in sorted(self.latency.items()):
+            labels: Labels = (("destination", destination),)
+            running = 0
+            for bound, count in zip(histogram.bounds, histogram.counts, strict=False):
+                running += count
+                yield f"{name}_bucket{_fmt_labels((*labels, ('le', _num(bound))))} {running}\n"
+            yield f"{name}_bucket{_fmt_labels((*labels, ('le', '+Inf')))} {histogram.total}\n"
+            yield f"{name}_sum{_fmt_labels(labels)} {_num(histogram.sum)}\n"
+            yield f"{name}_count{_fmt_labels(labels)} {histogram.total}\n"
+
+
+class _Histogram:
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)  # per bucket, not cumulative
+        self.sum = 0.0
+        self.total = 0
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(self.bounds, value)
+        if index < len(self.bounds):
+            self.counts[index] += 1
+        self.sum += value
+        self.total += 1
+
+
+def _family(name: str, kind: str, help_text: str, samples: Mapping[Labels, float]) -> Iterator[str]:
+    full = f"syncd_{name}"
+    yield f"# HELP {full} {help_text}\n# TYPE {full} {kind}\n"
+    for labels, value in samples.items():
+        yield f"{full}{_fmt_labels(labels)} {_num(value)}\n"
+
+
+def _pair_labels(audience: str, destination: str) -> Labels:
+    return (("audience", audience), ("destination", destination))
+
+
+def _fmt_labels(labels: Labels) -> str:
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class MetricsServer:
+    """GET /metrics on a daemon thread; anything else is 404."""
+
+    def __init__(self, metrics: Metrics, listen: MetricsConfig) -> None:
+        server_class = _IPv6Server if ":" in listen.host else ThreadingHTTPServer
+        try:
+            self.server = server_class((listen.host, listen.port), _handler_for(metrics))
+        except OSError as exc:
+            raise MetricsError(f"cannot serve metrics on {listen.address}: {exc.strerror}") from None
+        self.address = listen.address
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="syncd-metrics", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():  # shutdown() would wait forever for a loop never started
+            self.server.shutdown()
+        self.server.server_close()
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _handler_for(metrics: Metrics) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] != "/metrics":
+                self.send_error(404, "only /metrics is served here")
+                return
+            body = metrics.render().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # a scrape every 15 s would flood the journal
+
+    return Handler
