@@ -409,12 +409,21 @@ def _span_end(conn: Connection, key: Any, bounds: list[ColumnElement[bool]], sca
     return end
 
 
+def _change_seq(value: bool) -> Any:
+    """The number in a change's messageId. It moves on every acknowledgement, and also when
+    this change replaces an outstanding one of the other value: that one may have landed
+    (a crash, a timeout), and a destination deduplicating by messageId must not drop this
+    one as a repeat of an older change with the same number."""
+    replaces = and_(L.c.pending.is_not(None), L.c.pending == (false() if value else true()))
+    return func.coalesce(L.c.seq, 0) + case((replaces, 1), else_=0)
+
+
 def _enters_between(conn: Connection, audience_key: str, destination: str, needs_email: bool,
                     span: Span, limit: int, members: Table) -> list[Change]:
     joined, where = _enters_from(audience_key, destination, span, members)
     m = members.c
     query = (
-        select(m.subject, m.user_id, m.anonymous_id, m.email, m.url, m.traits, func.coalesce(L.c.seq, 0))
+        select(m.subject, m.user_id, m.anonymous_id, m.email, m.url, m.traits, _change_seq(True))
         .select_from(joined)
         .where(where)
         .order_by(m.subject)
@@ -432,7 +441,7 @@ def _enters_between(conn: Connection, audience_key: str, destination: str, needs
 def _leaves_between(conn: Connection, audience_key: str, destination: str, span: Span,
                     limit: int, members: Table) -> list[Change]:
     query = (
-        select(L.c.subject, L.c.user_id, L.c.anonymous_id, L.c.email, L.c.seq)
+        select(L.c.subject, L.c.user_id, L.c.anonymous_id, L.c.email, _change_seq(False))
         .where(_leaves_where(audience_key, destination, span, members))
         .order_by(L.c.subject)
         .limit(limit)
@@ -454,7 +463,7 @@ def mark_in_flight(engine: Engine, audience_key: str, destination: str, changes:
     rows = [
         {"audience_key": audience_key, "destination": destination, "subject": c.subject,
          "user_id": c.user_id, "anonymous_id": c.anonymous_id, "email": c.email,
-         "pending": c.value, "in_flight": c.value, "pending_since": at}
+         "pending": c.value, "in_flight": c.value, "pending_since": at, "seq": c.seq}
         for c in changes
     ]
     with engine.begin() as conn:
@@ -466,6 +475,7 @@ def mark_in_flight(engine: Engine, audience_key: str, destination: str, changes:
                 "anonymous_id": stmt.excluded.anonymous_id,
                 "email": stmt.excluded.email,
                 "pending": stmt.excluded.pending,
+                "seq": stmt.excluded.seq,
                 "in_flight": stmt.excluded.in_flight,
                 "pending_since": func.coalesce(L.c.pending_since, stmt.excluded.pending_since),
             },
