@@ -9,17 +9,8 @@ from freezegun import freeze_time
 
 from syncd.standins import Fault
 
+from checks import flags
 from conftest import Env, audience_toml
-
-
-def _flags(calls: list[dict], key: str = "buyers") -> dict[str, bool]:
-    """userId/custom_id -> the audience flag, in arrival order (later wins)."""
-    out = {}
-    for call in calls:
-        traits = call.get("traits", call)
-        if key in traits:  # not User.com's attribute creation
-            out[call.get("userId") or call.get("custom_id")] = traits[key]
-    return out
 
 
 def test_initial_full_send_reaches_both_destinations(env: Env) -> None:
@@ -27,7 +18,7 @@ def test_initial_full_send_reaches_both_destinations(env: Env) -> None:
     report = env.run()
 
     assert report.exit_code == 0
-    assert _flags(env.nat.accepted()) == {"u1": True, "u2": True}  # u3 has no email
+    assert flags(env.nat.accepted()) == {"u1": True, "u2": True}  # u3 has no email
     assert {c: u["attributes"]["buyers"] for c, u in env.usercom.users().items()} == {
         "u1": True, "u2": True, "u3": True,
     }
@@ -61,8 +52,8 @@ def test_increment_sends_only_enters_and_leaves(env: Env) -> None:
     report = env.run()
 
     assert report.exit_code == 0
-    assert _flags(env.nat.accepted()) == {"u4": True, "u1": False}
-    assert _flags(env.usercom.accepted()) == {"u4": True, "u1": False}
+    assert flags(env.nat.accepted()) == {"u4": True, "u1": False}
+    assert flags(env.usercom.accepted()) == {"u4": True, "u1": False}
     leave = next(c for c in env.nat.accepted() if c["userId"] == "u1")
     assert leave["traits"] == {"email": "u1@example.com", "buyers": False}
     assert env.nat.contacts()["u1@example.com"]["buyers"] is False
@@ -73,7 +64,7 @@ def test_non_members_never_sent_true_are_never_sent_anything(env: Env) -> None:
     env.run()
     env.shop.members("u1")  # unchanged; u9 never existed
     env.run()
-    assert "u9" not in _flags(env.nat.accepted())
+    assert "u9" not in flags(env.nat.accepted())
 
 
 def test_destination_down_for_a_run_catches_up_without_loss_or_duplicates(env: Env) -> None:
@@ -88,7 +79,7 @@ def test_destination_down_for_a_run_catches_up_without_loss_or_duplicates(env: E
     nat = next(p for p in down_run.pairs if p.destination == "nat")
     assert nat.outcome != "ok" and nat.pending == 3
     # The other destination is not held back by Nat's outage.
-    assert _flags(env.usercom.accepted())["u3"] is True
+    assert flags(env.usercom.accepted())["u3"] is True
     usercom = next(p for p in down_run.pairs if p.destination == "usercom")
     assert usercom.outcome == "ok"
 
@@ -97,7 +88,7 @@ def test_destination_down_for_a_run_catches_up_without_loss_or_duplicates(env: E
 
     assert catch_up.exit_code == 0
     calls = env.nat.accepted()
-    assert _flags(calls) == {"u1": False, "u2": True, "u3": True, "u4": True}
+    assert flags(calls) == {"u1": False, "u2": True, "u3": True, "u4": True}
     ids = [c["messageId"] for c in calls]
     assert len(ids) == len(set(ids)) == 5  # 2 initial + 3 catch-up, nothing twice
     assert env.run().pairs[0].sent == 0
@@ -115,7 +106,7 @@ def test_user_who_enters_and_leaves_while_destination_is_down_receives_nothing(e
     report = env.run()
 
     assert report.exit_code == 0
-    assert "flapper" not in _flags(env.nat.accepted())
+    assert "flapper" not in flags(env.nat.accepted())
 
 
 def test_retry_keeps_the_same_message_id(env: Env) -> None:
@@ -166,7 +157,7 @@ def test_429_with_retry_after_is_honoured_and_delivers(env: Env) -> None:
 
     assert report.exit_code == 0
     assert time.monotonic() - started >= 1.0  # the 1 s Retry-After was waited out
-    assert _flags(env.nat.accepted()) == {"u1": True}
+    assert flags(env.nat.accepted()) == {"u1": True}
     assert env.nat.requests == 2
 
 
@@ -182,7 +173,7 @@ def test_other_4xx_fails_the_change_with_the_reason_and_retries_next_run(env: En
 
     again = env.run()
     assert again.exit_code == 0
-    assert set(_flags(env.nat.accepted())) == {"u1", "u2"}
+    assert set(flags(env.nat.accepted())) == {"u1", "u2"}
 
 
 def test_now_window_moves_users_out_as_time_passes(env: Env) -> None:
@@ -194,11 +185,11 @@ def test_now_window_moves_users_out_as_time_passes(env: Env) -> None:
 
     with freeze_time("2026-11-22 09:00:00", real_asyncio=True):
         env.run(config)
-    assert _flags(env.nat.accepted()) == {"u1": True, "u2": True}
+    assert flags(env.nat.accepted()) == {"u1": True, "u2": True}
 
     with freeze_time("2026-12-05 09:00:00", real_asyncio=True):  # u1's order is now 34 days old
         env.run(config)
-    assert _flags(env.nat.accepted()) == {"u1": False, "u2": True}
+    assert flags(env.nat.accepted()) == {"u1": False, "u2": True}
     leave = env.nat.accepted()[-1]
     assert leave["timestamp"] == "2026-12-05T09:00:00.000Z"
 
@@ -222,4 +213,4 @@ def test_one_audience_query_failing_does_not_stop_the_others(env: Env) -> None:
 
     assert report.exit_code == 1
     assert "no_such_table" in report.audience_errors["broken"]
-    assert _flags(env.nat.accepted()) == {"u1": True}
+    assert flags(env.nat.accepted()) == {"u1": True}
