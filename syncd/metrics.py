@@ -89,19 +89,15 @@ class Metrics:
 
     def refresh(self, config: Config, engine: Engine) -> None:
         """Backlog gauges (and, at start-up, last successes) from the ledger."""
-        from syncd.destinations import make_destination  # httpx: only once the daemon runs
+        from syncd.status import backlog  # httpx: only once the daemon runs
 
         pending, oldest = {}, {}
         with engine.connect() as conn:
             successes = ledger.last_successes(conn)
-            for audience in config.audiences:
-                for name in audience.destinations:
-                    needs_email = make_destination(config.destinations[name]).needs_email
-                    counts = ledger.plan_counts(conn, audience.key, name, needs_email)
-                    work = counts.entered + counts.left
-                    since = ledger.oldest_pending(conn, audience.key, name)
-                    pending[(audience.key, name)] = work
-                    oldest[(audience.key, name)] = since.timestamp() if since and work else None
+            for key, name, counts, since in backlog(config, conn):
+                work = counts.entered + counts.left
+                pending[(key, name)] = work
+                oldest[(key, name)] = since.timestamp() if since and work else None
         with self.lock:
             self.pending, self.oldest_pending = pending, oldest
             for audience_key, name in pending:

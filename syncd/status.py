@@ -2,39 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from syncd import ledger
 from syncd.config import Config
 from syncd.destinations import make_destination
+
+Backlog = tuple[str, str, ledger.PlanCounts, datetime | None]
+
+
+def backlog(config: Config, conn: Connection) -> Iterator[Backlog]:
+    """Per configured (audience, destination): what a run would do now, and since when the
+    oldest change still to send has waited. `status` and the metrics both read this."""
+    for audience in config.audiences:
+        for name in audience.destinations:
+            needs_email = make_destination(config.destinations[name]).needs_email
+            counts = ledger.plan_counts(conn, audience.key, name, needs_email)
+            yield audience.key, name, counts, ledger.oldest_pending(conn, audience.key, name)
 
 
 def status(config: Config, engine: Engine) -> list[dict[str, Any]]:
     rows = []
     with engine.connect() as conn:
         last = {(r.audience_key, r.destination): r for r in ledger.last_results(conn)}
-        for audience in config.audiences:
-            for name in audience.destinations:
-                needs_email = make_destination(config.destinations[name]).needs_email
-                counts = ledger.plan_counts(conn, audience.key, name, needs_email)
-                result = last.get((audience.key, name))
-                oldest = ledger.oldest_pending(conn, audience.key, name)
-                rows.append({
-                    "audience": audience.key,
-                    "destination": name,
-                    "members": counts.members,
-                    "acknowledged": ledger.acked_true_count(conn, audience.key, name),
-                    "pending": counts.entered + counts.left,
-                    "failed": counts.failed,
-                    "skipped_no_email": counts.skipped,
-                    "oldest_pending": _iso(oldest),
-                    "last_run": _iso(result.finished_at or result.started_at) if result else None,
-                    "last_outcome": result.outcome if result else None,
-                    "last_message": result.message if result else None,
-                })
+        for key, name, counts, oldest in backlog(config, conn):
+            result = last.get((key, name))
+            rows.append({
+                "audience": key,
+                "destination": name,
+                "members": counts.members,
+                "acknowledged": ledger.acked_true_count(conn, key, name),
+                "pending": counts.entered + counts.left,
+                "failed": counts.failed,
+                "skipped_no_email": counts.skipped,
+                "oldest_pending": _iso(oldest),
+                "last_run": _iso(result.finished_at or result.started_at) if result else None,
+                "last_outcome": result.outcome if result else None,
+                "last_message": result.message if result else None,
+            })
     return rows
 
 
