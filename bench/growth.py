@@ -41,8 +41,7 @@ KEY, DEST, PAGE = "growth", "nat", 500
 
 def snapshot(ids: deque[int]) -> Iterator[SnapshotRow]:
     for i in ids:
-        yield SnapshotRow(user_id=f"user{i:09d}", anonymous_id=None, email=f"user{i}@example.com",
-                          url=None, traits={"plan": "pro"})
+        yield SnapshotRow.of(f"user{i:09d}", email=f"user{i}@example.com", traits={"plan": "pro"})
 
 
 def deliver(engine: Engine) -> tuple[int, int]:

@@ -94,15 +94,9 @@ def replace_members(engine: Engine, audience_key: str, rows: Iterable[SnapshotRo
     that changed. With 1% churn that writes ~2% of the rows instead of all of them.
     """
     with engine.begin() as conn:
-        postgres = conn.dialect.name == "postgresql"
-        _create_stage(conn, postgres)
-        load = _copy_stage if postgres else _insert_stage
-        fed = load(conn, rows)
-        _merge_stage(conn, audience_key, postgres)
-        counts.members = member_count(conn, audience_key)
+        _stage_into(conn, M, audience_key, rows, counts)
         conn.exec_driver_sql(f"DROP TABLE {STAGE}")
-    counts.duplicates = fed - counts.members
-    if postgres:
+    if engine.dialect.name == "postgresql":
         _analyze(engine)
     return counts
 
@@ -124,79 +118,83 @@ def _analyze(engine: Engine) -> None:
 
 
 STAGE = "syncd_member_stage"
-_STAGE_COLUMNS = "n, subject, user_id, anonymous_id, email, url, traits"
-_STAGE_INDEX = "subject, n, user_id, anonymous_id, email, url, traits"
 _MEMBER_COLUMNS = ("user_id", "anonymous_id", "email", "url", "traits")
+_STAGE_COLUMNS = ", ".join(("subject", *_MEMBER_COLUMNS))  # SnapshotRow's order
+
+
+def _stage_into(conn: Connection, target: Table, audience_key: str, rows: Iterable[SnapshotRow],
+                counts: SnapshotCounts) -> None:
+    """Make `target` (the member table or plan's scratch copy) hold exactly `rows` for the
+    audience, by way of the staging table; counts the members and the duplicates."""
+    postgres = conn.dialect.name == "postgresql"
+    _create_stage(conn, postgres)
+    staged = (_copy_stage if postgres else _insert_stage)(conn, rows)
+    _merge_stage(conn, target.name, audience_key, postgres)
+    counts.members = member_count(conn, audience_key, target)
+    counts.duplicates = staged - counts.members
 
 
 def _create_stage(conn: Connection, postgres: bool) -> None:
     # A temporary table is private to this connection and never reaches the WAL/journal
     # of the shared state. A failed earlier attempt may have left one on a pooled connection.
+    # `n` numbers the rows in the order they came, so the first of a duplicated subject
+    # wins: SQLite's rowid (an INTEGER PRIMARY KEY) and an identity column on PostgreSQL
+    # number them without a value from Python.
     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {STAGE}")
+    number = "BIGINT GENERATED ALWAYS AS IDENTITY" if postgres else "INTEGER PRIMARY KEY"
     conn.exec_driver_sql(
-        f"CREATE TEMPORARY TABLE {STAGE} (n BIGINT NOT NULL, subject TEXT NOT NULL, user_id TEXT, "
+        f"CREATE TEMPORARY TABLE {STAGE} (n {number}, subject TEXT NOT NULL, user_id TEXT, "
         "anonymous_id TEXT, email TEXT, url TEXT, traits TEXT)"
         + (" ON COMMIT DROP" if postgres else "")
     )
 
 
-class _Feed:
-    """The snapshot as numbered tuples (the number orders duplicates: the first one wins)."""
-
-    def __init__(self, rows: Iterable[SnapshotRow]) -> None:
-        self.rows, self.fed = rows, 0
-
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        for row in self.rows:
-            self.fed += 1
-            yield (self.fed, *row.as_tuple())
-
-
 def _insert_stage(conn: Connection, rows: Iterable[SnapshotRow]) -> int:
-    feed = _Feed(rows)
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         # sqlite3 streams any iterable: the snapshot is never held in memory whole.
-        cursor.executemany(f"INSERT INTO {STAGE} ({_STAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           feed)  # type: ignore[arg-type]
-        # Covering, so the merge never looks rows up in the (randomly ordered) table.
-        cursor.execute(f"CREATE INDEX {STAGE}_subject ON {STAGE} ({_STAGE_INDEX})")
+        cursor.executemany(f"INSERT INTO {STAGE} ({_STAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                           rows)  # type: ignore[arg-type]
+        staged: int = max(cursor.rowcount, 0)
+        # Covering (the rowid `n` is in every index), so the merge reads the stage in
+        # subject order and never looks rows up in the table itself.
+        cursor.execute(f"CREATE INDEX {STAGE}_subject ON {STAGE} ({_STAGE_COLUMNS})")
     finally:
         cursor.close()
-    return feed.fed
+    return staged
 
 
 def _copy_stage(conn: Connection, rows: Iterable[SnapshotRow]) -> int:
-    feed = _Feed(rows)
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         with cursor.copy(f"COPY {STAGE} ({_STAGE_COLUMNS}) FROM STDIN") as copy:
-            for values in feed:
-                copy.write_row(values)
+            for row in rows:
+                copy.write_row(row)
+        staged: int = max(cursor.rowcount, 0)
         cursor.execute(f"ANALYZE {STAGE}")  # temporary tables get no statistics otherwise
     finally:
         cursor.close()
-    return feed.fed
+    return staged
 
 
-def _merge_stage(conn: Connection, audience_key: str, postgres: bool) -> None:
-    """Make `member` equal the stage for this audience: delete, insert, update what changed."""
+def _merge_stage(conn: Connection, target: str, audience_key: str, postgres: bool) -> None:
+    """Make `target` equal the stage for this audience: delete, insert, update what changed."""
     params = {"key": audience_key}
     conn.execute(text(
-        f"DELETE FROM member WHERE audience_key = :key "
-        f"AND NOT EXISTS (SELECT 1 FROM {STAGE} s WHERE s.subject = member.subject)"
+        f"DELETE FROM {target} WHERE audience_key = :key "
+        f"AND NOT EXISTS (SELECT 1 FROM {STAGE} s WHERE s.subject = {target}.subject)"
     ), params)
     columns = ", ".join(_MEMBER_COLUMNS)
     if postgres:  # the first row of each subject wins
         distinct = f"SELECT DISTINCT ON (subject) subject, {columns} FROM {STAGE} ORDER BY subject, n"
-        changed = f"(member.{', member.'.join(_MEMBER_COLUMNS)}) IS DISTINCT FROM " \
+        changed = f"({target}.{f', {target}.'.join(_MEMBER_COLUMNS)}) IS DISTINCT FROM " \
                   f"(excluded.{', excluded.'.join(_MEMBER_COLUMNS)})"
     else:  # SQLite: bare columns of a min() aggregate come from the row holding the minimum
         distinct = f"SELECT subject, {columns}, min(n) FROM {STAGE} GROUP BY subject"
-        changed = " OR ".join(f"member.{c} IS NOT excluded.{c}" for c in _MEMBER_COLUMNS)
+        changed = " OR ".join(f"{target}.{c} IS NOT excluded.{c}" for c in _MEMBER_COLUMNS)
     updates = ", ".join(f"{c} = excluded.{c}" for c in _MEMBER_COLUMNS)
     conn.execute(text(
-        f"INSERT INTO member (audience_key, subject, {columns}) "
+        f"INSERT INTO {target} (audience_key, subject, {columns}) "
         f"SELECT :key, subject, {columns} FROM ({distinct}) AS firsts WHERE true "
         f"ON CONFLICT (audience_key, subject) DO UPDATE SET {updates} WHERE {changed}"
     ), params)
@@ -226,24 +224,10 @@ def scratch_members(conn: Connection) -> Iterator[Table]:
 
 def load_scratch(conn: Connection, scratch: Table, audience_key: str, rows: Iterable[SnapshotRow],
                  counts: SnapshotCounts) -> None:
-    """An audience's snapshot into the scratch table (as replace_members does into `member`)."""
-    conn.execute(delete(scratch).where(scratch.c.audience_key == audience_key))
-    stmt = _upsert(conn, scratch).on_conflict_do_nothing()
-    fed = 0
-    batch: list[dict[str, Any]] = []
-    for row in rows:
-        fed += 1
-        batch.append(dict(zip(_SCRATCH_COLUMNS, (audience_key, *row.as_tuple()), strict=True)))
-        if len(batch) >= 5_000:
-            conn.execute(stmt, batch)
-            batch = []
-    if batch:
-        conn.execute(stmt, batch)
-    counts.members = member_count(conn, audience_key, scratch)
-    counts.duplicates = fed - counts.members
-
-
-_SCRATCH_COLUMNS = ("audience_key", "subject", "user_id", "anonymous_id", "email", "url", "traits")
+    """An audience's snapshot into the scratch table, exactly as replace_members does into
+    `member`; the staging table goes on the way out (ON COMMIT DROP does not: plan never commits)."""
+    _stage_into(conn, scratch, audience_key, rows, counts)
+    conn.exec_driver_sql(f"DROP TABLE {STAGE}")
 
 
 def member_count(conn: Connection, audience_key: str, members: Table = M) -> int:

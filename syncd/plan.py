@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def subject_of(user_id: str | None, anonymous_id: str | None) -> str | None:
@@ -21,32 +21,27 @@ def subject_of(user_id: str | None, anonymous_id: str | None) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class SnapshotRow:
+class SnapshotRow(NamedTuple):
+    """One member of a snapshot, in the staging table's column order: the bulk loaders take
+    these tuples as they are (millions of them: no per-row object beyond the tuple)."""
+
+    subject: str  # subject_of(user_id, anonymous_id)
     user_id: str | None
     anonymous_id: str | None
     email: str | None
     url: str | None
-    traits: dict[str, Any] = field(default_factory=dict)
+    traits: str | None  # JSON of the extra columns (sorted keys); None without any
 
-    @property
-    def subject(self) -> str:
-        subject = subject_of(self.user_id, self.anonymous_id)
+    @classmethod
+    def of(cls, user_id: str | None, anonymous_id: str | None = None, email: str | None = None,
+           url: str | None = None, traits: dict[str, Any] | None = None) -> SnapshotRow:
+        subject = subject_of(user_id, anonymous_id)
         assert subject is not None, "a SnapshotRow always has an identifier"
-        return subject
+        return cls(subject, user_id, anonymous_id, email, url, traits_json(traits) if traits else None)
 
-    def approximate_size(self) -> int:
-        size = len(self.user_id or "") + len(self.anonymous_id or "") + len(self.email or "")
-        size += len(self.url or "")
-        if self.traits:
-            size += sum(len(str(v)) + len(k) for k, v in self.traits.items())
-        return size
 
-    def as_tuple(self) -> tuple[str, str | None, str | None, str | None, str | None, str | None]:
-        """(subject, user_id, anonymous_id, email, url, traits JSON) for bulk loading."""
-        traits = json.dumps(self.traits, sort_keys=True, default=str) if self.traits else None
-        subject = f"u:{self.user_id}" if self.user_id else f"a:{self.anonymous_id}"  # == self.subject
-        return (subject, self.user_id, self.anonymous_id, self.email, self.url, traits)
+def traits_json(traits: dict[str, Any]) -> str:
+    return json.dumps(traits, sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -15,7 +15,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
 from syncd.ledger import SnapshotCounts
-from syncd.plan import Change, SnapshotRow
+from syncd.plan import Change, SnapshotRow, traits_json
+from syncd.progress import Task
 
 IDENTITY_COLUMNS = ("user_id", "anonymous_id")
 KNOWN_COLUMNS = (*IDENTITY_COLUMNS, "email", "url")
@@ -47,55 +48,68 @@ def now_param(snapshot_at: datetime) -> str:
 
 
 def stream_members(
-    engine: Engine, query: str, snapshot_at: datetime, counts: SnapshotCounts
+    engine: Engine, query: str, snapshot_at: datetime, counts: SnapshotCounts, task: Task | None = None
 ) -> Iterator[SnapshotRow]:
-    """Yield the usable rows; count the others (and emails dropped as invalid) in `counts`."""
+    """Yield the usable rows; count the others (and emails dropped as invalid) in `counts`.
+    `task`, if given, advances by every row read (skipped ones included)."""
     params = {"now": now_param(snapshot_at)} if _NOW_PARAM.search(query) else {}
     try:
         with engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=2_000).execute(
                 text(query), params
             )
-            columns = list(result.keys())
-            if not any(c in columns for c in IDENTITY_COLUMNS):
-                raise SourceError(
-                    f"the query returns no user_id or anonymous_id column (it returns: "
-                    f"{', '.join(columns) or 'nothing'})"
-                )
-            extras = any(c not in KNOWN_COLUMNS for c in columns)
+            columns = Columns(list(result.keys()))
             # partitions() fetches yield_per rows per round trip instead of one at a time.
             for partition in result.partitions(2_000):
                 counts.rows += len(partition)
                 for values in partition:
-                    row = to_member(dict(zip(columns, values, strict=True)), counts, extras)
-                    if row is not None:
-                        yield row
+                    member = to_member(values, columns, counts)
+                    if member is not None:
+                        yield member
+                if task is not None:
+                    task.advance(len(partition))
     except SQLAlchemyError as exc:
         raise SourceError(_one_line(exc)) from None
 
 
-def to_member(row: dict[str, Any], counts: SnapshotCounts, extras: bool = True) -> SnapshotRow | None:
+class Columns:
+    """Where the known columns sit in the query's rows; every other column is an extra trait."""
+
+    def __init__(self, names: list[str]) -> None:
+        if not any(c in names for c in IDENTITY_COLUMNS):
+            raise SourceError(
+                f"the query returns no user_id or anonymous_id column (it returns: "
+                f"{', '.join(names) or 'nothing'})"
+            )
+        at = {name: i for i, name in enumerate(names)}  # a repeated name: the last one counts
+        self.user_id, self.anonymous_id, self.email, self.url = (at.get(c) for c in KNOWN_COLUMNS)
+        self.extras = [(name, i) for name, i in at.items() if name not in KNOWN_COLUMNS]
+
+
+def to_member(values: Sequence[Any], at: Columns, counts: SnapshotCounts) -> SnapshotRow | None:
     """One query row -> a member, or None (counted) if it cannot be sent.
 
-    `extras=False` says the query has no trait columns (a shortcut on the hot path).
-    """
-    user_id = identifier(row.get("user_id"))
-    anonymous_id = identifier(row.get("anonymous_id"))
+    This runs once per row of million-row snapshots: positional access, no dict per row
+    unless the query has extra trait columns."""
+    user_id = None if at.user_id is None else identifier(values[at.user_id])
+    anonymous_id = None if at.anonymous_id is None else identifier(values[at.anonymous_id])
     if user_id is None and anonymous_id is None:
         counts.no_identifier += 1
         return None
-    email = _text(row.get("email"))
+    email = None if at.email is None else _text(values[at.email])
     if email is not None and not _EMAIL.match(email):
         counts.invalid_email += 1
         email = None
-    member = SnapshotRow(
-        user_id=user_id, anonymous_id=anonymous_id, email=email, url=_clean(_text(row.get("url"))),
-        traits={k: _clean(v) for k, v in row.items() if k not in KNOWN_COLUMNS} if extras else {},
-    )
-    if member.approximate_size() > LARGE_ROW and _too_large(member):
+    url = None if at.url is None else _clean(_text(values[at.url]))
+    traits = {name: _clean(values[i]) for name, i in at.extras} if at.extras else None
+    size = len(user_id or "") + len(anonymous_id or "") + len(email or "") + len(url or "")
+    if traits:
+        size += sum(len(name) + len(str(value)) for name, value in traits.items())
+    if size > LARGE_ROW and _too_large(user_id, anonymous_id, email, url, traits or {}):
         counts.too_large += 1
         return None
-    return member
+    subject = f"u:{user_id}" if user_id else f"a:{anonymous_id}"
+    return SnapshotRow(subject, user_id, anonymous_id, email, url, traits_json(traits) if traits else None)
 
 
 def identifier(value: Any) -> str | None:
@@ -133,9 +147,10 @@ def _clean(value: Any) -> Any:
     return value.replace("\x00", "") if isinstance(value, str) else value
 
 
-def _too_large(member: SnapshotRow) -> bool:
-    change = Change(subject=member.subject, user_id=member.user_id, anonymous_id=member.anonymous_id,
-                    email=member.email, seq=0, value=True, url=member.url, traits=member.traits)
+def _too_large(user_id: str | None, anonymous_id: str | None, email: str | None, url: str | None,
+               traits: dict[str, Any]) -> bool:
+    change = Change(subject="", user_id=user_id, anonymous_id=anonymous_id, email=email, seq=0,
+                    value=True, url=url, traits=traits)
     message = identify(change, "x" * 64, "destination", "Destination", datetime.now(UTC))
     return size_of(message) > MAX_MESSAGE_BYTES
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 
@@ -24,7 +24,7 @@ from syncd.delivery import RetryPolicy, Sender, Verdict
 from syncd.destinations import Destination, DestinationError, make_destination
 from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
 from syncd.ledger import Outcome, SnapshotCounts
-from syncd.plan import Change, SnapshotRow
+from syncd.plan import Change
 from syncd.progress import Null, Progress, Task
 from syncd.source import SourceError, open_source, stream_members
 
@@ -190,8 +190,8 @@ def _snapshot(config: Config, engine: Engine, report: RunReport, audience: Audie
     try:
         source = open_source(config.sources[audience.source].url)
         try:
-            rows = stream_members(source, audience.query, report.snapshot_at, counts)
-            ledger.replace_members(engine, audience.key, _counted(rows, counts, task), counts)
+            rows = stream_members(source, audience.query, report.snapshot_at, counts, task)
+            ledger.replace_members(engine, audience.key, rows, counts)
         finally:
             source.dispose()
             task.close()
@@ -207,16 +207,6 @@ def _snapshot(config: Config, engine: Engine, report: RunReport, audience: Audie
                 "%d too large (32 KB); %d invalid emails dropped", audience.key, counts.rows,
                 counts.members, counts.no_identifier, counts.duplicates, counts.too_large,
                 counts.invalid_email)
-
-
-def _counted(rows: Iterable[SnapshotRow], counts: SnapshotCounts, task: Task) -> Iterator[SnapshotRow]:
-    """Pass rows through, advancing the task by every row read (skipped ones included)."""
-    seen = 0
-    for row in rows:
-        task.advance(counts.rows - seen)
-        seen = counts.rows
-        yield row
-    task.advance(counts.rows - seen)
 
 
 async def _deliver_all(config: Config, options: Options, engine: Engine, report: RunReport,

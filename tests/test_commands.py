@@ -115,14 +115,14 @@ def test_plan_needs_no_lease_and_blocks_no_run(env: Env) -> None:
     other = create_state_engine(env.state_url)
     try:
         with engine.connect() as conn, ledger.scratch_members(conn) as scratch:  # plan, mid-plan
-            rows = [SnapshotRow(f"p{i}", None, None, None) for i in range(10)]
+            rows = [SnapshotRow.of(f"p{i}") for i in range(10)]
             ledger.load_scratch(conn, scratch, "buyers", rows, SnapshotCounts())
             assert ledger.plan_counts(conn, "buyers", "usercom", False, scratch).entered == 10
 
             done = threading.Event()
 
             def concurrent_run_snapshot() -> None:
-                ledger.replace_members(other, "buyers", [SnapshotRow("u3", None, None, None)],
+                ledger.replace_members(other, "buyers", [SnapshotRow.of("u3")],
                                        SnapshotCounts())
                 done.set()
 

@@ -25,7 +25,7 @@ def engine(state_url: str) -> Iterator[Engine]:
 
 
 def row(user_id: str, email: str | None = None, **traits: object) -> SnapshotRow:
-    return SnapshotRow(user_id=user_id, anonymous_id=None, email=email, url=None, traits=dict(traits))
+    return SnapshotRow.of(user_id, email=email, traits=dict(traits))
 
 
 def members(engine: Engine, key: str) -> dict[str, tuple[str | None, str | None]]:
