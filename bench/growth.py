@@ -47,19 +47,15 @@ def snapshot(ids: deque[int]) -> Iterator[SnapshotRow]:
 def deliver(engine: Engine) -> tuple[int, int]:
     """Every change acknowledged, page by page, as a run records them."""
     done = [0, 0]
-    for index, enters in enumerate((True, False)):
-        after = ""
-        while True:
-            with engine.connect() as conn:
-                page = (ledger.enters_page(conn, KEY, DEST, True, after, PAGE) if enters
-                        else ledger.leaves_page(conn, KEY, DEST, after, PAGE))
-            if not page:
-                break
-            after = page[-1].subject
-            ledger.mark_in_flight(engine, KEY, DEST, page)
-            ledger.record_outcomes(engine, KEY, DEST,
-                                   [Outcome(c.subject, c.value, acked=True, attempts=1) for c in page])
-            done[index] += len(page)
+    with engine.connect() as conn, ledger.work_list(conn, KEY, DEST, needs_email=True):
+        for index, value in enumerate((True, False)):
+            after = ""
+            while page := ledger.work_page(conn, KEY, DEST, value, after, PAGE):
+                after = page[-1].subject
+                ledger.mark_in_flight(engine, KEY, DEST, page)
+                ledger.record_outcomes(engine, KEY, DEST,
+                                       [Outcome(c.subject, c.value, acked=True, attempts=1) for c in page])
+                done[index] += len(page)
     return done[0], done[1]
 
 

@@ -103,21 +103,20 @@ def _plan_audience(config: Config, conn: Connection, scratch: Table, audience: A
 
 def _plan_pair(config: Config, conn: Connection, scratch: Table, audience: AudienceConfig,
                name: str) -> dict[str, Any]:
-    key, needs_email = audience.key, _needs_email(config, name)
-    counts = ledger.plan_counts(conn, key, name, needs_email, scratch)
-    guard = guards.check(conn, audience, config.guards, name, counts.members, counts.left)
+    key, rate = audience.key, config.destinations[name].rate_limit
+    # The same work list a run makes, from the scratch snapshot instead of `member`.
+    with ledger.work_list(conn, key, name, _needs_email(config, name), scratch) as counts:
+        guard = guards.check(conn, audience, config.guards, name, counts.members, counts.left)
+        samples = {label: [_who(c) for c in ledger.work_page(conn, key, name, value, "", SAMPLES, scratch)]
+                   for label, value in (("true", True), ("false", False))}
     sends = counts.entered + (0 if guard.held else counts.left)
-    rate = config.destinations[name].rate_limit
     return {
         "destination": name,
         "true": counts.entered,
         "false": counts.left,
-        "retries": ledger.retry_count(conn, key, name, needs_email, scratch),
+        "retries": counts.retries,
         "skipped_no_email": counts.skipped,
-        "samples": {
-            "true": [_who(c) for c in ledger.enters_page(conn, key, name, needs_email, "", SAMPLES, scratch)],
-            "false": [_who(c) for c in ledger.leaves_page(conn, key, name, "", SAMPLES, scratch)],
-        },
+        "samples": samples,
         "sends": sends,
         "rate_limit": rate,
         "send_seconds": round(sends / rate, 1) if rate else None,  # None: unpaced

@@ -11,18 +11,20 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Column,
     ColumnElement,
     Connection,
     Engine,
     MetaData,
     Table,
+    Text,
     and_,
     bindparam,
     case,
@@ -37,11 +39,23 @@ from sqlalchemy import (
     select,
     text,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
-from syncd.models import Attribute, GuardApproval, Lease, Ledger, Member, Run, RunAudience, RunResult
+from syncd.models import (
+    Attribute,
+    GuardApproval,
+    Lease,
+    Ledger,
+    Member,
+    Run,
+    RunAudience,
+    RunResult,
+    UTCDateTime,
+)
 from syncd.plan import Change, Enter, Leave, SnapshotRow
 
 M = Member.__table__  # type: ignore[attr-defined]
@@ -238,21 +252,8 @@ def member_count(conn: Connection, audience_key: str, members: Table = M) -> int
 # --- the diff --------------------------------------------------------------------------
 
 
-# A key range (after, upto]; upto None = to the end. Each side of a join gets it, so that
-# PostgreSQL joins two bounded ranges instead of hashing whole tables for every page.
-Span = tuple[str, str | None]
-WHOLE: Span = ("", None)
-
-
-def _in_span(column: Any, span: Span) -> ColumnElement[bool]:
-    after, upto = span
-    return and_(column > after, true() if upto is None else column <= upto)
-
-
-def _is_member(audience_key: str | ColumnElement[str], span: Span = WHOLE,
-               members: Table = M) -> ColumnElement[bool]:
-    return exists().where(and_(members.c.audience_key == audience_key, members.c.subject == L.c.subject,
-                               _in_span(members.c.subject, span)))
+def _is_member(audience_key: str | ColumnElement[str], members: Table = M) -> ColumnElement[bool]:
+    return exists().where(members.c.audience_key == audience_key, members.c.subject == L.c.subject)
 
 
 def _enter_condition() -> ColumnElement[bool]:
@@ -265,33 +266,35 @@ def _leave_condition() -> ColumnElement[bool]:
     return or_(L.c.acked == true(), L.c.maybe_true == true())
 
 
-def _enters_from(audience_key: str, destination: str, span: Span = WHOLE, members: Table = M) -> Any:
-    joined = members.outerjoin(
-        L,
-        and_(
-            L.c.audience_key == members.c.audience_key,
-            L.c.destination == destination,
-            L.c.subject == members.c.subject,
-            _in_span(L.c.subject, span),
-        ),
-    )
-    return joined, and_(members.c.audience_key == audience_key, _in_span(members.c.subject, span),
-                        _enter_condition())
-
-
-def _leaves_where(audience_key: str, destination: str, span: Span = WHOLE,
-                  members: Table = M) -> ColumnElement[bool]:
-    return and_(
-        L.c.audience_key == audience_key,
-        L.c.destination == destination,
-        _in_span(L.c.subject, span),
-        _leave_condition(),
-        not_(_is_member(audience_key, span, members)),
-    )
-
-
 def _has_email(members: Table = M) -> ColumnElement[bool]:
     return and_(members.c.email.is_not(None), members.c.email != "")
+
+
+def _changes(audience_key: str, destination: str, needs_email: bool, members: Table = M) -> Any:
+    """The diff of one pair, one row per change a run would make: (subject, value, sendable,
+    failed, tried, pending_since). `value` is true for an enter, false for a leave; an enter
+    is not sendable to a destination that needs an email the member lacks (skipped).
+
+    Both sides read their whole table once, in key order: members joined to the ledger for
+    the enters, the pair's ledger rows anti-joined to the members for the leaves."""
+    m = members.c
+    failed = func.coalesce(L.c.failed, false())
+    tried = or_(L.c.pending.is_not(None), failed)
+    enters = (
+        select(m.subject, true().label("value"),
+               (_has_email(members) if needs_email else true()).label("sendable"),
+               failed.label("failed"), tried.label("tried"), L.c.pending_since)
+        .select_from(members.outerjoin(L, and_(L.c.audience_key == m.audience_key,
+                                               L.c.destination == destination,
+                                               L.c.subject == m.subject)))
+        .where(m.audience_key == audience_key, _enter_condition())
+    )
+    leaves = (
+        select(L.c.subject, false(), true(), failed, tried, L.c.pending_since)
+        .where(L.c.audience_key == audience_key, L.c.destination == destination, _leave_condition(),
+               not_(_is_member(audience_key, members)))
+    )
+    return union_all(enters, leaves)
 
 
 @dataclass
@@ -301,96 +304,112 @@ class PlanCounts:
     left: int
     skipped: int  # would enter, but the destination needs an email they lack
     failed: int  # of the work, how many were rejected last time
+    retries: int = 0  # of the work, how many were attempted before and not acknowledged
+    oldest_pending: datetime | None = None  # since when the oldest of those has been tried
 
 
-def plan_counts(conn: Connection, audience_key: str, destination: str, needs_email: bool,
-                members: Table = M) -> PlanCounts:
-    # One pass over the enters and one over the leaves: each is a full scan at a million members.
-    joined, where = _enters_from(audience_key, destination, members=members)
-    sendable = _has_email(members) if needs_email else true()
-    enters = conn.execute(
-        select(func.count(), _count_if(not_(sendable)), _count_if(and_(sendable, L.c.failed == true())))
-        .select_from(joined).where(where)
-    ).one()
-    leaves = conn.execute(
-        select(func.count(), _count_if(L.c.failed == true()))
-        .select_from(L).where(_leaves_where(audience_key, destination, members=members))
-    ).one()
-    skipped = int(enters[1] or 0)
-    return PlanCounts(
-        members=member_count(conn, audience_key, members), entered=int(enters[0]) - skipped,
-        left=int(leaves[0]), skipped=skipped, failed=int(enters[2] or 0) + int(leaves[1] or 0),
-    )
+def _count(conn: Connection, changes: Any, members: int) -> PlanCounts:
+    c = changes.c
+    enter, sendable = c.value == true(), c.sendable == true()
+    row = conn.execute(select(
+        _count_if(and_(enter, sendable)), _count_if(and_(enter, not_(sendable))), _count_if(not_(enter)),
+        _count_if(and_(sendable, c.failed == true())), _count_if(and_(sendable, c.tried == true())),
+        func.min(c.pending_since),
+    ).select_from(changes)).one()
+    entered, skipped, left, failed, retries = (int(n or 0) for n in row[:5])
+    return PlanCounts(members, entered, left, skipped, failed, retries,
+                      row[5] if isinstance(row[5], datetime) else None)
 
 
 def _count_if(condition: ColumnElement[bool]) -> Any:
     return func.sum(case((condition, 1), else_=0))
 
 
-def work_count(conn: Connection, audience_key: str, destination: str, needs_email: bool,
-               condition: ColumnElement[bool], members: Table = M) -> int:
-    """Of the changes a run would send (enters and leaves), how many meet `condition` (on L)."""
-    joined, where = _enters_from(audience_key, destination, members=members)
-    enters = select(func.count()).select_from(joined).where(where, condition)
-    if needs_email:
-        enters = enters.where(_has_email(members))
-    leaves = select(func.count()).select_from(L).where(
-        _leaves_where(audience_key, destination, members=members), condition
+def plan_counts(conn: Connection, audience_key: str, destination: str, needs_email: bool,
+                members: Table = M) -> PlanCounts:
+    """What a run would do for the pair now, counted without keeping the changes (status,
+    metrics, approve): one pass over each side of the diff."""
+    changes = _changes(audience_key, destination, needs_email, members).subquery()
+    return _count(conn, changes, member_count(conn, audience_key, members))
+
+
+WORK = Table(
+    "syncd_work", MetaData(),
+    Column("value", Boolean, primary_key=True), Column("subject", Text, primary_key=True),
+    Column("sendable", Boolean, nullable=False), Column("failed", Boolean, nullable=False),
+    Column("tried", Boolean, nullable=False), Column("pending_since", UTCDateTime()),
+    prefixes=["TEMPORARY"],
+)
+
+
+@contextmanager
+def work_list(conn: Connection, audience_key: str, destination: str, needs_email: bool,
+              members: Table = M) -> Iterator[PlanCounts]:
+    """The pair's diff, computed once: every change goes into a temporary table private to
+    `conn` (no lock, no WAL), the counts come from it, and `work_page` reads it back page by
+    page, 500 key lookups a page. Computing the diff per page instead re-read the whole
+    audience for every page; with 1% churn that was most of an incremental run.
+
+    It commits `conn` once the list is made, and work_page after each page, so no
+    transaction stays open while changes are sent. The table goes on the way out."""
+    WORK.drop(conn, checkfirst=True)  # left over on a pooled connection
+    WORK.create(conn)
+    try:
+        conn.execute(insert(WORK).from_select(
+            ["subject", "value", "sendable", "failed", "tried", "pending_since"],
+            _changes(audience_key, destination, needs_email, members)))
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"ANALYZE {WORK.name}")  # temporary tables get no statistics otherwise
+        counts = _count(conn, WORK, member_count(conn, audience_key, members))
+        conn.commit()
+        yield counts
+    finally:
+        with suppress(SQLAlchemyError):  # an aborted transaction: its error matters, not this one
+            WORK.drop(conn, checkfirst=True)
+            conn.commit()  # a rollback would keep the table in a pooled PostgreSQL session
+
+
+def work_page(conn: Connection, audience_key: str, destination: str, value: bool, after: str,
+              limit: int, members: Table = M) -> list[Change]:
+    """The next changes of the work list (by subject, after `after`): enters (`value` true)
+    that can be sent, or leaves; at most `limit`, with each user's data and messageId seq."""
+    w = WORK.c
+    ledger_row = and_(L.c.audience_key == audience_key, L.c.destination == destination,
+                      L.c.subject == w.subject)
+    page = and_(w.value == value, w.subject > after)
+    if value:
+        m = members.c
+        enters = (
+            select(m.subject, m.user_id, m.anonymous_id, m.email, m.url, m.traits, _change_seq(True))
+            .select_from(WORK.join(members, and_(m.audience_key == audience_key, m.subject == w.subject))
+                         .outerjoin(L, ledger_row))
+            .where(page, w.sendable == true())
+        )
+        rows = _read(conn, enters.order_by(w.subject).limit(limit))
+        return [Enter(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], url=r[4],
+                      traits=json.loads(r[5]) if r[5] else {}, seq=r[6]) for r in rows]
+    leaves = (
+        select(L.c.subject, L.c.user_id, L.c.anonymous_id, L.c.email, _change_seq(False))
+        .select_from(WORK.join(L, ledger_row))
+        .where(page)
     )
-    return (conn.scalar(enters) or 0) + (conn.scalar(leaves) or 0)
+    rows = _read(conn, leaves.order_by(w.subject).limit(limit))
+    return [Leave(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], seq=r[4]) for r in rows]
 
 
-def retry_count(conn: Connection, audience_key: str, destination: str, needs_email: bool,
-                members: Table = M) -> int:
-    """Of the changes a run would send, how many were attempted before and not acknowledged."""
-    tried = or_(L.c.pending.is_not(None), L.c.failed == true())
-    return work_count(conn, audience_key, destination, needs_email, tried, members)
+def _read(conn: Connection, query: Any) -> list[Any]:
+    """All rows, then the read transaction ends (sends must not hold one open)."""
+    rows = list(conn.execute(query))
+    conn.commit()
+    return rows
 
 
-PAGE_SCAN = 20_000  # keys one page query looks at, at most
-
-
-def enters_page(
-    conn: Connection, audience_key: str, destination: str, needs_email: bool, after: str, limit: int,
-    members: Table = M, scan: int = PAGE_SCAN,
-) -> list[Change]:
-    """The next members (by subject, after `after`) who need `true`, at most `limit`."""
-    def fetch(span: Span, room: int) -> list[Change]:
-        return _enters_between(conn, audience_key, destination, needs_email, span, room, members)
-    end = _span_end(conn, members.c.subject, [members.c.audience_key == audience_key], scan)
-    return _paged(fetch, end, after, limit)
-
-
-def leaves_page(
-    conn: Connection, audience_key: str, destination: str, after: str, limit: int,
-    members: Table = M, scan: int = PAGE_SCAN,
-) -> list[Change]:
-    """The next non-members (by subject, after `after`) who need `false`, at most `limit`."""
-    def fetch(span: Span, room: int) -> list[Change]:
-        return _leaves_between(conn, audience_key, destination, span, room, members)
-    bounds = [L.c.audience_key == audience_key, L.c.destination == destination]
-    return _paged(fetch, _span_end(conn, L.c.subject, bounds, scan), after, limit)
-
-
-def _paged(fetch: Any, span_end: Any, after: str, limit: int) -> list[Change]:
-    """Collect changes span by span of `scan` keys. With sparse changes (1% churn), one
-    query per page would otherwise read the whole audience for every page of 500."""
-    changes: list[Change] = []
-    while len(changes) < limit:
-        upto = span_end(after)
-        changes += fetch((after, upto), limit - len(changes))
-        if upto is None:
-            break
-        after = upto
-    return changes
-
-
-def _span_end(conn: Connection, key: Any, bounds: list[ColumnElement[bool]], scan: int) -> Any:
-    """after -> the key `scan` keys further on (an index-only walk), or None near the end."""
-    def end(after: str) -> str | None:
-        query = select(key).where(*bounds, key > after).order_by(key).offset(scan - 1).limit(1)
-        return conn.scalar(query)
-    return end
+def work_leaves_left(conn: Connection, audience_key: str, destination: str) -> int:
+    """Leaves of the work list the destination has still not acknowledged."""
+    query = select(func.count()).select_from(WORK.join(L, and_(
+        L.c.audience_key == audience_key, L.c.destination == destination, L.c.subject == WORK.c.subject,
+    ))).where(WORK.c.value == false(), _leave_condition())
+    return conn.scalar(query) or 0
 
 
 def _change_seq(value: bool) -> Any:
@@ -400,40 +419,6 @@ def _change_seq(value: bool) -> Any:
     one as a repeat of an older change with the same number."""
     replaces = and_(L.c.pending.is_not(None), L.c.pending == (false() if value else true()))
     return func.coalesce(L.c.seq, 0) + case((replaces, 1), else_=0)
-
-
-def _enters_between(conn: Connection, audience_key: str, destination: str, needs_email: bool,
-                    span: Span, limit: int, members: Table) -> list[Change]:
-    joined, where = _enters_from(audience_key, destination, span, members)
-    m = members.c
-    query = (
-        select(m.subject, m.user_id, m.anonymous_id, m.email, m.url, m.traits, _change_seq(True))
-        .select_from(joined)
-        .where(where)
-        .order_by(m.subject)
-        .limit(limit)
-    )
-    if needs_email:
-        query = query.where(_has_email(members))
-    return [
-        Enter(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], url=r[4],
-              traits=json.loads(r[5]) if r[5] else {}, seq=r[6])
-        for r in conn.execute(query)
-    ]
-
-
-def _leaves_between(conn: Connection, audience_key: str, destination: str, span: Span,
-                    limit: int, members: Table) -> list[Change]:
-    query = (
-        select(L.c.subject, L.c.user_id, L.c.anonymous_id, L.c.email, _change_seq(False))
-        .where(_leaves_where(audience_key, destination, span, members))
-        .order_by(L.c.subject)
-        .limit(limit)
-    )
-    return [
-        Leave(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], seq=r[4])
-        for r in conn.execute(query)
-    ]
 
 
 # --- recording sends -------------------------------------------------------------------
@@ -711,15 +696,6 @@ def acked_true_count(conn: Connection, audience_key: str, destination: str) -> i
         L.c.audience_key == audience_key, L.c.destination == destination, L.c.acked == true()
     )
     return conn.scalar(query) or 0
-
-
-def oldest_pending(conn: Connection, audience_key: str, destination: str) -> datetime | None:
-    """Since when the oldest change that still needs sending has been tried (None: no such)."""
-    joined, where = _enters_from(audience_key, destination)
-    enters = select(func.min(L.c.pending_since)).select_from(joined).where(where)
-    leaves = select(func.min(L.c.pending_since)).where(_leaves_where(audience_key, destination))
-    found = [v for v in (conn.scalar(enters), conn.scalar(leaves)) if isinstance(v, datetime)]
-    return min(found, default=None)
 
 
 # --- the run lease ---------------------------------------------------------------------

@@ -94,8 +94,8 @@ class Metrics:
         pending, oldest = {}, {}
         with engine.connect() as conn:
             successes = ledger.last_successes(conn)
-            for key, name, counts, since in backlog(config, conn):
-                work = counts.entered + counts.left
+            for key, name, counts in backlog(config, conn):
+                work, since = counts.entered + counts.left, counts.oldest_pending
                 pending[(key, name)] = work
                 oldest[(key, name)] = since.timestamp() if since and work else None
         with self.lock:

@@ -12,24 +12,21 @@ from syncd import ledger
 from syncd.config import Config
 from syncd.destinations import make_destination
 
-Backlog = tuple[str, str, ledger.PlanCounts, datetime | None]
 
-
-def backlog(config: Config, conn: Connection) -> Iterator[Backlog]:
+def backlog(config: Config, conn: Connection) -> Iterator[tuple[str, str, ledger.PlanCounts]]:
     """Per configured (audience, destination): what a run would do now, and since when the
     oldest change still to send has waited. `status` and the metrics both read this."""
     for audience in config.audiences:
         for name in audience.destinations:
             needs_email = make_destination(config.destinations[name]).needs_email
-            counts = ledger.plan_counts(conn, audience.key, name, needs_email)
-            yield audience.key, name, counts, ledger.oldest_pending(conn, audience.key, name)
+            yield audience.key, name, ledger.plan_counts(conn, audience.key, name, needs_email)
 
 
 def status(config: Config, engine: Engine) -> list[dict[str, Any]]:
     rows = []
     with engine.connect() as conn:
         last = {(r.audience_key, r.destination): r for r in ledger.last_results(conn)}
-        for key, name, counts, oldest in backlog(config, conn):
+        for key, name, counts in backlog(config, conn):
             result = last.get((key, name))
             rows.append({
                 "audience": key,
@@ -39,7 +36,7 @@ def status(config: Config, engine: Engine) -> list[dict[str, Any]]:
                 "pending": counts.entered + counts.left,
                 "failed": counts.failed,
                 "skipped_no_email": counts.skipped,
-                "oldest_pending": _iso(oldest),
+                "oldest_pending": _iso(counts.oldest_pending),
                 "last_run": _iso(result.finished_at or result.started_at) if result else None,
                 "last_outcome": result.outcome if result else None,
                 "last_message": result.message if result else None,

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 
 import httpx
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import guards, ledger
@@ -246,31 +246,35 @@ class _Delivery:
             await self.sender.aclose()
 
     async def _pair(self, audience: AudienceConfig) -> PairReport:
-        key, needs_email = audience.key, self.destination.needs_email
-        with self.engine.connect() as conn:
-            counts = ledger.plan_counts(conn, key, self.name, needs_email)
+        key = audience.key
+        # The connection keeps the pair's work list (ledger.work_list) until the pair is done.
+        with self.engine.connect() as conn, \
+                ledger.work_list(conn, key, self.name, self.destination.needs_email) as counts:
             guard = guards.check(conn, audience, self.guard_config, self.name, counts.members, counts.left)
-        pair = PairReport(key, self.name, members=counts.members, entered=counts.entered,
-                          left=counts.left, skipped=counts.skipped)
-        self._log_guard(guard)
-        work = counts.entered + counts.left
-        if work and not self.sender.interrupted():
-            task = self.progress.task(f"{self.name}: {key}", work, "delivered")
-            try:
-                await self._prepare(key)
-                await self._send_all(key, pair, needs_email, task, leaves=not guard.held)
-            except DestinationError as exc:
-                pair.message = str(exc)
-            finally:
-                task.close()
+            conn.commit()
+            pair = PairReport(key, self.name, members=counts.members, entered=counts.entered,
+                              left=counts.left, skipped=counts.skipped)
+            self._log_guard(guard)
+            work = counts.entered + counts.left
+            if work and not self.sender.interrupted():
+                task = self.progress.task(f"{self.name}: {key}", work, "delivered")
+                try:
+                    await self._prepare(key)
+                    await self._send_all(conn, key, pair, task, leaves=not guard.held)
+                except DestinationError as exc:
+                    pair.message = str(exc)
+                finally:
+                    task.close()
+            # An approval lasts until no exit of the pair is left to send.
+            if guard.approved_exits is not None and not guard.held \
+                    and not ledger.work_leaves_left(conn, key, self.name):
+                ledger.drop_approval(self.engine, key, self.name)
         pair.pending = work - pair.acknowledged
         if pair.pending and guard.held and not self.sender.refused:
             pair.outcome, pair.message = "held", guard.hold_message(self.config_path)
         elif pair.pending:
             pair.outcome = "stopped" if self.sender.refused else "undelivered"
             pair.message = self.sender.stopped or pair.message or _interrupted(self.sender)
-        if guard.approved_exits is not None and not guard.held:
-            self._consume_approval(key)
         return pair
 
     def _log_guard(self, guard: guards.GuardVerdict) -> None:
@@ -280,13 +284,6 @@ class _Delivery:
             log.warning("sending %d exits of %s at %s, approved by %s: %s", guard.exits,
                         guard.audience_key, self.name, guard.approved_by or "?", guard.reason())
 
-    def _consume_approval(self, key: str) -> None:
-        """An approval lasts until no exit of the pair is left to send."""
-        with self.engine.connect() as conn:
-            left = ledger.plan_counts(conn, key, self.name, self.destination.needs_email).left
-        if not left:
-            ledger.drop_approval(self.engine, key, self.name)
-
     async def _prepare(self, key: str) -> None:
         with self.engine.connect() as conn:
             if ledger.attribute_ensured(conn, self.name, key):
@@ -294,16 +291,13 @@ class _Delivery:
         await self.destination.prepare(self.sender, key)
         ledger.record_attribute(self.engine, self.name, key)
 
-    async def _send_all(self, key: str, pair: PairReport, needs_email: bool, task: Task,
+    async def _send_all(self, conn: Connection, key: str, pair: PairReport, task: Task,
                         leaves: bool = True) -> None:
-        for enters in (True, False) if leaves else (True,):
+        """Every change of the work list on `conn`: the enters, then (unless held) the leaves."""
+        for value in (True, False) if leaves else (True,):
             after = ""
             while not self.sender.interrupted():
-                with self.engine.connect() as conn:
-                    page: list[Change] = (
-                        ledger.enters_page(conn, key, self.name, needs_email, after, PAGE_SIZE)
-                        if enters else ledger.leaves_page(conn, key, self.name, after, PAGE_SIZE)
-                    )
+                page = ledger.work_page(conn, key, self.name, value, after, PAGE_SIZE)
                 if not page:
                     break
                 after = page[-1].subject

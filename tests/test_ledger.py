@@ -4,6 +4,7 @@ previous snapshot on failure, lets the first of duplicate rows win, and rewrites
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, select
@@ -69,19 +70,29 @@ def test_an_empty_snapshot_empties_the_audience(engine: Engine) -> None:
     assert (counts.members, counts.duplicates, members(engine, "a")) == (0, 0, {})
 
 
-def test_pages_walk_spans_of_keys_and_miss_nothing(engine: Engine) -> None:
-    """Enters and leaves are collected span by span (here 7 keys per span, 5 per page):
-    every change appears exactly once, in subject order, whatever the boundaries."""
+def test_the_work_list_pages_every_change_once_and_counts_like_status(engine: Engine) -> None:
+    """A run's work list: every change exactly once, in subject order, page by page (5 a
+    page); its counts equal the count-only reading `status` uses, retries and all."""
     ids = [f"{i:02d}" for i in range(40)]
-    ledger.replace_members(engine, "a", [row(i, f"{i}@x.io") for i in ids], SnapshotCounts())
+
+    def snapshot(keep: list[str]) -> list[SnapshotRow]:  # every fifth member has no email
+        return [row(i, None if int(i) % 5 == 0 else f"{i}@x.io") for i in keep]
+
+    ledger.replace_members(engine, "a", snapshot(ids), SnapshotCounts())
+    since = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
     with engine.begin() as conn:  # the destination holds `true` for every third member
         conn.execute(L.insert(), [
             {"audience_key": "a", "destination": "nat", "subject": f"u:{i}", "acked": True, "seq": 1,
              "maybe_true": False, "maybe_false": False, "attempts": 0, "failed": False}
             for i in ids[::3]
         ])
+        # a rejected enter and a leave still pending since an earlier run
+        conn.execute(L.insert(), {"audience_key": "a", "destination": "nat", "subject": "u:01",
+                                  "pending": True, "failed": True, "pending_since": since,
+                                  "maybe_true": False, "maybe_false": False, "attempts": 3, "seq": 0})
+        conn.execute(L.update().where(L.c.subject == "u:12").values(pending=False, pending_since=since))
     staying = [i for n, i in enumerate(ids) if n % 4]  # every fourth member leaves
-    ledger.replace_members(engine, "a", [row(i, f"{i}@x.io") for i in staying], SnapshotCounts())
+    ledger.replace_members(engine, "a", snapshot(staying), SnapshotCounts())
 
     def walk(fetch: Callable[[str], list[Change]]) -> list[str]:
         seen, after = [], ""
@@ -92,9 +103,13 @@ def test_pages_walk_spans_of_keys_and_miss_nothing(engine: Engine) -> None:
         return seen
 
     with engine.connect() as conn:
-        enters = walk(lambda after: ledger.enters_page(conn, "a", "nat", True, after, 5, scan=7))
-        leaves = walk(lambda after: ledger.leaves_page(conn, "a", "nat", after, 5, scan=7))
-        counts = ledger.plan_counts(conn, "a", "nat", needs_email=True)
-    assert enters == [f"u:{i}" for i in staying if int(i) % 3]
+        status = ledger.plan_counts(conn, "a", "nat", needs_email=True)
+        with ledger.work_list(conn, "a", "nat", needs_email=True) as counts:
+            enters = walk(lambda after: ledger.work_page(conn, "a", "nat", True, after, 5))
+            leaves = walk(lambda after: ledger.work_page(conn, "a", "nat", False, after, 5))
+    assert enters == [f"u:{i}" for i in staying if int(i) % 3 and int(i) % 5]
     assert leaves == [f"u:{i}" for i in ids if int(i) % 3 == 0 and int(i) % 4 == 0]
-    assert (counts.entered, counts.left) == (len(enters), len(leaves))
+    assert counts == status
+    assert (counts.members, counts.entered, counts.left) == (len(staying), len(enters), len(leaves))
+    assert counts.skipped == len([i for i in staying if int(i) % 3 and int(i) % 5 == 0])
+    assert (counts.failed, counts.retries, counts.oldest_pending) == (1, 2, since)
