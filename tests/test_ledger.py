@@ -48,6 +48,9 @@ def test_replace_members_adds_removes_and_rewrites_changed_rows(engine: Engine) 
     assert members(engine, "a") == {"u:2": ("new@x.io", '{"plan": "max"}'), "u:3": (None, None)}
     assert members(engine, "b") == {"u:1": ("b@x.io", None)}  # another audience is untouched
 
+    ledger.replace_members(engine, "a", [row("2"), row("3", "three@x.io")], SnapshotCounts())
+    assert members(engine, "a") == {"u:2": (None, None), "u:3": ("three@x.io", None)}  # to and from NULL
+
 
 def test_replace_members_keeps_the_previous_snapshot_if_the_source_fails(engine: Engine) -> None:
     ledger.replace_members(engine, "a", [row("1", "one@x.io")], SnapshotCounts())
