@@ -47,10 +47,10 @@ def snapshot(ids: deque[int]) -> Iterator[SnapshotRow]:
 def deliver(engine: Engine) -> tuple[int, int]:
     """Every change acknowledged, page by page, as a run records them."""
     done = [0, 0]
-    with engine.connect() as conn, ledger.work_list(conn, KEY, DEST, needs_email=True):
+    with engine.connect() as conn, ledger.WorkList(conn, KEY, DEST, needs_email=True) as work:
         for index, value in enumerate((True, False)):
             after = ""
-            while page := ledger.work_page(conn, KEY, DEST, value, after, PAGE):
+            while page := work.page(value, after, PAGE):
                 after = page[-1].subject
                 ledger.mark_in_flight(engine, KEY, DEST, page)
                 ledger.record_outcomes(engine, KEY, DEST,

@@ -9,7 +9,7 @@ Per size, in a temporary directory: a SQLite source with N customers; a full sna
 and a ledger where every member is acknowledged `true` (setup, not timed); then 1% of
 the customers leave and 1% new ones arrive, and the timed step is what a run does
 before sending: `ledger.replace_members` fed by `source.stream_members`, then the
-pair's `ledger.work_list` (the diff, with its counts) and every `work_page` of it. No network.
+pair's `ledger.WorkList` (the diff, with its counts) and every page of it. No network.
 
 The baseline is a plain sqlite3 script: read the same rows from the source, insert them
 into a table, compute the two set differences with EXCEPT and read them.
@@ -91,9 +91,10 @@ def step_incremental(source: str, state: str) -> None:
     counts = SnapshotCounts()
     ledger.replace_members(engine, KEY, stream_members(src, QUERY, datetime.now(UTC), counts), counts)
     snapshot = time.perf_counter() - started
-    with engine.connect() as conn, ledger.work_list(conn, KEY, DEST, needs_email=True) as plan:
-        entered = _page_all(lambda after: ledger.work_page(conn, KEY, DEST, True, after, PAGE))
-        left = _page_all(lambda after: ledger.work_page(conn, KEY, DEST, False, after, PAGE))
+    with engine.connect() as conn, ledger.WorkList(conn, KEY, DEST, needs_email=True) as work:
+        plan = work.counts
+        entered = _page_all(lambda after: work.page(True, after, PAGE))
+        left = _page_all(lambda after: work.page(False, after, PAGE))
     total = time.perf_counter() - started
     assert (entered, left) == (plan.entered, plan.left), (entered, left, plan)
     emit({"rows": counts.rows, "snapshot_s": round(snapshot, 2), "diff_s": round(total - snapshot, 2),

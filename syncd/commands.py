@@ -105,9 +105,10 @@ def _plan_pair(config: Config, conn: Connection, scratch: Table, audience: Audie
                name: str) -> dict[str, Any]:
     key, rate = audience.key, config.destinations[name].rate_limit
     # The same work list a run makes, from the scratch snapshot instead of `member`.
-    with ledger.work_list(conn, key, name, _needs_email(config, name), scratch) as counts:
+    with ledger.WorkList(conn, key, name, _needs_email(config, name), scratch) as work:
+        counts = work.counts
         guard = guards.check(conn, audience, config.guards, name, counts.members, counts.left)
-        samples = {label: [_who(c) for c in ledger.work_page(conn, key, name, value, "", SAMPLES, scratch)]
+        samples = {label: [_who(c) for c in work.page(value, "", SAMPLES)]
                    for label, value in (("true", True), ("false", False))}
     sends = counts.entered + (0 if guard.held else counts.left)
     return {

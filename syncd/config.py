@@ -75,6 +75,12 @@ class ScheduleConfig:
     interval: timedelta = timedelta(hours=2)
     jitter: timedelta = timedelta(hours=1)
     run_at_start: bool = True
+    max_run_time: timedelta | None = None  # None: the interval
+
+    @property
+    def run_limit(self) -> timedelta:
+        """How long a run may start new sends: what is left waits for the next run."""
+        return self.max_run_time or self.interval
 
 
 @dataclass(frozen=True)
@@ -222,7 +228,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     guards = _guards(reader, top.get("guards", {}))
     return Config(
         path=str(path),
-        state_url=reader.db_url(state, "state", DEFAULT_STATE_URL),
+        state_url=_state_url(reader, state),
         schedule=_schedule(reader, top.get("schedule", {})),
         sources=sources,
         destinations=destinations,
@@ -231,6 +237,15 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         guards=guards,
         metrics=_metrics(reader, top.get("metrics", {})),
     )
+
+
+def _state_url(reader: _Reader, state: dict[str, Any]) -> str:
+    url = reader.db_url(state, "state", DEFAULT_STATE_URL)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise reader.error("state.url", "an in-memory database keeps nothing between runs "
+                                        "(every run would be a full initial send): use a file")
+    return url
 
 
 def _retention(reader: _Reader, state: dict[str, Any]) -> timedelta:
@@ -266,7 +281,7 @@ def parse_listen(text: str) -> MetricsConfig:
 
 
 def _schedule(reader: _Reader, data: Any) -> ScheduleConfig:
-    table = reader.table(data, "schedule", {"interval", "jitter", "run_at_start"})
+    table = reader.table(data, "schedule", {"interval", "jitter", "run_at_start", "max_run_time"})
     default = ScheduleConfig()
     interval = reader.duration(table, "schedule", "interval", default.interval)
     if interval < timedelta(minutes=1):
@@ -275,7 +290,17 @@ def _schedule(reader: _Reader, data: Any) -> ScheduleConfig:
         interval=interval,
         jitter=reader.duration(table, "schedule", "jitter", default.jitter),
         run_at_start=reader.get(table, "schedule", "run_at_start", bool, default.run_at_start),
+        max_run_time=_max_run_time(reader, table),
     )
+
+
+def _max_run_time(reader: _Reader, table: dict[str, Any]) -> timedelta | None:
+    if "max_run_time" not in table:
+        return None
+    limit = reader.duration(table, "schedule", "max_run_time", timedelta(0))
+    if limit < timedelta(minutes=1):
+        raise reader.error("schedule.max_run_time", "must be at least 1m")
+    return limit
 
 
 def _guards(reader: _Reader, data: Any) -> GuardConfig:

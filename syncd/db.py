@@ -11,12 +11,13 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 
-def create_state_engine(url: str) -> Engine:
-    """An engine for the state database: SQLite gets WAL and a busy timeout."""
+def create_state_engine(url: str, pool_size: int = 5) -> Engine:
+    """An engine for the state database: SQLite gets WAL and a busy timeout. `pool_size`:
+    connections kept open (a run holds one per audience it is sending, plus a few)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
+        return create_engine(url, pool_pre_ping=True, pool_size=pool_size)
+    engine = create_engine(url, connect_args={"timeout": 30}, pool_size=pool_size)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -347,74 +347,90 @@ WORK = Table(
 )
 
 
-@contextmanager
-def work_list(conn: Connection, audience_key: str, destination: str, needs_email: bool,
-              members: Table = M) -> Iterator[PlanCounts]:
-    """The pair's diff, computed once: every change goes into a temporary table private to
-    `conn` (no lock, no WAL), the counts come from it, and `work_page` reads it back page by
-    page, 500 key lookups a page. Computing the diff per page instead re-read the whole
-    audience for every page; with 1% churn that was most of an incremental run.
+class WorkList:
+    """One pair's diff, computed once: `make()` puts every change into a temporary table
+    private to `conn` (no lock, no WAL) and counts them; `page()` reads it back, 500 key
+    lookups a page; `drop()` removes it. Computing the diff per page instead re-read the
+    whole audience for every page; with 1% churn that was most of an incremental run.
 
-    It commits `conn` once the list is made, and work_page after each page, so no
-    transaction stays open while changes are sent. The table goes on the way out."""
-    WORK.drop(conn, checkfirst=True)  # left over on a pooled connection
-    WORK.create(conn)
-    try:
+    `make()` commits `conn` once the list is made and `page()` after each page, so no
+    transaction stays open while changes are sent. As a context manager: make, then drop."""
+
+    counts: PlanCounts
+
+    def __init__(self, conn: Connection, audience_key: str, destination: str, needs_email: bool,
+                 members: Table = M) -> None:
+        self.conn, self.audience_key, self.destination = conn, audience_key, destination
+        self.needs_email, self.members = needs_email, members
+
+    def make(self) -> PlanCounts:
+        conn = self.conn
+        WORK.drop(conn, checkfirst=True)  # left over on a pooled connection
+        WORK.create(conn)
         conn.execute(insert(WORK).from_select(
             ["subject", "value", "sendable", "failed", "tried", "pending_since"],
-            _changes(audience_key, destination, needs_email, members)))
+            _changes(self.audience_key, self.destination, self.needs_email, self.members)))
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"ANALYZE {WORK.name}")  # temporary tables get no statistics otherwise
-        counts = _count(conn, WORK, member_count(conn, audience_key, members))
+        self.counts = _count(conn, WORK, member_count(conn, self.audience_key, self.members))
         conn.commit()
-        yield counts
-    finally:
+        return self.counts
+
+    def drop(self) -> None:
         with suppress(SQLAlchemyError):  # an aborted transaction: its error matters, not this one
-            WORK.drop(conn, checkfirst=True)
-            conn.commit()  # a rollback would keep the table in a pooled PostgreSQL session
+            WORK.drop(self.conn, checkfirst=True)
+            self.conn.commit()  # a rollback would keep the table in a pooled PostgreSQL session
 
+    def __enter__(self) -> WorkList:
+        try:
+            self.make()
+            return self
+        except BaseException:
+            self.drop()
+            raise
 
-def work_page(conn: Connection, audience_key: str, destination: str, value: bool, after: str,
-              limit: int, members: Table = M) -> list[Change]:
-    """The next changes of the work list (by subject, after `after`): enters (`value` true)
-    that can be sent, or leaves; at most `limit`, with each user's data and messageId seq."""
-    w = WORK.c
-    ledger_row = and_(L.c.audience_key == audience_key, L.c.destination == destination,
-                      L.c.subject == w.subject)
-    page = and_(w.value == value, w.subject > after)
-    if value:
-        m = members.c
-        enters = (
-            select(m.subject, m.user_id, m.anonymous_id, m.email, m.url, m.traits, _change_seq(True))
-            .select_from(WORK.join(members, and_(m.audience_key == audience_key, m.subject == w.subject))
-                         .outerjoin(L, ledger_row))
-            .where(page, w.sendable == true())
+    def __exit__(self, *exc: object) -> None:
+        self.drop()
+
+    def page(self, value: bool, after: str, limit: int) -> list[Change]:
+        """The next changes (by subject, after `after`): enters (`value` true) that can be
+        sent, or leaves; at most `limit`, with each user's data and messageId seq."""
+        w = WORK.c
+        ledger_row = and_(L.c.audience_key == self.audience_key, L.c.destination == self.destination,
+                          L.c.subject == w.subject)
+        page = and_(w.value == value, w.subject > after)
+        if value:
+            m = self.members.c
+            members = and_(m.audience_key == self.audience_key, m.subject == w.subject)
+            enters = (
+                select(m.subject, m.user_id, m.anonymous_id, m.email, m.url, m.traits, _change_seq(True))
+                .select_from(WORK.join(self.members, members).outerjoin(L, ledger_row))
+                .where(page, w.sendable == true())
+            )
+            rows = self._read(enters.order_by(w.subject).limit(limit))
+            return [Enter(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], url=r[4],
+                          traits=json.loads(r[5]) if r[5] else {}, seq=r[6]) for r in rows]
+        leaves = (
+            select(L.c.subject, L.c.user_id, L.c.anonymous_id, L.c.email, _change_seq(False))
+            .select_from(WORK.join(L, ledger_row))
+            .where(page)
         )
-        rows = _read(conn, enters.order_by(w.subject).limit(limit))
-        return [Enter(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], url=r[4],
-                      traits=json.loads(r[5]) if r[5] else {}, seq=r[6]) for r in rows]
-    leaves = (
-        select(L.c.subject, L.c.user_id, L.c.anonymous_id, L.c.email, _change_seq(False))
-        .select_from(WORK.join(L, ledger_row))
-        .where(page)
-    )
-    rows = _read(conn, leaves.order_by(w.subject).limit(limit))
-    return [Leave(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], seq=r[4]) for r in rows]
+        rows = self._read(leaves.order_by(w.subject).limit(limit))
+        return [Leave(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], seq=r[4]) for r in rows]
 
+    def leaves_left(self) -> int:
+        """Leaves of the list the destination has still not acknowledged."""
+        query = select(func.count()).select_from(WORK.join(L, and_(
+            L.c.audience_key == self.audience_key, L.c.destination == self.destination,
+            L.c.subject == WORK.c.subject,
+        ))).where(WORK.c.value == false(), _leave_condition())
+        return self.conn.scalar(query) or 0
 
-def _read(conn: Connection, query: Any) -> list[Any]:
-    """All rows, then the read transaction ends (sends must not hold one open)."""
-    rows = list(conn.execute(query))
-    conn.commit()
-    return rows
-
-
-def work_leaves_left(conn: Connection, audience_key: str, destination: str) -> int:
-    """Leaves of the work list the destination has still not acknowledged."""
-    query = select(func.count()).select_from(WORK.join(L, and_(
-        L.c.audience_key == audience_key, L.c.destination == destination, L.c.subject == WORK.c.subject,
-    ))).where(WORK.c.value == false(), _leave_condition())
-    return conn.scalar(query) or 0
+    def _read(self, query: Any) -> list[Any]:
+        """All rows, then the read transaction ends (sends must not hold one open)."""
+        rows = list(self.conn.execute(query))
+        self.conn.commit()
+        return rows
 
 
 def _change_seq(value: bool) -> Any:

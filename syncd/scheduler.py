@@ -117,8 +117,17 @@ class _Daemon:
         self.last_status = ""
 
     def job(self) -> None:
+        """One scheduled run; then, while runs stop at their time limit with changes left (a
+        big initial send), the next one at once: a fresh snapshot every max_run_time and
+        the destination kept busy."""
+        while self._run() and not (self.options.stop_event and self.options.stop_event.is_set()):
+            log.info("the run stopped at its time limit with changes left: the next run starts now")
+
+    def _run(self) -> bool:
+        """One run; True if it stopped at its time limit with changes left."""
         previous = f"; {self.last_status}" if self.last_status else ""
         self.notifier.status(f"running since {_hhmm()}{previous}")
+        report = None
         try:
             report = run_once(self.config, self.options, engine=self.engine)
         except ledger.RunInProgress as exc:
@@ -132,6 +141,7 @@ class _Daemon:
                 self.metrics.record_run(report)
             self._tell(status_line(report))
         self.refresh_metrics()
+        return report is not None and report.out_of_time
 
     def _ended(self, outcome: str, status: str) -> None:
         if self.metrics is not None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 
 import httpx
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import guards, ledger
@@ -31,6 +32,7 @@ from syncd.source import SourceError, open_source, stream_members
 log = logging.getLogger("syncd")
 
 PAGE_SIZE = 500
+PAIRS_AT_ONCE = 4  # audiences one destination sends at the same time (each holds a connection)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class RunReport:
     audience_errors: dict[str, str] = field(default_factory=dict)
     pairs: list[PairReport] = field(default_factory=list)
     interrupted: bool = False
+    out_of_time: bool = False  # sending stopped at [schedule] max_run_time with changes left
 
     @property
     def delivered(self) -> bool:
@@ -93,7 +96,7 @@ class Options:
 
 
 def open_state(config: Config) -> Engine:
-    engine = create_state_engine(config.state_url)
+    engine = create_state_engine(config.state_url, pool_size=5 + PAIRS_AT_ONCE * len(config.destinations))
     migrate(engine)
     return engine
 
@@ -145,6 +148,7 @@ class _LeaseKeeper(threading.Thread):
 
 
 def _run(config: Config, options: Options, engine: Engine) -> RunReport:
+    deadline = time.monotonic() + config.schedule.run_limit.total_seconds()
     recovered = ledger.recover_in_flight(engine)
     if recovered:
         log.warning("%d changes were in flight when the last run stopped; they will be re-sent "
@@ -156,7 +160,7 @@ def _run(config: Config, options: Options, engine: Engine) -> RunReport:
     for audience in config.audiences:
         _snapshot(config, engine, report, audience, options.progress)
     ready = [a for a in config.audiences if a.key not in report.audience_errors]
-    report.pairs = asyncio.run(_deliver_all(config, options, engine, report, ready))
+    report.pairs = asyncio.run(_deliver_all(config, options, engine, report, ready, deadline))
     for audience in config.audiences:
         if audience.key in report.audience_errors:
             for name in audience.destinations:
@@ -210,26 +214,31 @@ def _snapshot(config: Config, engine: Engine, report: RunReport, audience: Audie
 
 
 async def _deliver_all(config: Config, options: Options, engine: Engine, report: RunReport,
-                       audiences: Sequence[AudienceConfig]) -> list[PairReport]:
-    tasks = []
+                       audiences: Sequence[AudienceConfig], deadline: float) -> list[PairReport]:
+    deliveries = []
     for dest in config.destinations.values():
         connected = [a for a in audiences if dest.name in a.destinations]
         if connected:
-            delivery = _Delivery(dest, options, engine, report.snapshot_at, config.guards, config.path)
-            tasks.append(delivery.run(connected))
-    results = await asyncio.gather(*tasks)
+            deliveries.append((_Delivery(dest, options, engine, report.snapshot_at, config.guards,
+                                         config.path, deadline), connected))
+    results = await asyncio.gather(*(delivery.run(connected) for delivery, connected in deliveries))
+    report.out_of_time = any(delivery.out_of_time for delivery, _ in deliveries)
     return [pair for pairs in results for pair in pairs]
 
 
 class _Delivery:
-    """Delivers every audience connected to one destination, one page at a time."""
+    """Delivers every audience connected to one destination, page by page; up to
+    PAIRS_AT_ONCE audiences at once, sharing the destination's pace and concurrency, so a
+    big initial send does not hold up the other audiences' increments."""
 
     def __init__(self, config: DestinationConfig, options: Options, engine: Engine,
-                 snapshot_at: datetime, guard_config: GuardConfig, config_path: str) -> None:
+                 snapshot_at: datetime, guard_config: GuardConfig, config_path: str,
+                 deadline: float) -> None:
         self.destination: Destination = make_destination(config)
         self.name = config.name
         self.engine, self.snapshot_at, self.progress = engine, snapshot_at, options.progress
         self.guard_config, self.config_path = guard_config, config_path
+        self.deadline, self.out_of_time = deadline, False
         latency = options.latency
         self.sender = Sender(
             name=self.destination.integration, headers=self.destination.headers(),
@@ -240,42 +249,71 @@ class _Delivery:
         )
 
     async def run(self, audiences: Sequence[AudienceConfig]) -> list[PairReport]:
+        slots = asyncio.Semaphore(PAIRS_AT_ONCE)
+
+        async def in_turn(audience: AudienceConfig) -> PairReport:
+            async with slots:
+                return await self._pair(audience)
+
+        tasks = [asyncio.create_task(in_turn(audience)) for audience in audiences]
         try:
-            return [await self._pair(audience) for audience in audiences]
+            return list(await asyncio.gather(*tasks))
+        except BaseException:  # one pair failed: stop the others at their next await
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         finally:
             await self.sender.aclose()
 
     async def _pair(self, audience: AudienceConfig) -> PairReport:
-        key = audience.key
-        # The connection keeps the pair's work list (ledger.work_list) until the pair is done.
-        with self.engine.connect() as conn, \
-                ledger.work_list(conn, key, self.name, self.destination.needs_email) as counts:
-            guard = guards.check(conn, audience, self.guard_config, self.name, counts.members, counts.left)
-            conn.commit()
-            pair = PairReport(key, self.name, members=counts.members, entered=counts.entered,
-                              left=counts.left, skipped=counts.skipped)
-            self._log_guard(guard)
-            work = counts.entered + counts.left
-            if work and not self.sender.interrupted():
-                task = self.progress.task(f"{self.name}: {key}", work, "delivered")
-                try:
-                    await self._prepare(key)
-                    await self._send_all(conn, key, pair, task, leaves=not guard.held)
-                except DestinationError as exc:
-                    pair.message = str(exc)
-                finally:
-                    task.close()
-            # An approval lasts until no exit of the pair is left to send.
-            if guard.approved_exits is not None and not guard.held \
-                    and not ledger.work_leaves_left(conn, key, self.name):
-                ledger.drop_approval(self.engine, key, self.name)
-        pair.pending = work - pair.acknowledged
+        with self.engine.connect() as conn:  # holds the pair's work list until the pair is done
+            work = ledger.WorkList(conn, audience.key, self.name, self.destination.needs_email)
+            try:
+                # A run's biggest query, in a thread: requests the other pairs have in flight
+                # are answered meanwhile instead of timing out behind a blocked event loop.
+                counts = await asyncio.to_thread(work.make)
+                guard = guards.check(conn, audience, self.guard_config, self.name, counts.members,
+                                     counts.left)
+                conn.commit()
+                pair = await self._send_work(work, guard)
+                # An approval lasts until no exit of the pair is left to send.
+                if guard.approved_exits is not None and not guard.held and not work.leaves_left():
+                    ledger.drop_approval(self.engine, audience.key, self.name)
+            finally:
+                work.drop()
+        return pair
+
+    async def _send_work(self, work: ledger.WorkList, guard: guards.GuardVerdict) -> PairReport:
+        key, counts = work.audience_key, work.counts
+        pair = PairReport(key, self.name, members=counts.members, entered=counts.entered,
+                          left=counts.left, skipped=counts.skipped)
+        self._log_guard(guard)
+        total = counts.entered + counts.left
+        if total and not self.sender.interrupted() and not self._out_of_time():
+            task = self.progress.task(f"{self.name}: {key}", total, "delivered")
+            try:
+                await self._prepare(key)
+                await self._send_all(work, pair, task, leaves=not guard.held)
+            except DestinationError as exc:
+                pair.message = str(exc)
+            finally:
+                task.close()
+        pair.pending = total - pair.acknowledged
         if pair.pending and guard.held and not self.sender.refused:
             pair.outcome, pair.message = "held", guard.hold_message(self.config_path)
         elif pair.pending:
             pair.outcome = "stopped" if self.sender.refused else "undelivered"
-            pair.message = self.sender.stopped or pair.message or _interrupted(self.sender)
+            pair.message = self.sender.stopped or pair.message or _interrupted(self.sender) or (
+                f"the run reached its time limit ([schedule] max_run_time); {pair.pending} changes "
+                "wait for the next run" if self.out_of_time else None)
         return pair
+
+    def _out_of_time(self) -> bool:
+        """Asked only with work left: past the run's time limit? (Remembered for the report.)"""
+        if time.monotonic() >= self.deadline:
+            self.out_of_time = True
+        return self.out_of_time
 
     def _log_guard(self, guard: guards.GuardVerdict) -> None:
         if guard.held:
@@ -291,14 +329,15 @@ class _Delivery:
         await self.destination.prepare(self.sender, key)
         ledger.record_attribute(self.engine, self.name, key)
 
-    async def _send_all(self, conn: Connection, key: str, pair: PairReport, task: Task,
+    async def _send_all(self, work: ledger.WorkList, pair: PairReport, task: Task,
                         leaves: bool = True) -> None:
-        """Every change of the work list on `conn`: the enters, then (unless held) the leaves."""
+        """Every change of the work list: the enters, then (unless held) the leaves."""
+        key = work.audience_key
         for value in (True, False) if leaves else (True,):
             after = ""
             while not self.sender.interrupted():
-                page = ledger.work_page(conn, key, self.name, value, after, PAGE_SIZE)
-                if not page:
+                page = work.page(value, after, PAGE_SIZE)
+                if not page or self._out_of_time():
                     break
                 after = page[-1].subject
                 ledger.mark_in_flight(self.engine, key, self.name, page)

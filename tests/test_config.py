@@ -75,6 +75,12 @@ def test_retention_and_per_type_pacing_defaults(tmp_path: Path) -> None:
     assert (config.retention, usercom.rate_limit, usercom.concurrency) == (timedelta(days=7), 10.0, 4)
 
 
+def test_a_run_may_send_for_one_interval_unless_told_otherwise(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, GOOD), KEYS_ENV).schedule.run_limit == timedelta(hours=2)
+    text = GOOD.replace('jitter = "1h"', 'jitter = "1h"\nmax_run_time = "45m"')
+    assert load_config(write(tmp_path, text), KEYS_ENV).schedule.run_limit == timedelta(minutes=45)
+
+
 def test_guards_default_and_per_audience_exit_share(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, GOOD), KEYS_ENV).audiences[0].max_exit_share == 0.5
     text = GOOD.replace("[sources.shop]", "[guards]\nmax_exit_share = 0.2\nmin_acknowledged = 100\n"
@@ -136,6 +142,10 @@ MISTAKES = [
      "state.retention", "not a duration"),
     ("retention too short", ('url = "sqlite:///state.db"', 'url = "sqlite:///state.db"\nretention = "2h"'),
      "state.retention", "must be at least 1d"),
+    ("in-memory state", ('url = "sqlite:///state.db"', 'url = "sqlite://"'), "state.url",
+     "an in-memory database keeps nothing between runs"),
+    ("run time limit too short", ('jitter = "1h"', 'jitter = "1h"\nmax_run_time = "30s"'),
+     "schedule.max_run_time", "must be at least 1m"),
     ("zero rate limit", ("rate_limit = 20", "rate_limit = 0"), "destinations.usercom.rate_limit",
      "must be a positive number"),
     ("exit share above 1", ("[sources.shop]", "[guards]\nmax_exit_share = 1.5\n[sources.shop]"),

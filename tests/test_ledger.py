@@ -107,9 +107,10 @@ def test_the_work_list_pages_every_change_once_and_counts_like_status(engine: En
 
     with engine.connect() as conn:
         status = ledger.plan_counts(conn, "a", "nat", needs_email=True)
-        with ledger.work_list(conn, "a", "nat", needs_email=True) as counts:
-            enters = walk(lambda after: ledger.work_page(conn, "a", "nat", True, after, 5))
-            leaves = walk(lambda after: ledger.work_page(conn, "a", "nat", False, after, 5))
+        with ledger.WorkList(conn, "a", "nat", needs_email=True) as work:
+            enters = walk(lambda after: work.page(True, after, 5))
+            leaves = walk(lambda after: work.page(False, after, 5))
+        counts = work.counts
     assert enters == [f"u:{i}" for i in staying if int(i) % 3 and int(i) % 5]
     assert leaves == [f"u:{i}" for i in ids if int(i) % 3 == 0 and int(i) % 4 == 0]
     assert counts == status
