@@ -75,12 +75,12 @@ class ScheduleConfig:
     interval: timedelta = timedelta(hours=2)
     jitter: timedelta = timedelta(hours=1)
     run_at_start: bool = True
-    max_run_time: timedelta | None = None  # None: the interval
+    max_send_time: timedelta | None = None  # None: the interval
 
     @property
-    def run_limit(self) -> timedelta:
-        """How long a run may start new sends: what is left waits for the next run."""
-        return self.max_run_time or self.interval
+    def send_limit(self) -> timedelta:
+        """How long a run may go on starting new sends: what is left waits for the next run."""
+        return self.max_send_time or self.interval
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ def parse_listen(text: str) -> MetricsConfig:
 
 
 def _schedule(reader: _Reader, data: Any) -> ScheduleConfig:
-    table = reader.table(data, "schedule", {"interval", "jitter", "run_at_start", "max_run_time"})
+    table = reader.table(data, "schedule", {"interval", "jitter", "run_at_start", "max_send_time"})
     default = ScheduleConfig()
     interval = reader.duration(table, "schedule", "interval", default.interval)
     if interval < timedelta(minutes=1):
@@ -290,16 +290,16 @@ def _schedule(reader: _Reader, data: Any) -> ScheduleConfig:
         interval=interval,
         jitter=reader.duration(table, "schedule", "jitter", default.jitter),
         run_at_start=reader.get(table, "schedule", "run_at_start", bool, default.run_at_start),
-        max_run_time=_max_run_time(reader, table),
+        max_send_time=_max_send_time(reader, table),
     )
 
 
-def _max_run_time(reader: _Reader, table: dict[str, Any]) -> timedelta | None:
-    if "max_run_time" not in table:
+def _max_send_time(reader: _Reader, table: dict[str, Any]) -> timedelta | None:
+    if "max_send_time" not in table:
         return None
-    limit = reader.duration(table, "schedule", "max_run_time", timedelta(0))
+    limit = reader.duration(table, "schedule", "max_send_time", timedelta(0))
     if limit < timedelta(minutes=1):
-        raise reader.error("schedule.max_run_time", "must be at least 1m")
+        raise reader.error("schedule.max_send_time", "must be at least 1m")
     return limit
 
 

@@ -117,14 +117,14 @@ class _Daemon:
         self.last_status = ""
 
     def job(self) -> None:
-        """One scheduled run; then, while runs stop at their time limit with changes left (a
-        big initial send), the next one at once: a fresh snapshot every max_run_time and
-        the destination kept busy."""
+        """One scheduled run; then, while runs stop at their send time limit with changes left
+        (a big initial send), the next one at once: the destination is kept busy, and every
+        audience gets a fresh snapshot at least every max_send_time."""
         while self._run() and not (self.options.stop_event and self.options.stop_event.is_set()):
-            log.info("the run stopped at its time limit with changes left: the next run starts now")
+            log.info("the run stopped at its send time limit with changes left: the next run starts now")
 
     def _run(self) -> bool:
-        """One run; True if it stopped at its time limit with changes left."""
+        """One run; True if it stopped at its send time limit with changes left."""
         previous = f"; {self.last_status}" if self.last_status else ""
         self.notifier.status(f"running since {_hhmm()}{previous}")
         report = None

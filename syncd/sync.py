@@ -11,8 +11,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from typing import TypeVar
 
 import httpx
 from sqlalchemy import Engine
@@ -30,6 +32,7 @@ from syncd.progress import Null, Progress, Task
 from syncd.source import SourceError, open_source, stream_members
 
 log = logging.getLogger("syncd")
+T = TypeVar("T")
 
 PAGE_SIZE = 500
 PAIRS_AT_ONCE = 4  # audiences one destination sends at the same time (each holds a connection)
@@ -61,7 +64,7 @@ class RunReport:
     audience_errors: dict[str, str] = field(default_factory=dict)
     pairs: list[PairReport] = field(default_factory=list)
     interrupted: bool = False
-    out_of_time: bool = False  # sending stopped at [schedule] max_run_time with changes left
+    out_of_time: bool = False  # sending stopped at [schedule] max_send_time with changes left
 
     @property
     def delivered(self) -> bool:
@@ -148,7 +151,6 @@ class _LeaseKeeper(threading.Thread):
 
 
 def _run(config: Config, options: Options, engine: Engine) -> RunReport:
-    deadline = time.monotonic() + config.schedule.run_limit.total_seconds()
     recovered = ledger.recover_in_flight(engine)
     if recovered:
         log.warning("%d changes were in flight when the last run stopped; they will be re-sent "
@@ -160,6 +162,8 @@ def _run(config: Config, options: Options, engine: Engine) -> RunReport:
     for audience in config.audiences:
         _snapshot(config, engine, report, audience, options.progress)
     ready = [a for a in config.audiences if a.key not in report.audience_errors]
+    # The send time limit counts from here: however long the snapshots took, a run sends.
+    deadline = time.monotonic() + config.schedule.send_limit.total_seconds()
     report.pairs = asyncio.run(_deliver_all(config, options, engine, report, ready, deadline))
     for audience in config.audiences:
         if audience.key in report.audience_errors:
@@ -272,7 +276,7 @@ class _Delivery:
             try:
                 # A run's biggest query, in a thread: requests the other pairs have in flight
                 # are answered meanwhile instead of timing out behind a blocked event loop.
-                counts = await asyncio.to_thread(work.make)
+                counts = await _in_thread(work.make)
                 guard = guards.check(conn, audience, self.guard_config, self.name, counts.members,
                                      counts.left)
                 conn.commit()
@@ -290,7 +294,7 @@ class _Delivery:
                           left=counts.left, skipped=counts.skipped)
         self._log_guard(guard)
         total = counts.entered + counts.left
-        if total and not self.sender.interrupted() and not self._out_of_time():
+        if total and not self.sender.interrupted():
             task = self.progress.task(f"{self.name}: {key}", total, "delivered")
             try:
                 await self._prepare(key)
@@ -305,12 +309,12 @@ class _Delivery:
         elif pair.pending:
             pair.outcome = "stopped" if self.sender.refused else "undelivered"
             pair.message = self.sender.stopped or pair.message or _interrupted(self.sender) or (
-                f"the run reached its time limit ([schedule] max_run_time); {pair.pending} changes "
-                "wait for the next run" if self.out_of_time else None)
+                f"the run reached its send time limit ([schedule] max_send_time); {pair.pending} "
+                "changes wait for the next run" if self.out_of_time else None)
         return pair
 
     def _out_of_time(self) -> bool:
-        """Asked only with work left: past the run's time limit? (Remembered for the report.)"""
+        """Asked only with work left: past the run's send time limit? (Remembered for the report.)"""
         if time.monotonic() >= self.deadline:
             self.out_of_time = True
         return self.out_of_time
@@ -331,14 +335,18 @@ class _Delivery:
 
     async def _send_all(self, work: ledger.WorkList, pair: PairReport, task: Task,
                         leaves: bool = True) -> None:
-        """Every change of the work list: the enters, then (unless held) the leaves."""
-        key = work.audience_key
+        """Every change of the work list: the enters, then (unless held) the leaves. Past the
+        send time limit no new page starts, but every pair sends its first page in every run:
+        audiences waiting for a turn behind long initial sends still move, and so does a run
+        whose snapshots took longer than the limit."""
+        key, first = work.audience_key, True
         for value in (True, False) if leaves else (True,):
             after = ""
             while not self.sender.interrupted():
                 page = work.page(value, after, PAGE_SIZE)
-                if not page or self._out_of_time():
+                if not page or (not first and self._out_of_time()):
                     break
+                first = False
                 after = page[-1].subject
                 ledger.mark_in_flight(self.engine, key, self.name, page)
                 outcomes = await asyncio.gather(*(self._send(key, change, task) for change in page))
@@ -363,6 +371,19 @@ class _Delivery:
             attempts=result.attempts, rejected=result.verdict is Verdict.REJECT,
             uncertain=result.uncertain, status=result.status, error=result.error,
         )
+
+
+async def _in_thread(call: Callable[[], T]) -> T:
+    """`call()` in a worker thread while the event loop goes on. If the caller is cancelled
+    meanwhile, the thread is waited for: it may be using a connection the caller's cleanup
+    is about to use too."""
+    future = asyncio.get_running_loop().run_in_executor(None, call)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with suppress(Exception):
+            await future
+        raise
 
 
 def _tally(pair: PairReport, outcomes: Sequence[Outcome]) -> None:

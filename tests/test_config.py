@@ -76,9 +76,9 @@ def test_retention_and_per_type_pacing_defaults(tmp_path: Path) -> None:
 
 
 def test_a_run_may_send_for_one_interval_unless_told_otherwise(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, GOOD), KEYS_ENV).schedule.run_limit == timedelta(hours=2)
-    text = GOOD.replace('jitter = "1h"', 'jitter = "1h"\nmax_run_time = "45m"')
-    assert load_config(write(tmp_path, text), KEYS_ENV).schedule.run_limit == timedelta(minutes=45)
+    assert load_config(write(tmp_path, GOOD), KEYS_ENV).schedule.send_limit == timedelta(hours=2)
+    text = GOOD.replace('jitter = "1h"', 'jitter = "1h"\nmax_send_time = "45m"')
+    assert load_config(write(tmp_path, text), KEYS_ENV).schedule.send_limit == timedelta(minutes=45)
 
 
 def test_guards_default_and_per_audience_exit_share(tmp_path: Path) -> None:
@@ -144,8 +144,8 @@ MISTAKES = [
      "state.retention", "must be at least 1d"),
     ("in-memory state", ('url = "sqlite:///state.db"', 'url = "sqlite://"'), "state.url",
      "an in-memory database keeps nothing between runs"),
-    ("run time limit too short", ('jitter = "1h"', 'jitter = "1h"\nmax_run_time = "30s"'),
-     "schedule.max_run_time", "must be at least 1m"),
+    ("run time limit too short", ('jitter = "1h"', 'jitter = "1h"\nmax_send_time = "30s"'),
+     "schedule.max_send_time", "must be at least 1m"),
     ("zero rate limit", ("rate_limit = 20", "rate_limit = 0"), "destinations.usercom.rate_limit",
      "must be a positive number"),
     ("exit share above 1", ("[sources.shop]", "[guards]\nmax_exit_share = 1.5\n[sources.shop]"),

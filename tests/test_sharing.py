@@ -1,5 +1,5 @@
 """Big audiences next to small ones: a destination's audiences share its pace instead of
-queueing behind each other, and a run stops sending at [schedule] max_run_time so that
+queueing behind each other, and a run stops sending at [schedule] max_send_time so that
 every audience gets a fresh snapshot while a long initial send goes on over several runs."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def test_a_run_stops_sending_at_its_time_limit_and_the_next_run_goes_on(env: Env
     env.shop.members(*users(BIG))
     env.nat.delay = 0.02  # a page of 500 at 8 in flight takes over a second
     config = nat_only(env.config(audiences=audience_toml("Buyers", ["nat"])), rate_limit=None)
-    config = replace(config, schedule=replace(config.schedule, max_run_time=timedelta(seconds=1)))
+    config = replace(config, schedule=replace(config.schedule, max_send_time=timedelta(seconds=1)))
 
     first = env.run(config)
 
@@ -69,13 +69,29 @@ def test_a_run_stops_sending_at_its_time_limit_and_the_next_run_goes_on(env: Env
     assert_no_stale_values(calls)
 
 
+def test_every_audience_sends_a_page_in_every_run_even_past_the_limit(env: Env) -> None:
+    """Snapshots slower than the limit, or turns behind long initial sends, must not stop an
+    audience from moving: each sends its first page in every run."""
+    env.shop.members(*users(BIG))
+    audiences = audience_toml("Big", ["nat"]) + audience_toml("Small", ["nat"], query=SMALL_QUERY)
+    config = nat_only(env.config(audiences=audiences), rate_limit=None)
+    config = replace(config, schedule=replace(config.schedule, max_send_time=timedelta(microseconds=1)))
+
+    report = env.run(config)
+
+    big, small = report.pairs
+    assert report.out_of_time and report.exit_code == 1
+    assert (small.acknowledged, small.pending, small.outcome) == (3, 0, "ok")
+    assert (big.acknowledged, big.pending) == (PAGE_SIZE, BIG - PAGE_SIZE)
+
+
 def test_the_daemon_runs_again_at_once_while_runs_stop_at_their_time_limit(env: Env) -> None:
     env.shop.members(*users(BIG))
     env.nat.delay = 0.02
     config = nat_only(env.config(audiences=audience_toml("Buyers", ["nat"])), rate_limit=None)
     # One scheduled run an hour: everything must arrive through the follow-up runs.
     config = replace(config, schedule=replace(config.schedule, interval=timedelta(hours=1),
-                                              max_run_time=timedelta(seconds=1)))
+                                              max_send_time=timedelta(seconds=1)))
     engine = open_state(config)
 
     def outcomes() -> list[str]:
