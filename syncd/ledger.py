@@ -109,7 +109,6 @@ def replace_members(engine: Engine, audience_key: str, rows: Iterable[SnapshotRo
     """
     with engine.begin() as conn:
         _stage_into(conn, M, audience_key, rows, counts)
-        conn.exec_driver_sql(f"DROP TABLE {STAGE}")
     if engine.dialect.name == "postgresql":
         _analyze(engine)
     return counts
@@ -139,11 +138,13 @@ _STAGE_COLUMNS = ", ".join(("subject", *_MEMBER_COLUMNS))  # SnapshotRow's order
 def _stage_into(conn: Connection, target: Table, audience_key: str, rows: Iterable[SnapshotRow],
                 counts: SnapshotCounts) -> None:
     """Make `target` (the member table or plan's scratch copy) hold exactly `rows` for the
-    audience, by way of the staging table; counts the members and the duplicates."""
+    audience, by way of the staging table; counts the members and the duplicates. The stage
+    is dropped here, not left to ON COMMIT DROP: `syncd plan` never commits."""
     postgres = conn.dialect.name == "postgresql"
     _create_stage(conn, postgres)
     staged = (_copy_stage if postgres else _insert_stage)(conn, rows)
     _merge_stage(conn, target.name, audience_key, postgres)
+    conn.exec_driver_sql(f"DROP TABLE {STAGE}")
     counts.members = member_count(conn, audience_key, target)
     counts.duplicates = staged - counts.members
 
@@ -243,10 +244,8 @@ def scratch_members(conn: Connection) -> Iterator[Table]:
 
 def load_scratch(conn: Connection, scratch: Table, audience_key: str, rows: Iterable[SnapshotRow],
                  counts: SnapshotCounts) -> None:
-    """An audience's snapshot into the scratch table, exactly as replace_members does into
-    `member`; the staging table goes on the way out (ON COMMIT DROP does not: plan never commits)."""
+    """An audience's snapshot into the scratch table, exactly as replace_members does into `member`."""
     _stage_into(conn, scratch, audience_key, rows, counts)
-    conn.exec_driver_sql(f"DROP TABLE {STAGE}")
 
 
 def member_count(conn: Connection, audience_key: str, members: Table = M) -> int:
