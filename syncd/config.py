@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from syncd.db import sqlite_file
 from syncd.keys import audience_key
 
 DEFAULT_STATE_URL = "sqlite:///syncd-state.db"
@@ -241,8 +242,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 
 def _state_url(reader: _Reader, state: dict[str, Any]) -> str:
     url = reader.db_url(state, "state", DEFAULT_STATE_URL)
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+    if make_url(url).get_backend_name() == "sqlite" and sqlite_file(url) is None:
         raise reader.error("state.url", "an in-memory database keeps nothing between runs "
                                         "(every run would be a full initial send): use a file")
     return url

@@ -11,6 +11,14 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL names; None for another database or an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return str(parsed.database)
+
+
 def create_state_engine(url: str, pool_size: int = 5) -> Engine:
     """An engine for the state database: SQLite gets WAL and a busy timeout. `pool_size`:
     connections kept open (a run holds one per audience it is sending, plus a few)."""
@@ -22,7 +30,7 @@ def create_state_engine(url: str, pool_size: int = 5) -> Engine:
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        if parsed.database not in (None, "", ":memory:"):
+        if sqlite_file(url):
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")

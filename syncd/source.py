@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from syncd.db import sqlite_file
 from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
 from syncd.ledger import SnapshotCounts
 from syncd.plan import Change, SnapshotRow, traits_json
@@ -32,10 +32,9 @@ class SourceError(Exception):
 
 def open_source(url: str) -> Engine:
     """An engine for a source database; a missing SQLite file is an error, not a new empty file."""
-    parsed = make_url(url)
-    is_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
-    if is_file and not Path(str(parsed.database)).is_file():
-        raise SourceError(f"source database file {parsed.database} does not exist")
+    path = sqlite_file(url)
+    if path is not None and not Path(path).is_file():
+        raise SourceError(f"source database file {path} does not exist")
     try:
         return create_engine(url, pool_pre_ping=True)
     except (ImportError, SQLAlchemyError) as exc:
