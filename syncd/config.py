@@ -421,8 +421,7 @@ def _schedule(reader: _Reader, data: Any) -> ScheduleConfig:
 def _max_send_time(reader: _Reader, table: dict[str, Any]) -> timedelta | None:
     if "max_send_time" not in table:
         return None
-    limit: timedelta = reader.duration(table, "schedule", "max_send_time", timedelta(0), MAX_SEND_TIME_BOUNDS)
-    return limit
+    return reader.duration(table, "schedule", "max_send_time", timedelta(0), MAX_SEND_TIME_BOUNDS)
 
 
 def _guards(reader: _Reader, data: Any) -> GuardConfig:
