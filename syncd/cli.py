@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("syncd")
 
+# The commands that send: only they read the API keys (SPEC 2), before any database or network.
+SENDING_COMMANDS = frozenset({"run", "run-once", "resync", "retry"})
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syncd", description="Audience sync daemon for Nat and User.com.")
@@ -99,6 +102,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     # heavy imports only once the config is good
     from syncd import commands, progress, scheduler, status, sync
 
+    if args.command in SENDING_COMMANDS:
+        config = config.with_secrets()
     shown = progress.for_stream(sys.stderr, args.log_format)
     if args.command == "run":
         scheduler.serve(config, progress=shown, environ=os.environ)

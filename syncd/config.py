@@ -1,17 +1,22 @@
 """config.toml -> frozen, validated objects.
 
 Every mistake is a ConfigError naming the file, the key path and what is wrong,
-raised before any database or network is touched. Secrets are resolved here
-(environment variable or file) and wrapped so they never print.
+raised before any database or network is touched. Secrets are not read when the file is
+loaded: the config keeps where each one comes from (a SecretSource: environment variable or
+file), and only the commands that send resolve them (Config.with_secrets), so the read-only
+commands work where the keys are not available (under systemd they exist only while the
+service runs). A resolved key is wrapped in Secret, which never prints.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,9 @@ from sqlalchemy.exc import ArgumentError
 
 from syncd.db import sqlite_file
 from syncd.keys import audience_key
+from syncd.reserved import is_reserved
+
+log = logging.getLogger("syncd")
 
 DEFAULT_STATE_URL = "sqlite:///syncd-state.db"
 DESTINATION_TYPES = ("nat", "usercom")
@@ -30,7 +38,17 @@ DESTINATION_TYPES = ("nat", "usercom")
 # commonly allow; a destination that still answers 429 is slowed by its Retry-After.
 DESTINATION_DEFAULTS: dict[str, tuple[float, int]] = {"nat": (20.0, 8), "usercom": (10.0, 4)}
 DEFAULT_RETENTION = timedelta(days=30)
-MIN_RETENTION = timedelta(days=1)
+# Bounds of the numbers in the file (README, Configuration). A value outside them is a config
+# error at start, never a scheduler thread that dies inside a live daemon (datetime overflow)
+# or a pacer that waits for ever.
+RETENTION_BOUNDS = (timedelta(days=1), timedelta(days=3650))
+INTERVAL_BOUNDS = (timedelta(minutes=1), timedelta(days=30))
+JITTER_BOUNDS = (timedelta(0), timedelta(days=30))
+MAX_SEND_TIME_BOUNDS = (timedelta(minutes=1), timedelta(days=30))
+TIMEOUT_BOUNDS = (timedelta(seconds=1), timedelta(minutes=5))
+RATE_LIMIT_BOUNDS = (0.1, 1000.0)  # requests per second
+CONCURRENCY_BOUNDS = (1, 256)  # requests in flight
+MIN_ACKNOWLEDGED_BOUNDS = (0, 1_000_000_000)
 _KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})$")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -72,6 +90,47 @@ class Secret:
 
 
 @dataclass(frozen=True)
+class SecretSource:
+    """Where a secret comes from: an environment variable or a file (absolute path).
+
+    Loading the config records only this; `resolve` reads the value, for the commands that
+    send. `key` is the key path that named it (e.g. "destinations.nat.api_key_env"), for errors.
+    """
+
+    config_path: str
+    key: str
+    env: str | None = None
+    file: Path | None = None
+
+    def resolve(self, environ: Mapping[str, str]) -> Secret:
+        """The value as a Secret; a ConfigError naming the file, key path and variable or file."""
+        if self.env is not None:
+            value = environ.get(self.env, "").strip()
+            if not value:
+                raise ConfigError(self.config_path, self.key, f"environment variable {self.env} is not set")
+            return Secret(value)
+        assert self.file is not None
+        try:
+            with self.file.open(encoding="utf-8") as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                value = handle.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problem = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(self.config_path, self.key, f"cannot read {self.file}: {problem}") from None
+        if not value:
+            raise ConfigError(self.config_path, self.key, f"{self.file} is empty")
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            log.warning("%s: %s: %s is readable by other users (mode %s); chmod 600 it",
+                        self.config_path, self.key, self.file, stat.filemode(mode))
+        return Secret(value)
+
+
+def resolve_secret(value: Secret | SecretSource, environ: Mapping[str, str]) -> Secret:
+    """A Secret as is; a SecretSource read now (ConfigError if it cannot be)."""
+    return value if isinstance(value, Secret) else value.resolve(environ)
+
+
+@dataclass(frozen=True)
 class ScheduleConfig:
     interval: timedelta = timedelta(hours=2)
     jitter: timedelta = timedelta(hours=1)
@@ -95,10 +154,18 @@ class DestinationConfig:
     name: str
     type: str
     url: str  # Nat: the endpoint; User.com: base_url, always ending in "/"
-    api_key: Secret
+    api_key: Secret | SecretSource  # a SecretSource until Config.with_secrets() resolves it
     rate_limit: float | None  # requests per second (config: per-type default); None = unpaced
     concurrency: int
     timeout: float  # seconds per request
+
+    @property
+    def resolved_key(self) -> Secret:
+        """The API key, for the code that sends: Config.with_secrets() resolved it first."""
+        if not isinstance(self.api_key, Secret):
+            raise RuntimeError(f"the API key of destination {self.name!r} was not resolved "
+                               "(Config.with_secrets)")
+        return self.api_key
 
 
 @dataclass(frozen=True)
@@ -140,6 +207,17 @@ class Config:
     retention: timedelta = DEFAULT_RETENTION  # run history and finished ledger rows older than this go
     guards: GuardConfig = GuardConfig()
     metrics: MetricsConfig | None = None  # `syncd run` serves /metrics when set
+    # Where with_secrets() looks up api_key_env: the process environment unless load_config
+    # was given another. Never printed (it holds the keys).
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False, compare=False)
+
+    def with_secrets(self) -> Config:
+        """This config with every secret read, for the commands that send. Raises the first
+        ConfigError (missing variable or file); call it before any database or network work.
+        Reading again is a no-op: resolved secrets are kept."""
+        destinations = {name: replace(dest, api_key=resolve_secret(dest.api_key, self.environ))
+                        for name, dest in self.destinations.items()}
+        return replace(self, destinations=destinations)
 
 
 def default_config_path() -> Path:
@@ -152,7 +230,25 @@ def parse_duration(text: str) -> timedelta:
     if match is None:
         raise ValueError(f"{text!r} is not a duration like '90s', '15m', '2h' or '1h30m'")
     days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    try:
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{text!r} is far too long") from None
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else f"{value:_}"
+
+
+def _fmt_duration(value: timedelta) -> str:
+    """timedelta -> the shortest config spelling: '1m', '30d', '1h30m', '0s'."""
+    seconds = int(value.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts) or "0s"
 
 
 class _Reader:
@@ -190,14 +286,48 @@ class _Reader:
             raise self.error(f"{key}.{field}", "is required")
         return str(value)
 
-    def duration(self, data: dict[str, Any], key: str, field: str, default: timedelta) -> timedelta:
+    def duration(self, data: dict[str, Any], key: str, field: str, default: timedelta,
+                 bounds: tuple[timedelta, timedelta]) -> timedelta:
         text = self.get(data, key, field, str, None)
         if text is None:
             return default
         try:
-            return parse_duration(text)
+            value = parse_duration(text)
         except ValueError as exc:
             raise self.error(f"{key}.{field}", str(exc)) from None
+        low, high = bounds
+        if not low <= value <= high:
+            raise self.error(f"{key}.{field}", f"must be between {_fmt_duration(low)} and "
+                                               f"{_fmt_duration(high)}, not {text!r}")
+        return value
+
+    def number(self, data: dict[str, Any], key: str, field: str, kind: type, default: Any,
+               bounds: tuple[Any, Any]) -> Any:
+        """An int or float within bounds (nan and inf never are)."""
+        value = self.get(data, key, field, kind, default)
+        low, high = bounds
+        if not low <= value <= high:  # nan too: every comparison with it is false
+            raise self.error(f"{key}.{field}", f"must be between {_number(low)} and {_number(high)}, "
+                                               f"not {_number(value)}")
+        return value
+
+    def secret_source(self, table: dict[str, Any], key: str, prefix: str) -> SecretSource | None:
+        """`<prefix>_env` or `<prefix>_file` (not both) -> where the secret comes from; None if
+        neither is set. A relative file is relative to the config file's folder."""
+        env_name = self.get(table, key, f"{prefix}_env", str, None)
+        file_name = self.get(table, key, f"{prefix}_file", str, None)
+        if env_name is not None and file_name is not None:
+            raise self.error(key, f"set only one of {prefix}_env or {prefix}_file")
+        if env_name is not None:
+            if not env_name.strip():
+                raise self.error(f"{key}.{prefix}_env", "must name an environment variable")
+            return SecretSource(str(self.path), f"{key}.{prefix}_env", env=env_name.strip())
+        if file_name is not None:
+            if not file_name.strip():
+                raise self.error(f"{key}.{prefix}_file", "must name a file")
+            file = (self.path.parent / file_name).absolute()  # an absolute name stays as it is
+            return SecretSource(str(self.path), f"{key}.{prefix}_file", file=file)
+        return None
 
     def db_url(self, data: dict[str, Any], key: str, default: str | None) -> str:
         url = self.get(data, key, "url", str, default)
@@ -237,6 +367,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         retention=_retention(reader, state),
         guards=guards,
         metrics=_metrics(reader, top.get("metrics", {})),
+        environ=reader.environ,
     )
 
 
@@ -249,11 +380,7 @@ def _state_url(reader: _Reader, state: dict[str, Any]) -> str:
 
 
 def _retention(reader: _Reader, state: dict[str, Any]) -> timedelta:
-    retention = reader.duration(state, "state", "retention", DEFAULT_RETENTION)
-    if retention < MIN_RETENTION:
-        raise reader.error("state.retention", "must be at least 1d (run history and finished "
-                                              "ledger rows older than this are deleted)")
-    return retention
+    return reader.duration(state, "state", "retention", DEFAULT_RETENTION, RETENTION_BOUNDS)
 
 
 def _metrics(reader: _Reader, data: Any) -> MetricsConfig | None:
@@ -283,12 +410,9 @@ def parse_listen(text: str) -> MetricsConfig:
 def _schedule(reader: _Reader, data: Any) -> ScheduleConfig:
     table = reader.table(data, "schedule", {"interval", "jitter", "run_at_start", "max_send_time"})
     default = ScheduleConfig()
-    interval = reader.duration(table, "schedule", "interval", default.interval)
-    if interval < timedelta(minutes=1):
-        raise reader.error("schedule.interval", "must be at least 1m")
     return ScheduleConfig(
-        interval=interval,
-        jitter=reader.duration(table, "schedule", "jitter", default.jitter),
+        interval=reader.duration(table, "schedule", "interval", default.interval, INTERVAL_BOUNDS),
+        jitter=reader.duration(table, "schedule", "jitter", default.jitter, JITTER_BOUNDS),
         run_at_start=reader.get(table, "schedule", "run_at_start", bool, default.run_at_start),
         max_send_time=_max_send_time(reader, table),
     )
@@ -297,27 +421,22 @@ def _schedule(reader: _Reader, data: Any) -> ScheduleConfig:
 def _max_send_time(reader: _Reader, table: dict[str, Any]) -> timedelta | None:
     if "max_send_time" not in table:
         return None
-    limit = reader.duration(table, "schedule", "max_send_time", timedelta(0))
-    if limit < timedelta(minutes=1):
-        raise reader.error("schedule.max_send_time", "must be at least 1m")
-    return limit
+    return reader.duration(table, "schedule", "max_send_time", timedelta(0), MAX_SEND_TIME_BOUNDS)
 
 
 def _guards(reader: _Reader, data: Any) -> GuardConfig:
     table = reader.table(data, "guards", {"max_exit_share", "min_acknowledged"})
     default = GuardConfig()
-    minimum = reader.get(table, "guards", "min_acknowledged", int, default.min_acknowledged)
-    if minimum < 0:
-        raise reader.error("guards.min_acknowledged", "must be 0 or more")
     return GuardConfig(
         max_exit_share=_share(reader, table, "guards", default.max_exit_share),
-        min_acknowledged=minimum,
+        min_acknowledged=reader.number(table, "guards", "min_acknowledged", int, default.min_acknowledged,
+                                       MIN_ACKNOWLEDGED_BOUNDS),
     )
 
 
 def _share(reader: _Reader, table: dict[str, Any], key: str, default: float) -> float:
     share = reader.get(table, key, "max_exit_share", float, default)
-    if not 0 <= share <= 1:
+    if not 0 <= share <= 1:  # also refuses nan: every comparison with it is false
         raise reader.error(f"{key}.max_exit_share", f"must be between 0 and 1 (a share), not {share:g}")
     return float(share)
 
@@ -353,47 +472,45 @@ def _destinations(reader: _Reader, data: Any) -> dict[str, DestinationConfig]:
         if kind == "usercom" and not url.endswith("/"):
             url += "/"
         default_rate, default_concurrency = DESTINATION_DEFAULTS[kind]
-        rate = reader.get(table, key, "rate_limit", float, default_rate)
-        if rate <= 0:
-            raise reader.error(f"{key}.rate_limit", "must be a positive number of requests per second")
-        concurrency = reader.get(table, key, "concurrency", int, default_concurrency)
-        if not 1 <= concurrency <= 256:
-            raise reader.error(f"{key}.concurrency", "must be between 1 and 256")
-        timeout = reader.duration(table, key, "timeout", timedelta(seconds=10)).total_seconds()
-        if timeout <= 0:
-            raise reader.error(f"{key}.timeout", "must be longer than 0s")
+        api_key = reader.secret_source(table, key, "api_key")
+        if api_key is None:
+            raise reader.error(key, "set one of api_key_env or api_key_file")
+        timeout = reader.duration(table, key, "timeout", timedelta(seconds=10), TIMEOUT_BOUNDS)
         result[name] = DestinationConfig(
-            name=name, type=kind, url=url, api_key=_secret(reader, table, key),
-            rate_limit=rate, concurrency=concurrency, timeout=timeout,
+            name=name, type=kind, url=url, api_key=api_key,
+            rate_limit=reader.number(table, key, "rate_limit", float, default_rate, RATE_LIMIT_BOUNDS),
+            concurrency=reader.number(table, key, "concurrency", int, default_concurrency,
+                                      CONCURRENCY_BOUNDS),
+            timeout=timeout.total_seconds(),
         )
     return result
 
 
 def _http_url(reader: _Reader, table: dict[str, Any], key: str, field: str) -> str:
     url = reader.required_str(table, key, field)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise reader.error(f"{key}.{field}", f"{url!r} is not an http(s) URL")
+    problem = http_url_problem(url)
+    if problem is not None:
+        raise reader.error(f"{key}.{field}", problem)
     return url
 
 
-def _secret(reader: _Reader, table: dict[str, Any], key: str) -> Secret:
-    env_name = reader.get(table, key, "api_key_env", str, None)
-    file_name = reader.get(table, key, "api_key_file", str, None)
-    if (env_name is None) == (file_name is None):
-        raise reader.error(key, "set exactly one of api_key_env or api_key_file")
-    if env_name is not None:
-        value = reader.environ.get(env_name, "").strip()
-        if not value:
-            raise reader.error(f"{key}.api_key_env", f"environment variable {env_name} is not set")
-        return Secret(value)
+def http_url_problem(url: str) -> str | None:
+    """Why `url` is not an http(s) URL syncd may send to, or None. Never echoes user information.
+
+    User information ("user:pass@") is refused: httpx would send it as Basic credentials
+    instead of the API key, and the 401 that follows would blame the key.
+    """
+    parts = urlsplit(url.strip())
+    if "@" in parts.netloc:
+        return ("must not contain user information (user:password@): "
+                "put the key in api_key_env or api_key_file")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{url!r} is not an http(s) URL"
     try:
-        value = Path(file_name).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise reader.error(f"{key}.api_key_file", f"cannot read {file_name}: {exc.strerror}") from None
-    if not value:
-        raise reader.error(f"{key}.api_key_file", f"{file_name} is empty")
-    return Secret(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        return f"{url!r} has an invalid port"
+    return None
 
 
 _AUDIENCE_KEYS = {"name", "key", "source", "destinations", "query", "max_exit_share"}
@@ -415,9 +532,7 @@ def _audiences(
         table = reader.table(value, where, _AUDIENCE_KEYS)
         name = reader.required_str(table, where, "name")
         where = f"audiences[{index}] ({name})"
-        key = reader.get(table, where, "key", str, None) or audience_key(name)
-        if not _KEY_RE.match(key):
-            raise reader.error(f"{where}.key", f"{key!r} must be snake_case: a-z, 0-9 and _")
+        key = _audience_key(reader, table, where, name)
         if key in seen:
             raise reader.error(f"{where}.key", f"{key!r} is already used by audience {seen[key]!r}")
         seen[key] = name
@@ -440,6 +555,23 @@ def _audiences(
     if not result:
         raise reader.error("audiences", "at least one [[audiences]] table is required")
     return tuple(result)
+
+
+def _audience_key(reader: _Reader, table: dict[str, Any], where: str, name: str) -> str:
+    given = reader.get(table, where, "key", str, None)
+    key = audience_key(name) if given is None else given
+    origin = "" if given is not None else f" (the snake_cased name {name!r})"
+    if given is not None and not given:
+        raise reader.error(f"{where}.key", "must not be empty")
+    if not key:  # e.g. a name in another script: snake_case keeps only a-z, 0-9 and _
+        raise reader.error(f"{where}.key", f"the name {name!r} gives no key (snake_case keeps only "
+                                           "a-z, 0-9 and _): set key")
+    if not _KEY_RE.match(key):
+        raise reader.error(f"{where}.key", f"{key!r} must be snake_case: a-z, 0-9 and _")
+    if is_reserved(key):
+        raise reader.error(f"{where}.key", f"{key!r}{origin} is a field syncd sends itself "
+                                           "(reserved); choose another key")
+    return key
 
 
 def _kind(value: Any) -> str:

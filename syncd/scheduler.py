@@ -59,6 +59,7 @@ def serve(config: Config, stop_event: threading.Event | None = None, progress: P
 
     `environ` carries systemd's NOTIFY_SOCKET / WATCHDOG_USEC; without it nothing is notified.
     """
+    config = config.with_secrets()  # once, at start: every run sends with these keys
     stop = stop_event or threading.Event()
     notifier = Notifier(environ or {})
     metrics = Metrics() if config.metrics else None

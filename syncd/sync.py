@@ -106,6 +106,7 @@ def open_state(config: Config) -> Engine:
 
 def run_once(config: Config, options: Options | None = None, engine: Engine | None = None) -> RunReport:
     """One sync of every audience to every destination; RunInProgress if another run holds the lease."""
+    config = config.with_secrets()  # a no-op when the caller (cli, scheduler) has resolved them
     options = options or Options()
     if options.stop_event is None:  # the lease keeper must be able to stop the run
         options = replace(options, stop_event=threading.Event())

@@ -11,7 +11,7 @@ import time
 from syncd import ledger
 from syncd.db import create_state_engine, migrate
 
-from conftest import KEYS_ENV, NAT_KEY, USERCOM_KEY, Env
+from conftest import KEYS_ENV, NAT_KEY, USERCOM_KEY, Env, run_cli
 
 
 def _no_secrets(*texts: str) -> None:
@@ -114,3 +114,49 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def _without_keys(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    """A command as an operator runs it beside a systemd service: the keys exist only inside it."""
+    environ = {name: value for name, value in _env().items() if name not in KEYS_ENV}
+    return subprocess.run([sys.executable, "-m", "syncd", *args], cwd=env.tmp_path, env=environ,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_read_only_commands_need_no_api_keys(sqlite_env: Env) -> None:
+    sqlite_env.shop.members("u1", "u2")
+    path = sqlite_env.write_config()
+    assert sqlite_env.cli("run-once", "--config", str(path)).returncode == 0
+    for command in (["migrate"], ["status"], ["history"], ["failures"], ["plan"],
+                    ["approve", "--audience", "buyers"]):
+        result = _without_keys(sqlite_env, *command, "--config", str(path))
+        assert result.returncode == 0, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_commands_that_send_need_the_keys_before_any_database_or_network(sqlite_env: Env) -> None:
+    sqlite_env.shop.members("u1")
+    path = sqlite_env.write_config()
+    for command in (["run-once"], ["run"], ["resync", "--audience", "buyers"], ["retry"]):
+        result = _without_keys(sqlite_env, *command, "--config", str(path))
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"syncd: {path}: destinations.nat.api_key_env: environment variable NAT_API_KEY is not set"]
+    assert not (sqlite_env.tmp_path / "state.db").exists()
+    assert sqlite_env.nat.requests == sqlite_env.usercom.requests == 0
+
+
+def test_a_relative_key_file_is_read_beside_the_config_and_warned_about_once(sqlite_env: Env) -> None:
+    sqlite_env.shop.members("u1")
+    path = sqlite_env.write_config()
+    path.write_text(path.read_text().replace('api_key_env = "NAT_API_KEY"', 'api_key_file = "nat.key"'))
+    key_file = sqlite_env.tmp_path / "nat.key"
+    key_file.write_text(NAT_KEY + "\n")
+    key_file.chmod(0o644)
+    elsewhere = sqlite_env.tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_cli("run-once", "--config", str(path), cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "readable by other users" in line]
+    assert len(warnings) == 1 and str(key_file) in warnings[0]
+    assert len(sqlite_env.nat.accepted()) == 1

@@ -3,13 +3,14 @@ file, key path and problem, before any database or network is touched."""
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from syncd.config import ConfigError, load_config, parse_duration
+from syncd.config import ConfigError, SecretSource, load_config, parse_duration
 from syncd.keys import audience_key
 
 from conftest import KEYS_ENV, run_cli
@@ -48,7 +49,7 @@ query = "SELECT id AS user_id, email FROM customers"
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.toml"
-    path.write_text(textwrap.dedent(text))
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
     return path
 
 
@@ -59,8 +60,11 @@ def test_good_config_loads_into_frozen_objects(tmp_path: Path) -> None:
     usercom = config.destinations["usercom"]
     assert usercom.url == "https://myapp.user.com/api/public/"  # trailing slash added
     assert (usercom.rate_limit, usercom.concurrency, usercom.timeout) == (20.0, 4, 15.0)
-    assert usercom.api_key.reveal() == KEYS_ENV["USERCOM_API_KEY"]
-    assert KEYS_ENV["USERCOM_API_KEY"] not in repr(config)
+    assert usercom.api_key == SecretSource(str(tmp_path / "config.toml"), "destinations.usercom.api_key_env",
+                                           env="USERCOM_API_KEY")  # read only by commands that send
+    resolved = config.with_secrets()
+    assert resolved.destinations["usercom"].resolved_key.reveal() == KEYS_ENV["USERCOM_API_KEY"]
+    assert KEYS_ENV["USERCOM_API_KEY"] not in repr(resolved)
 
 
 def test_retention_and_per_type_pacing_defaults(tmp_path: Path) -> None:
@@ -95,9 +99,48 @@ def test_guards_default_and_per_audience_exit_share(tmp_path: Path) -> None:
 def test_api_key_file(tmp_path: Path) -> None:
     key_file = tmp_path / "nat.key"
     key_file.write_text("file-key\n")
+    key_file.chmod(0o600)
+    text = GOOD.replace('api_key_env = "NAT_API_KEY"', f'api_key_file = "{key_file}"')
+    config = load_config(write(tmp_path, text), KEYS_ENV).with_secrets()
+    assert config.destinations["nat"].resolved_key.reveal() == "file-key"
+
+
+def test_relative_api_key_file_is_beside_the_config_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "etc" / "syncd"
+    (folder / "keys").mkdir(parents=True)
+    (folder / "keys" / "nat").write_text("beside-the-config\n")
+    (folder / "keys" / "nat").chmod(0o600)
+    elsewhere = tmp_path / "work"
+    (elsewhere / "keys").mkdir(parents=True)
+    (elsewhere / "keys" / "nat").write_text("in-the-working-directory\n")
+    monkeypatch.chdir(elsewhere)
+    text = GOOD.replace('api_key_env = "NAT_API_KEY"', 'api_key_file = "keys/nat"')
+    config = load_config(write(folder, text), KEYS_ENV).with_secrets()
+    assert config.destinations["nat"].resolved_key.reveal() == "beside-the-config"
+
+
+def test_a_key_file_others_can_read_is_warned_about_when_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key_file = tmp_path / "nat.key"
+    key_file.write_text("file-key-readable-by-all\n")
+    key_file.chmod(0o644)
     text = GOOD.replace('api_key_env = "NAT_API_KEY"', f'api_key_file = "{key_file}"')
     config = load_config(write(tmp_path, text), KEYS_ENV)
-    assert config.destinations["nat"].api_key.reveal() == "file-key"
+    assert not caplog.records  # loading does not read it
+    with caplog.at_level(logging.WARNING, logger="syncd"):
+        config.with_secrets()
+    [record] = caplog.records
+    assert str(key_file) in record.getMessage() and "readable by other users" in record.getMessage()
+    assert "file-key" not in caplog.text
+
+    caplog.clear()
+    key_file.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="syncd"):
+        config.with_secrets()
+    assert not caplog.records
 
 
 @pytest.mark.parametrize(("name", "key"), [
@@ -127,10 +170,9 @@ MISTAKES = [
     ("unknown destination", ('destinations = ["nat", "usercom"]', 'destinations = ["nat", "hubspot"]'),
      "audiences[0] (Order Completed Last 30 Days).destinations", "no [destinations.hubspot]"),
     ("bad duration", ('interval = "2h"', 'interval = "2 hours"'), "schedule.interval", "not a duration"),
-    ("missing secret variable", ('api_key_env = "NAT_API_KEY"', 'api_key_env = "NO_SUCH_VAR"'),
-     "destinations.nat.api_key_env", "environment variable NO_SUCH_VAR is not set"),
-    ("missing secret file", ('api_key_env = "NAT_API_KEY"', 'api_key_file = "/nonexistent/nat.key"'),
-     "destinations.nat.api_key_file", "cannot read /nonexistent/nat.key"),
+    ("both secret sources",
+     ('api_key_env = "NAT_API_KEY"', 'api_key_env = "NAT_API_KEY"\napi_key_file = "k"'), "destinations.nat",
+     "set only one of api_key_env or api_key_file"),
     ("unknown destination type", ('type = "nat"', 'type = "hubspot"'), "destinations.nat.type",
      "unknown type"),
     ("endpoint not a URL", ('endpoint = "https://nat.example/segment"', 'endpoint = "nat.example"'),
@@ -141,19 +183,19 @@ MISTAKES = [
     ("bad retention", ('url = "sqlite:///state.db"', 'url = "sqlite:///state.db"\nretention = "30 days"'),
      "state.retention", "not a duration"),
     ("retention too short", ('url = "sqlite:///state.db"', 'url = "sqlite:///state.db"\nretention = "2h"'),
-     "state.retention", "must be at least 1d"),
+     "state.retention", "must be between 1d and 3650d, not '2h'"),
     ("in-memory state", ('url = "sqlite:///state.db"', 'url = "sqlite://"'), "state.url",
      "an in-memory database keeps nothing between runs"),
     ("run time limit too short", ('jitter = "1h"', 'jitter = "1h"\nmax_send_time = "30s"'),
-     "schedule.max_send_time", "must be at least 1m"),
+     "schedule.max_send_time", "must be between 1m and 30d, not '30s'"),
     ("zero rate limit", ("rate_limit = 20", "rate_limit = 0"), "destinations.usercom.rate_limit",
-     "must be a positive number"),
+     "must be between 0.1 and 1000, not 0"),
     ("exit share above 1", ("[sources.shop]", "[guards]\nmax_exit_share = 1.5\n[sources.shop]"),
      "guards.max_exit_share", "must be between 0 and 1 (a share), not 1.5"),
     ("exit share not a number", ("[sources.shop]", '[guards]\nmax_exit_share = "half"\n[sources.shop]'),
      "guards.max_exit_share", "must be float, not a string"),
     ("negative minimum", ("[sources.shop]", "[guards]\nmin_acknowledged = -1\n[sources.shop]"),
-     "guards.min_acknowledged", "must be 0 or more"),
+     "guards.min_acknowledged", "must be between 0 and 1_000_000_000, not -1"),
     ("unknown guards key", ("[sources.shop]", "[guards]\nmax_exits = 3\n[sources.shop]"),
      "guards.max_exits", "unknown key"),
     ("audience exit share below 0", ('source = "shop"', 'source = "shop"\nmax_exit_share = -0.1'),
@@ -167,6 +209,60 @@ MISTAKES = [
     ("metrics listen not a string", ("[state]", "[metrics]\nlisten = 9464\n[state]"), "metrics.listen",
      "must be str"),
     ("unknown metrics key", ("[state]", "[metrics]\nport = 9464\n[state]"), "metrics.port", "unknown key"),
+]
+
+
+AUDIENCE = "audiences[0] (Order Completed Last 30 Days)"
+# Reserved keys, URLs with credentials, numbers out of their bounds (issue 10).
+MISTAKES += [
+    ("key of a field syncd sends", ('source = "shop"', 'key = "custom_id"\nsource = "shop"'),
+     f"{AUDIENCE}.key", "'custom_id' is a field syncd sends itself (reserved); choose another key"),
+    ("key of a User.com standard attribute", ('source = "shop"', 'key = "first_name"\nsource = "shop"'),
+     f"{AUDIENCE}.key", "'first_name' is a field syncd sends itself (reserved)"),
+    ("name whose key is reserved", ('name = "Order Completed Last 30 Days"', 'name = "Email"'),
+     "audiences[0] (Email).key", "'email' (the snake_cased name 'Email') is a field syncd sends itself"),
+    ("empty key", ('source = "shop"', 'key = ""\nsource = "shop"'), f"{AUDIENCE}.key", "must not be empty"),
+    ("name that snake-cases to nothing", ('name = "Order Completed Last 30 Days"', 'name = "Клиенты"'),
+     "audiences[0] (Клиенты).key", "the name 'Клиенты' gives no key"),
+    ("credentials in endpoint", ('endpoint = "https://nat.example/segment"',
+                                 'endpoint = "https://user:hunter2@nat.example/segment"'),
+     "destinations.nat.endpoint", "must not contain user information"),
+    ("credentials in base_url", ('base_url = "https://myapp.user.com/api/public"',
+                                 'base_url = "http://token-hunter2@myapp.user.com/api/public"'),
+     "destinations.usercom.base_url", "must not contain user information"),
+    ("credentials in a non-http URL", ('endpoint = "https://nat.example/segment"',
+                                       'endpoint = "ftp://user:hunter2@nat.example/segment"'),
+     "destinations.nat.endpoint", "must not contain user information"),
+    ("endpoint with a bad port", ('endpoint = "https://nat.example/segment"',
+                                  'endpoint = "https://nat.example:99999/segment"'),
+     "destinations.nat.endpoint", "has an invalid port"),
+    ("rate limit nan", ("rate_limit = 20", "rate_limit = nan"), "destinations.usercom.rate_limit",
+     "must be between 0.1 and 1000, not nan"),
+    ("rate limit inf", ("rate_limit = 20", "rate_limit = inf"), "destinations.usercom.rate_limit",
+     "must be between 0.1 and 1000, not inf"),
+    ("negative rate limit", ("rate_limit = 20", "rate_limit = -5"), "destinations.usercom.rate_limit",
+     "must be between 0.1 and 1000, not -5"),
+    ("tiny rate limit", ("rate_limit = 20", "rate_limit = 1e-300"), "destinations.usercom.rate_limit",
+     "must be between 0.1 and 1000"),
+    ("zero concurrency", ("concurrency = 4", "concurrency = 0"), "destinations.usercom.concurrency",
+     "must be between 1 and 256, not 0"),
+    ("huge concurrency", ("concurrency = 4", "concurrency = 100000"), "destinations.usercom.concurrency",
+     "must be between 1 and 256, not 100_000"),
+    ("interval beyond datetime arithmetic", ('interval = "2h"', 'interval = "99999999d"'),
+     "schedule.interval", "must be between 1m and 30d, not '99999999d'"),
+    ("interval beyond timedelta", ('interval = "2h"', 'interval = "9999999999d"'), "schedule.interval",
+     "'9999999999d' is far too long"),
+    ("huge jitter", ('jitter = "1h"', 'jitter = "400d"'), "schedule.jitter", "must be between 0s and 30d"),
+    ("huge timeout", ('timeout = "15s"', 'timeout = "2h"'), "destinations.usercom.timeout",
+     "must be between 1s and 5m, not '2h'"),
+    ("zero timeout", ('timeout = "15s"', 'timeout = "0s"'), "destinations.usercom.timeout",
+     "must be between 1s and 5m"),
+    ("huge retention", ('url = "sqlite:///state.db"', 'url = "sqlite:///state.db"\nretention = "999999d"'),
+     "state.retention", "must be between 1d and 3650d"),
+    ("exit share nan", ("[sources.shop]", "[guards]\nmax_exit_share = nan\n[sources.shop]"),
+     "guards.max_exit_share", "must be between 0 and 1 (a share), not nan"),
+    ("huge minimum", ("[sources.shop]", "[guards]\nmin_acknowledged = 99999999999999999999\n[sources.shop]"),
+     "guards.min_acknowledged", "must be between 0 and 1_000_000_000"),
 ]
 
 
@@ -186,6 +282,32 @@ def test_config_mistakes_exit_2_with_one_line_before_any_io(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"syncd: {path}: ")
     assert problem in lines[0] and "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr  # a password in a URL is never echoed
+    assert not (tmp_path / "state.db").exists()  # nothing touched
+
+
+SECRET_MISTAKES = [
+    ("missing secret variable", ('api_key_env = "NAT_API_KEY"', 'api_key_env = "NO_SUCH_VAR"'),
+     "destinations.nat.api_key_env", "environment variable NO_SUCH_VAR is not set"),
+    ("missing secret file", ('api_key_env = "NAT_API_KEY"', 'api_key_file = "/nonexistent/nat.key"'),
+     "destinations.nat.api_key_file", "cannot read /nonexistent/nat.key"),
+]
+
+
+@pytest.mark.parametrize(("label", "edit", "key", "problem"), SECRET_MISTAKES,
+                         ids=[m[0] for m in SECRET_MISTAKES])
+def test_a_missing_secret_is_a_config_error_of_the_commands_that_send(
+    tmp_path: Path, label: str, edit: tuple[str, str], key: str, problem: str
+) -> None:
+    path = write(tmp_path, GOOD.replace(*edit, 1))
+    config = load_config(path, KEYS_ENV)  # loading reads no secret: read-only commands work
+    with pytest.raises(ConfigError) as info:
+        config.with_secrets()
+    assert info.value.key == key and problem in info.value.problem
+
+    result = run_cli("run-once", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"syncd: {path}: {key}: {info.value.problem}"]
     assert not (tmp_path / "state.db").exists()  # nothing touched
 
 

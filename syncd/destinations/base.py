@@ -28,7 +28,7 @@ class Destination(ABC):
     def secrets(self) -> tuple[str, ...]:
         """Every form of the key that could be echoed back: redacted from error texts."""
         token = self.headers().get("Authorization", "").split(" ", 1)[-1]
-        return tuple(sorted({self.config.api_key.reveal(), token} - {""}))
+        return tuple(sorted({self.config.resolved_key.reveal(), token} - {""}))
 
     @abstractmethod
     def request(self, message: dict[str, Any], audience_key: str) -> Request:

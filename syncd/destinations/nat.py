@@ -14,7 +14,7 @@ class Nat(Destination):
     needs_email = True  # Nat refuses an Identify without traits.email
 
     def headers(self) -> dict[str, str]:
-        token = base64.b64encode(f"{self.config.api_key.reveal()}:".encode()).decode()
+        token = base64.b64encode(f"{self.config.resolved_key.reveal()}:".encode()).decode()
         return {"Authorization": f"Basic {token}"}
 
     def request(self, message: dict[str, Any], audience_key: str) -> Request:

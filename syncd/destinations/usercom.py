@@ -13,7 +13,7 @@ class UserCom(Destination):
 
     def headers(self) -> dict[str, str]:
         return {
-            "Authorization": f"Token {self.config.api_key.reveal()}",
+            "Authorization": f"Token {self.config.resolved_key.reveal()}",
             "Accept": "*/*; version=2",
         }
 
