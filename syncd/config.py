@@ -129,6 +129,19 @@ class MetricsConfig:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+ALERT_FORMATS = ("json", "slack")
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """[alerts]: where and when to push alerts (see alerts.py)."""
+
+    webhook_url: Secret  # a Slack webhook URL is a credential: never logged, shown or stored
+    format: str = "json"
+    pending_older_than: timedelta = timedelta(hours=6)
+    after_failed_runs: int = 2
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
@@ -140,6 +153,7 @@ class Config:
     retention: timedelta = DEFAULT_RETENTION  # run history and finished ledger rows older than this go
     guards: GuardConfig = GuardConfig()
     metrics: MetricsConfig | None = None  # `syncd run` serves /metrics when set
+    alerts: AlertsConfig | None = None  # alerts are pushed after each run when set
 
 
 def default_config_path() -> Path:
@@ -222,7 +236,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"malformed TOML: {exc}") from None
     top = reader.table(raw, "", {"state", "schedule", "sources", "destinations", "audiences", "guards",
-                                 "metrics"})
+                                 "metrics", "alerts"})
     state = reader.table(top.get("state", {}), "state", {"url", "retention"})
     sources = _sources(reader, top.get("sources", {}))
     destinations = _destinations(reader, top.get("destinations", {}))
@@ -237,6 +251,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         retention=_retention(reader, state),
         guards=guards,
         metrics=_metrics(reader, top.get("metrics", {})),
+        alerts=_alerts(reader, top.get("alerts")),
     )
 
 
@@ -265,6 +280,29 @@ def _metrics(reader: _Reader, data: Any) -> MetricsConfig | None:
         return parse_listen(listen)
     except ValueError as exc:
         raise reader.error("metrics.listen", str(exc)) from None
+
+
+def _alerts(reader: _Reader, data: Any) -> AlertsConfig | None:
+    if data is None:
+        return None
+    table = reader.table(data, "alerts", {"webhook_url_env", "webhook_url_file", "format",
+                                          "pending_older_than", "after_failed_runs"})
+    default = AlertsConfig(Secret(""))
+    kind = reader.get(table, "alerts", "format", str, default.format)
+    if kind not in ALERT_FORMATS:
+        raise reader.error("alerts.format", f"unknown format {kind!r} (known: json, slack)")
+    runs = reader.get(table, "alerts", "after_failed_runs", int, default.after_failed_runs)
+    if runs < 1:
+        raise reader.error("alerts.after_failed_runs", "must be 1 or more")
+    older = reader.duration(table, "alerts", "pending_older_than", default.pending_older_than)
+    if older <= timedelta(0):
+        raise reader.error("alerts.pending_older_than", "must be longer than 0s")
+    url = _secret(reader, table, "alerts", "webhook_url_env", "webhook_url_file")
+    parts = urlsplit(url.reveal())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # the value is a secret: say where it came from, never what it is
+        raise reader.error("alerts", "the webhook URL is not an http(s) URL")
+    return AlertsConfig(webhook_url=url, format=kind, pending_older_than=older, after_failed_runs=runs)
 
 
 def parse_listen(text: str) -> MetricsConfig:
@@ -377,22 +415,23 @@ def _http_url(reader: _Reader, table: dict[str, Any], key: str, field: str) -> s
     return url
 
 
-def _secret(reader: _Reader, table: dict[str, Any], key: str) -> Secret:
-    env_name = reader.get(table, key, "api_key_env", str, None)
-    file_name = reader.get(table, key, "api_key_file", str, None)
+def _secret(reader: _Reader, table: dict[str, Any], key: str, env_field: str = "api_key_env",
+            file_field: str = "api_key_file") -> Secret:
+    env_name = reader.get(table, key, env_field, str, None)
+    file_name = reader.get(table, key, file_field, str, None)
     if (env_name is None) == (file_name is None):
-        raise reader.error(key, "set exactly one of api_key_env or api_key_file")
+        raise reader.error(key, f"set exactly one of {env_field} or {file_field}")
     if env_name is not None:
         value = reader.environ.get(env_name, "").strip()
         if not value:
-            raise reader.error(f"{key}.api_key_env", f"environment variable {env_name} is not set")
+            raise reader.error(f"{key}.{env_field}", f"environment variable {env_name} is not set")
         return Secret(value)
     try:
         value = Path(file_name).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise reader.error(f"{key}.api_key_file", f"cannot read {file_name}: {exc.strerror}") from None
+        raise reader.error(f"{key}.{file_field}", f"cannot read {file_name}: {exc.strerror}") from None
     if not value:
-        raise reader.error(f"{key}.api_key_file", f"{file_name} is empty")
+        raise reader.error(f"{key}.{file_field}", f"{file_name} is empty")
     return Secret(value)
 
 
