@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Select, literal_column, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import __version__, ledger
@@ -101,11 +101,13 @@ def _unreachable(name: str, audiences: Sequence[AudienceConfig], reason: str) ->
 
 def _check_query(conn: Connection, audience: AudienceConfig) -> Check:
     """Run the query for its columns only: the database plans it, fetches no row."""
-    # On its own lines, so a trailing `-- comment` in the query cannot swallow the wrapper.
-    wrapped = f"SELECT * FROM (\n{audience.query.strip().rstrip(';')}\n) AS q LIMIT 0"
+    # SELECT * FROM (<query>) AS q LIMIT 0, in the source's own dialect (TOP 0 on SQL Server);
+    # the newline keeps a trailing `-- comment` in the query from swallowing the wrapper.
+    query = text(audience.query.strip().rstrip(";") + "\n").columns().subquery("q")
+    wrapped: Select[Any] = select(literal_column("*")).select_from(query).limit(0)
     where = {"source": audience.source, "audience": audience.key}
     try:
-        result = conn.execute(text(wrapped), {"now": now_param(ledger.now())})
+        result = conn.execute(wrapped, {"now": now_param(ledger.now())})
         columns = list(result.keys())
         result.close()
     except SQLAlchemyError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,7 @@ from freezegun import freeze_time
 
 from syncd.config import ConfigError, load_config
 
-from conftest import HOOK_SECRET, KEYS_ENV, Env, audience_toml, dump_state, free_port
+from conftest import HOOK_SECRET, KEYS_ENV, Env, audience_toml, dump_state, free_port, wait_for
 
 FIELDS = {"event", "severity", "audience", "destination", "message", "run_id", "at"}
 
@@ -296,3 +297,19 @@ def test_alerts_config_defaults_and_file(tmp_path: Path) -> None:
         "json", 6 * 3600, 2)
     assert HOOK_SECRET not in repr(alerts)
 
+
+
+def test_the_daemon_alerts_after_its_runs(sqlite_env: Env, hook: Hook) -> None:
+    sqlite_env.shop.members("u1")
+    path = sqlite_env.write_config(audiences=audience_toml("Buyers", ["nat"]), extra=alerts_toml())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "run", "--config", str(path)], cwd=sqlite_env.tmp_path,
+        env={**os.environ, **KEYS_ENV, "NAT_API_KEY": "wrong-key", "SYNCD_ALERT_WEBHOOK": hook.url},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: bool(hook.bodies), what="the daemon's first alert")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert hook.events() == [("key_refused", "critical", None, "nat")]
+    assert process.returncode == 0 and HOOK_SECRET not in stderr and "Traceback" not in stderr

@@ -19,7 +19,7 @@ from conftest import POSTGRES_URL, _fresh_postgres_database, free_port, run_cli
 
 GOOD = "SELECT id AS user_id, email, plan FROM customers WHERE last_order_at <= :now"
 AUDIENCES = {
-    "good": GOOD,
+    "good": GOOD + " -- a comment at the end",
     "bad_sql": "SELEKT id FROM customers",
     "no_id": "SELECT email, plan FROM customers",
     "reserved": "SELECT id AS user_id, plan AS first_name FROM customers",
