@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
+from syncd.alerts import ALERT_TIME_LIMIT
 from syncd.config import ConfigError, load_config
 
 from conftest import HOOK_SECRET, KEYS_ENV, Env, audience_toml, dump_state, free_port, wait_for
@@ -44,8 +45,11 @@ class Hook:
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                time.sleep(hook.delay)
+                delay = hook.delay
+                time.sleep(delay)
                 status = hook.statuses.pop(0) if hook.statuses else 200
+                if delay > ALERT_TIME_LIMIT:  # the client gave up: this one never counts
+                    status = 504
                 if status == 200 and self.path == f"/services/{HOOK_SECRET}":
                     hook.bodies.append(json.loads(raw))
                 self.send_response(status if self.path == f"/services/{HOOK_SECRET}" else 404)
@@ -202,6 +206,18 @@ def test_unreachable_webhook_never_fails_a_sync(sqlite_env: Env, caplog: pytest.
     assert "alert webhook unreachable (ConnectError)" in caplog.text
     ok = sqlite_env.run(_config(sqlite_env, closed))
     assert ok.exit_code == 0 and sqlite_env.nat.accepted()
+
+
+def test_slow_webhook_times_out_and_is_retried(sqlite_env: Env, hook: Hook,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    sqlite_env.shop.members("u1")
+    config = _config(sqlite_env, hook.url, keys={"NAT_API_KEY": "wrong-key"}, after_failed_runs=5)
+    hook.delay = ALERT_TIME_LIMIT + 1
+    assert sqlite_env.run(config).exit_code == 1  # the run's own outcome, unchanged
+    assert "alert webhook unreachable (ReadTimeout)" in caplog.text
+    hook.delay = 0
+    sqlite_env.run(config)
+    assert [e for e in hook.events() if e[0] == "key_refused"] == [("key_refused", "critical", None, "nat")]
 
 
 def test_no_duplicate_after_restart(env: Env, hook: Hook) -> None:
