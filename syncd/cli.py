@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                              help="let the next run send the exits the guard holds")
     approve.add_argument("--audience", required=True, metavar="KEY", help="the audience key")
     approve.add_argument("--destination", metavar="NAME", help="only this destination")
+    check = sub.add_parser("check", parents=[with_json],
+                           help="validate the config; --connect: reach sources and destinations")
+    check.add_argument("--connect", action="store_true",
+                       help="also run each query for its columns and reach each destination")
     return parser
 
 
@@ -102,7 +106,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     # heavy imports only once the config is good
     from syncd import commands, progress, scheduler, status, sync
 
-    if args.command in SENDING_COMMANDS:
+    if args.command in SENDING_COMMANDS or getattr(args, "connect", False):  # check --connect uses the keys
         config = config.with_secrets()
     shown = progress.for_stream(sys.stderr, args.log_format)
     if args.command == "run":
@@ -110,6 +114,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return 0
     if args.command == "run-once":  # serves no metrics: it is gone before a scrape (README)
         return sync.run_once(config, _run_options(shown)).exit_code
+    if args.command == "check":  # needs no state database
+        return _check(args, config)
     commands.check_args(config, getattr(args, "audience", None), getattr(args, "destination", None))
     engine = sync.open_state(config)
     try:
@@ -136,6 +142,14 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return output.exit_code
     finally:
         engine.dispose()
+
+
+def _check(args: argparse.Namespace, config: Config) -> int:
+    from syncd import check
+
+    checks = check.check(config, args.connect)
+    print(json.dumps([c.as_dict() for c in checks], indent=2) if args.json else check.format_checks(checks))
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def _run_options(shown: Progress) -> Options:

@@ -49,6 +49,8 @@ TIMEOUT_BOUNDS = (timedelta(seconds=1), timedelta(minutes=5))
 RATE_LIMIT_BOUNDS = (0.1, 1000.0)  # requests per second
 CONCURRENCY_BOUNDS = (1, 256)  # requests in flight
 MIN_ACKNOWLEDGED_BOUNDS = (0, 1_000_000_000)
+PENDING_OLDER_THAN_BOUNDS = (timedelta(minutes=1), timedelta(days=365))
+AFTER_FAILED_RUNS_BOUNDS = (1, 1000)
 _KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})$")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -196,6 +198,37 @@ class MetricsConfig:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+ALERT_FORMATS = ("json", "slack")
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """[alerts]: where and when to push alerts (see alerts.py)."""
+
+    # A Slack webhook URL is a credential: never logged, shown or stored. A SecretSource until
+    # Config.with_secrets() resolves it, as the destinations' keys.
+    webhook_url: Secret | SecretSource
+    format: str = "json"
+    pending_older_than: timedelta = timedelta(hours=6)
+    after_failed_runs: int = 2
+
+    def with_secret(self, config_path: str, environ: Mapping[str, str]) -> AlertsConfig:
+        """The webhook URL read and checked; a ConfigError that says where it came from, never what it is."""
+        url = resolve_secret(self.webhook_url, environ)
+        parts = urlsplit(url.reveal())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            where = self.webhook_url.key if isinstance(self.webhook_url, SecretSource) else "alerts"
+            raise ConfigError(config_path, where, "the webhook URL is not an http(s) URL")
+        return replace(self, webhook_url=url)
+
+    @property
+    def resolved_url(self) -> Secret:
+        """The webhook URL, for the code that sends: Config.with_secrets() resolved it first."""
+        if not isinstance(self.webhook_url, Secret):
+            raise RuntimeError("the alerts webhook URL was not resolved (Config.with_secrets)")
+        return self.webhook_url
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
@@ -207,6 +240,7 @@ class Config:
     retention: timedelta = DEFAULT_RETENTION  # run history and finished ledger rows older than this go
     guards: GuardConfig = GuardConfig()
     metrics: MetricsConfig | None = None  # `syncd run` serves /metrics when set
+    alerts: AlertsConfig | None = None  # alerts are pushed after each run when set
     # Where with_secrets() looks up api_key_env: the process environment unless load_config
     # was given another. Never printed (it holds the keys).
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False, compare=False)
@@ -217,7 +251,8 @@ class Config:
         Reading again is a no-op: resolved secrets are kept."""
         destinations = {name: replace(dest, api_key=resolve_secret(dest.api_key, self.environ))
                         for name, dest in self.destinations.items()}
-        return replace(self, destinations=destinations)
+        alerts = self.alerts and self.alerts.with_secret(self.path, self.environ)
+        return replace(self, destinations=destinations, alerts=alerts)
 
 
 def default_config_path() -> Path:
@@ -352,7 +387,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"malformed TOML: {exc}") from None
     top = reader.table(raw, "", {"state", "schedule", "sources", "destinations", "audiences", "guards",
-                                 "metrics"})
+                                 "metrics", "alerts"})
     state = reader.table(top.get("state", {}), "state", {"url", "retention"})
     sources = _sources(reader, top.get("sources", {}))
     destinations = _destinations(reader, top.get("destinations", {}))
@@ -367,6 +402,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         retention=_retention(reader, state),
         guards=guards,
         metrics=_metrics(reader, top.get("metrics", {})),
+        alerts=_alerts(reader, top.get("alerts")),
         environ=reader.environ,
     )
 
@@ -392,6 +428,25 @@ def _metrics(reader: _Reader, data: Any) -> MetricsConfig | None:
         return parse_listen(listen)
     except ValueError as exc:
         raise reader.error("metrics.listen", str(exc)) from None
+
+
+def _alerts(reader: _Reader, data: Any) -> AlertsConfig | None:
+    if data is None:
+        return None
+    table = reader.table(data, "alerts", {"webhook_url_env", "webhook_url_file", "format",
+                                          "pending_older_than", "after_failed_runs"})
+    default = AlertsConfig(Secret(""))  # only for its defaults
+    kind = reader.get(table, "alerts", "format", str, default.format)
+    if kind not in ALERT_FORMATS:
+        raise reader.error("alerts.format", f"unknown format {kind!r} (known: json, slack)")
+    runs = reader.number(table, "alerts", "after_failed_runs", int, default.after_failed_runs,
+                         AFTER_FAILED_RUNS_BOUNDS)
+    older = reader.duration(table, "alerts", "pending_older_than", default.pending_older_than,
+                            PENDING_OLDER_THAN_BOUNDS)
+    url = reader.secret_source(table, "alerts", "webhook_url")
+    if url is None:
+        raise reader.error("alerts", "set one of webhook_url_env or webhook_url_file")
+    return AlertsConfig(webhook_url=url, format=kind, pending_older_than=older, after_failed_runs=runs)
 
 
 def parse_listen(text: str) -> MetricsConfig:

@@ -161,3 +161,21 @@ class GuardApproval(SQLModel, table=True):
     acknowledged: int  # members the destination held as `true` when approved
     approved_at: datetime = Field(sa_column=_ts(nullable=False))
     approved_by: str = ""  # user@host, for the record
+
+
+class AlertState(SQLModel, table=True):
+    """What the alert webhook was last told about one condition (alerts.py): one message per
+    change of state, never two for the same change, even across restarts and processes.
+
+    `audience`/`destination` are "" where the condition has none (a primary key cannot be
+    NULL). `claimed_by`/`claimed_until` mark the one process sending the change right now.
+    """
+
+    __tablename__ = "alert_state"
+    event: str = Field(primary_key=True)
+    audience: str = Field(default="", primary_key=True)
+    destination: str = Field(default="", primary_key=True)
+    active: bool = False  # the state the webhook acknowledged (2xx) last
+    changed_at: datetime | None = Field(default=None, sa_column=_ts())  # when it acknowledged it
+    claimed_by: str | None = None
+    claimed_until: datetime | None = Field(default=None, sa_column=_ts())

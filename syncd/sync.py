@@ -20,7 +20,7 @@ import httpx
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd import guards, ledger
+from syncd import alerts, guards, ledger
 from syncd.config import AudienceConfig, Config, DestinationConfig, GuardConfig
 from syncd.db import create_state_engine, migrate
 from syncd.delivery import RetryPolicy, Sender, Verdict
@@ -117,7 +117,9 @@ def run_once(config: Config, options: Options | None = None, engine: Engine | No
         keeper = _LeaseKeeper(engine, lease, options.stop_event)
         keeper.start()
         try:
-            return _run(config, options, engine)
+            report = _run(config, options, engine)
+            alerts.evaluate(config, engine, report)  # still under the lease: one process at a time
+            return report
         finally:
             keeper.finish()
             ledger.release_lease(engine, lease)
