@@ -3,6 +3,7 @@ tried (real state databases, real stand-ins)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -15,7 +16,7 @@ from syncd.metrics import Metrics
 from syncd.standins import Fault
 from syncd.sync import open_state
 
-from conftest import USERCOM_KEY, Env, samples
+from conftest import USERCOM_KEY, Env, audience_toml, samples
 
 
 def _down_from_the_start(env: Env) -> None:
@@ -63,6 +64,31 @@ def test_a_pair_never_acknowledged_shows_its_backlog_age(env: Env, fault: Callab
     got = samples(metrics.render())
     assert got['syncd_oldest_pending_age_seconds{audience="buyers",destination="usercom"}'] == 5400
     assert got['syncd_oldest_pending_age_seconds{audience="buyers",destination="nat"}'] == 0
+    # What `status --json` prints (now, long after the frozen runs).
+    printed = json.loads(env.cli("status", "--json", "--config", str(config.path)).stdout)
+    assert next(r for r in printed if r["destination"] == "usercom")["oldest_pending_age_seconds"] > 5400
+
+
+def test_exits_held_by_the_guard_show_their_age(sqlite_env: Env) -> None:
+    """Held exits are never tried, so none has a `pending_since`: the held runs give the age."""
+    env = sqlite_env
+    config = env.config(audiences=audience_toml("Buyers", ["nat"]))
+    ids = [f"u{i:02d}" for i in range(20)]
+    env.shop.members(*ids)
+    with freeze_time("2026-11-22 08:00:00", real_asyncio=True):
+        assert env.run(config).exit_code == 0
+    env.shop.members(*ids[:8])  # 12 of 20 leave: held
+    for hour in ("09", "10"):
+        with freeze_time(f"2026-11-22 {hour}:00:00", real_asyncio=True):
+            assert env.run(config).outcome == "held"
+    engine = open_state(config)
+    try:
+        with freeze_time("2026-11-22 10:00:30"):
+            row = status.status(config, engine)[0]
+    finally:
+        engine.dispose()
+    assert (row["pending"], row["last_outcome"]) == (12, "held")
+    assert row["oldest_pending_at"] == "2026-11-22T09:00:00Z" and row["oldest_pending_age_seconds"] == 3630
 
 
 def test_an_ok_run_ends_the_backlog_streak(sqlite_env: Env) -> None:
