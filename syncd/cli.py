@@ -9,7 +9,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -30,11 +30,26 @@ log = logging.getLogger("syncd")
 SENDING_COMMANDS = frozenset({"run", "run-once", "resync", "retry"})
 
 
+class UsageExit(Exception):
+    """argparse found the command line wrong; main() reports it in the chosen log format."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser, self.message = parser, message
+
+
+class _Parser(argparse.ArgumentParser):
+    # Raise instead of printing and exiting: whether the message must be a JSON line depends on
+    # `--log-format`, which may come after the mistake (subcommands are of this class too).
+    def error(self, message: str) -> NoReturn:
+        raise UsageExit(self, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="syncd", description="Audience sync daemon for Nat and User.com.")
+    parser = _Parser(prog="syncd", description="Audience sync daemon for Nat and User.com.")
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
     _add_log_format(parser, default="text")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", default=None,
                         help="path to config.toml (default: $SYNCD_CONFIG or ./config.toml)")
     # Also accepted after the command; SUPPRESS keeps a global value from being reset.
@@ -42,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", parents=[common], help="the daemon: sync on a schedule until stopped")
     sub.add_parser("run-once", parents=[common], help="sync every audience once, then exit")
-    with_json = argparse.ArgumentParser(add_help=False, parents=[common])
+    with_json = _Parser(add_help=False, parents=[common])
     with_json.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("status", parents=[with_json], help="what each destination holds and lacks")
     sub.add_parser("migrate", parents=[common], help="bring the state database schema up to date")
@@ -80,7 +95,14 @@ def _add_log_format(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageExit as exc:
+        return _usage_error(exc, _log_format(argv))
+    except BrokenPipeError:  # --help or --version into a closed pipe
+        _quiet_stdout()
+        return 0
     setup_logging(args.log_format)
     try:
         config = load_config(args.config or default_config_path())
@@ -138,7 +160,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         else:
             output = commands.approve(config, engine, args.audience, args.destination)
         if args.json or output.text:
-            print(json.dumps(output.data, indent=2) if args.json else output.text)
+            _print(json.dumps(output.data, indent=2) if args.json else output.text)
         return output.exit_code
     finally:
         engine.dispose()
@@ -148,8 +170,47 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     from syncd import check
 
     checks = check.check(config, args.connect)
-    print(json.dumps([c.as_dict() for c in checks], indent=2) if args.json else check.format_checks(checks))
+    _print(json.dumps([c.as_dict() for c in checks], indent=2) if args.json else check.format_checks(checks))
     return 0 if all(c.ok for c in checks) else 1
+
+
+def _print(text: str) -> None:
+    """Output that may go into a pipe closed early (`syncd history | head -1`): the reader
+    has what it wanted, so that ends quietly and the command keeps its exit status."""
+    try:
+        print(text)
+        sys.stdout.flush()  # now, not at exit, where the error would be "ignored" on stderr
+    except BrokenPipeError:
+        _quiet_stdout()
+
+
+def _quiet_stdout() -> None:
+    # Python flushes stdout again at exit: point it at /dev/null so that flush has nowhere to fail.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _log_format(argv: Sequence[str]) -> str:
+    """`--log-format` as given anywhere on a command line argparse could not parse (the last wins)."""
+    chosen = "text"
+    for i, arg in enumerate(argv):
+        if arg == "--log-format" and i + 1 < len(argv):
+            chosen = argv[i + 1]
+        elif arg.startswith("--log-format="):
+            chosen = arg.partition("=")[2]
+    return chosen if chosen in LOG_FORMATS else "text"
+
+
+def _usage_error(exc: UsageExit, log_format: str) -> int:
+    if log_format == "json":  # a shipper expects every line to be JSON
+        setup_logging("json")
+        usage = " ".join(exc.parser.format_usage().split())  # one line: argparse wraps it
+        log.error("%s: %s", exc.parser.prog, exc.message, extra={"usage": usage})
+    else:
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)
+    return 2
 
 
 def _run_options(shown: Progress) -> Options:

@@ -21,7 +21,7 @@ from syncd.config import AudienceConfig, Config, UsageError
 from syncd.destinations import make_destination
 from syncd.ledger import SnapshotCounts
 from syncd.source import SourceError, open_source, stream_members
-from syncd.sync import Options, RunReport, run_once, summary_lines
+from syncd.sync import Options, RunReport, run_once
 
 log = logging.getLogger("syncd")
 
@@ -109,14 +109,14 @@ def _plan_pair(config: Config, conn: Connection, scratch: Table, audience: Audie
         counts = work.counts
         guard = guards.check(conn, audience, config.guards, name, counts.members, counts.left)
         samples = {label: [_who(c) for c in work.page(value, "", SAMPLES)]
-                   for label, value in (("true", True), ("false", False))}
+                   for label, value in (("entered", True), ("left", False))}
     sends = counts.entered + (0 if guard.held else counts.left)
     return {
         "destination": name,
-        "true": counts.entered,
-        "false": counts.left,
+        "entered": counts.entered,
+        "left": counts.left,
         "retries": counts.retries,
-        "skipped_no_email": counts.skipped,
+        "skipped": counts.skipped,
         "samples": samples,
         "sends": sends,
         "rate_limit": rate,
@@ -139,14 +139,14 @@ def format_plan(data: dict[str, Any]) -> str:
                      f"({item['rows']} rows, {item['skipped_rows']} skipped)")
         for pair in item["destinations"]:
             lines.append(
-                f"  {pair['destination']}: {pair['true']} true, {pair['false']} false "
-                f"({pair['retries']} retries), {pair['skipped_no_email']} skipped (no email); "
+                f"  {pair['destination']}: {pair['entered']} true, {pair['left']} false "
+                f"({pair['retries']} retries), {pair['skipped']} skipped (no email); "
                 f"{_send_time(pair)}"
             )
-            for value in ("true", "false"):
-                if pair["samples"][value]:
-                    lines.append(f"    {value}: {', '.join(pair['samples'][value])}"
-                                 + (", …" if pair[value] > len(pair["samples"][value]) else ""))
+            for value, kind in (("true", "entered"), ("false", "left")):
+                if pair["samples"][kind]:
+                    lines.append(f"    {value}: {', '.join(pair['samples'][kind])}"
+                                 + (", …" if pair[kind] > len(pair["samples"][kind]) else ""))
             if pair["guard"]["held"]:
                 lines.append(f"    HELD: {pair['guard']['message']}")
     return "\n".join(lines)
@@ -178,14 +178,27 @@ def resync(config: Config, engine: Engine, audience: str, destination: str | Non
     marked = {name: ledger.mark_resync(engine, audience, name) for name in names}
     for name, count in marked.items():
         log.info("resync %s at %s: %d acknowledged users marked to be sent again", audience, name, count)
-    return _run_now(config, engine, {(audience, name) for name in names}, options,
-                    "the marks stay: the next run sends them")
+    return _run_now(config, engine, {(audience, name) for name in names},
+                    replace(options, summary=resync_lines), "the marks stay: the next run sends them")
+
+
+def resync_lines(report: RunReport) -> list[str]:
+    """A resync's summary, one line per pair: what it sent again, not "entered"/"left"."""
+    lines = []
+    for p in report.pairs:
+        values = f"{p.entered} (true) / {p.left} (false)"
+        done = f"resent {values}" if p.outcome == "ok" else f"{values} to resend"
+        counts = f"{p.acknowledged} acknowledged, {p.skipped} skipped (no email), {p.failed} failed"
+        verdict = p.outcome + (f" ({p.message})" if p.message else "")
+        lines.append(f"resync {p.audience_key} at {p.destination}: {done}, {counts}, {p.pending} pending: "
+                     f"{verdict}")
+    return lines
 
 
 def failures(config: Config, engine: Engine, destination: str | None) -> Output:
     with engine.connect() as conn:
         groups = ledger.failures(conn, destination, SAMPLES)
-    data = [asdict(g) for g in groups]
+    data = [_renamed(asdict(g)) for g in groups]
     if not groups:
         return Output(data, "no failed changes")
     lines = [f"{sum(g.count for g in groups)} failed change(s); each is tried again every run "
@@ -203,7 +216,7 @@ def retry(config: Config, engine: Engine, destination: str | None, options: Opti
     configured = {(a.key, d) for a in config.audiences for d in a.destinations}
     pairs = set(requeued) & configured
     if not pairs:
-        return Output({"requeued": 0, "run": None}, "no failed changes to retry")
+        return Output({"requeued": 0, "run_id": None}, "no failed changes to retry")
     total = sum(requeued.values())
     log.info("requeued %d failed change(s): %s", total,
              ", ".join(f"{k} at {d}: {n}" for (k, d), n in sorted(requeued.items())))
@@ -218,14 +231,19 @@ def _run_now(config: Config, engine: Engine, pairs: set[tuple[str, str]], option
         report = run_once(only(config, pairs), options, engine=engine)
     except ledger.RunInProgress as exc:
         log.error("%s; %s", exc, if_busy)
-        return Output({"run": None, "error": str(exc)}, "", 1)
-    return Output({"run": _report(report)}, "\n".join(summary_lines(report)) or "nothing to send",
-                  report.exit_code)
+        return Output({"run_id": None, "error": str(exc)}, "", 1)
+    # The run logged its summary (stderr, like run-once): printed again on stdout it showed twice.
+    return Output(_report(report), "" if report.pairs else "nothing to send", report.exit_code)
 
 
 def _report(report: RunReport) -> dict[str, Any]:
     return {"run_id": report.run_id, "outcome": report.outcome,
-            "pairs": [asdict(p) for p in report.pairs], "audience_errors": report.audience_errors}
+            "pairs": [_renamed(asdict(p)) for p in report.pairs], "audience_errors": report.audience_errors}
+
+
+def _renamed(record: dict[str, Any]) -> dict[str, Any]:
+    """A ledger record for --json: every command names the audience key `audience`."""
+    return {("audience" if k == "audience_key" else k): v for k, v in record.items()}
 
 
 # --- history -----------------------------------------------------------------------------
@@ -237,16 +255,16 @@ def history(engine: Engine, limit: int) -> Output:
     with engine.connect() as conn:
         runs = ledger.recent_runs(conn, limit)
     data = [{
-        "run": r.id, "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at),
-        "duration_s": (r.finished_at - r.started_at).total_seconds() if r.finished_at else None,
+        "run_id": r.id, "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at),
+        "duration_seconds": (r.finished_at - r.started_at).total_seconds() if r.finished_at else None,
         "outcome": r.outcome, "host": r.host, "pid": r.pid,
         **{name: int(getattr(r, name)) for name in (*ledger.RUN_TOTALS, "held", "source_errors")},
     } for r in runs]
     if not data:
         return Output(data, "no runs yet")
     table = [list(HISTORY_COLUMNS)] + [[
-        str(d["run"]), str(d["started_at"]),
-        _duration(d["duration_s"]) if d["duration_s"] is not None else "-",
+        str(d["run_id"]), str(d["started_at"]),
+        _duration(d["duration_seconds"]) if d["duration_seconds"] is not None else "-",
         d["outcome"], *(str(d[name]) for name in (*ledger.RUN_TOTALS, "held")),
     ] for d in data]
     return Output(data, _table(table))

@@ -606,6 +606,27 @@ def finish_run(engine: Engine, run_id: int, outcome: str) -> None:
         )
 
 
+def not_ok_since(conn: Connection) -> dict[tuple[str, str], datetime]:
+    """Per (audience, destination) pair whose latest result is not `ok`: when the first run of
+    that unbroken streak of not-`ok` results started (runs without the pair do not break it)."""
+    last_ok = (
+        select(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination,
+               func.max(RUN_RESULT.c.run_id).label("run_id"))
+        .where(RUN_RESULT.c.outcome == "ok")
+        .group_by(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination)
+        .subquery()
+    )
+    query = (
+        select(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination, func.min(RUN.c.started_at))
+        .join(RUN, RUN.c.id == RUN_RESULT.c.run_id)
+        .outerjoin(last_ok, and_(last_ok.c.audience_key == RUN_RESULT.c.audience_key,
+                                 last_ok.c.destination == RUN_RESULT.c.destination))
+        .where(RUN_RESULT.c.run_id > func.coalesce(last_ok.c.run_id, 0))
+        .group_by(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination)
+    )
+    return {(r[0], r[1]): r[2] for r in conn.execute(query) if isinstance(r[2], datetime)}
+
+
 # --- retention -------------------------------------------------------------------------
 
 

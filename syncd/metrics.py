@@ -37,7 +37,9 @@ if TYPE_CHECKING:  # cli imports MetricsError before the config is read: keep th
 
 log = logging.getLogger("syncd")
 
-RUN_OUTCOMES = ("ok", "undelivered", "interrupted", "skipped", "error")
+# Every outcome a run can end with (RunReport.outcome; the scheduler's "skipped" and "error"):
+# each series exists from the start, so an alert on its increase() sees the first one.
+RUN_OUTCOMES = ("ok", "held", "undelivered", "interrupted", "skipped", "error")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _CHANGE_COUNTERS = {

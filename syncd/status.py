@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -14,20 +15,37 @@ from syncd.destinations import make_destination
 
 
 def backlog(config: Config, conn: Connection) -> Iterator[tuple[str, str, ledger.PlanCounts]]:
-    """Per configured (audience, destination): what a run would do now, and since when the
-    oldest change still to send has waited. `status` and the metrics both read this."""
+    """Per configured (audience, destination): what a run would do now, and in
+    `oldest_pending` since when the pair has had undelivered work (None: no work).
+    `status`, `status --json` and the metrics all read this: the age is defined here only."""
+    not_ok_since = ledger.not_ok_since(conn)
     for audience in config.audiences:
         for name in audience.destinations:
             needs_email = make_destination(config.destinations[name]).needs_email
-            yield audience.key, name, ledger.plan_counts(conn, audience.key, name, needs_email)
+            counts = ledger.plan_counts(conn, audience.key, name, needs_email)
+            since = pending_since(counts, not_ok_since.get((audience.key, name)))
+            yield audience.key, name, replace(counts, oldest_pending=since)
+
+
+def pending_since(counts: ledger.PlanCounts, not_ok_since: datetime | None) -> datetime | None:
+    """The backlog's age rule: with work to send, the earlier of the oldest tried change's
+    `pending_since` and the start of the pair's current streak of runs that did not end `ok`.
+    The streak covers what was never tried: a destination set aside or refusing the key
+    before a change's turn, a User.com attribute of the wrong type, exits the guard holds."""
+    if not counts.entered + counts.left:
+        return None
+    known = [t for t in (counts.oldest_pending, not_ok_since) if t is not None]
+    return min(known, default=None)
 
 
 def status(config: Config, engine: Engine) -> list[dict[str, Any]]:
     rows = []
+    at = ledger.now()
     with engine.connect() as conn:
         last = {(r.audience_key, r.destination): r for r in ledger.last_results(conn)}
         for key, name, counts in backlog(config, conn):
             result = last.get((key, name))
+            since = counts.oldest_pending
             rows.append({
                 "audience": key,
                 "destination": name,
@@ -35,29 +53,46 @@ def status(config: Config, engine: Engine) -> list[dict[str, Any]]:
                 "acknowledged": ledger.acked_true_count(conn, key, name),
                 "pending": counts.entered + counts.left,
                 "failed": counts.failed,
-                "skipped_no_email": counts.skipped,
-                "oldest_pending": _iso(counts.oldest_pending),
-                "last_run": _iso(result.finished_at or result.started_at) if result else None,
+                "skipped": counts.skipped,
+                "oldest_pending_at": _iso(since),
+                "oldest_pending_age_seconds": max(0, round((at - since).total_seconds())) if since else None,
+                "last_run_id": result.run_id if result else None,
+                "last_run_at": _iso(result.finished_at or result.started_at) if result else None,
                 "last_outcome": result.outcome if result else None,
                 "last_message": result.message if result else None,
             })
     return rows
 
 
+def _age(seconds: int) -> str:
+    """3d4h, 2h5m, 4m10s: the two largest units, enough to judge a backlog."""
+    parts = [(seconds // 86400, "d"), (seconds // 3600 % 24, "h"), (seconds // 60 % 60, "m"),
+             (seconds % 60, "s")]
+    while len(parts) > 1 and parts[0][0] == 0:
+        parts.pop(0)
+    return "".join(f"{v}{u}" for v, u in parts[:2])
+
+
+# (column, row field, how to show it): the backlog shows as its age, the JSON has both.
+_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("audience", "audience", str), ("destination", "destination", str), ("members", "members", str),
+    ("acknowledged", "acknowledged", str), ("pending", "pending", str),
+    ("oldest_pending", "oldest_pending_age_seconds", _age), ("failed", "failed", str),
+    ("last_run", "last_run_at", str), ("last_outcome", "last_outcome", str),
+)
+
+
 def format_status(rows: list[dict[str, Any]]) -> str:
-    headers = ["audience", "destination", "members", "acknowledged", "pending", "oldest_pending",
-               "failed", "last_run", "last_outcome"]
-    table = [headers] + [[_cell(row[h]) for h in headers] for row in rows]
+    table = [[c[0] for c in _COLUMNS]] + [
+        ["-" if row[field] is None else show(row[field]) for _, field, show in _COLUMNS] for row in rows
+    ]
+    headers = table[0]
     widths = [max(len(line[i]) for line in table) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
              for line in table]
     notes = [f"  {r['audience']} -> {r['destination']}: {r['last_message']}"
              for r in rows if r["last_message"] and r["last_outcome"] != "ok"]
     return "\n".join(lines + notes)
-
-
-def _cell(value: Any) -> str:
-    return "-" if value is None else str(value)
 
 
 def _iso(moment: datetime | None) -> str | None:

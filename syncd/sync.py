@@ -96,6 +96,8 @@ class Options:
     transport: Callable[[], httpx.AsyncBaseTransport] | None = None
     progress: Progress = field(default_factory=Null)
     latency: Callable[[str, float], None] | None = None  # (destination, seconds per response)
+    # The lines a run ends with (logged once); `resync` words its own.
+    summary: Callable[[RunReport], list[str]] | None = None
 
 
 def open_state(config: Config) -> Engine:
@@ -178,7 +180,7 @@ def _run(config: Config, options: Options, engine: Engine) -> RunReport:
         ledger.record_result(engine, report.run_id, asdict(pair))
     ledger.finish_run(engine, report.run_id, report.outcome)
     _prune(config, engine)
-    for line in summary_lines(report):
+    for line in (options.summary or summary_lines)(report):
         log.log(logging.INFO if line.endswith(": ok") else logging.WARNING, "%s", line,
                 extra={"run_id": report.run_id, "outcome": report.outcome})
     return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -111,8 +112,6 @@ def test_daemon_runs_at_start_and_stops_cleanly_on_sigterm(sqlite_env: Env) -> N
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return dict(os.environ)
 
 
@@ -160,3 +159,44 @@ def test_a_relative_key_file_is_read_beside_the_config_and_warned_about_once(sql
     warnings = [line for line in result.stderr.splitlines() if "readable by other users" in line]
     assert len(warnings) == 1 and str(key_file) in warnings[0]
     assert len(sqlite_env.nat.accepted()) == 1
+
+
+def test_output_into_a_closed_pipe_ends_quietly(sqlite_env: Env) -> None:
+    """`syncd status --json | head -1`, the reader gone before syncd writes: no traceback,
+    no "Exception ignored", the command's own exit status."""
+    sqlite_env.shop.members("u1", "u2")
+    path = sqlite_env.write_config()
+    sqlite_env.cli("run-once", "--config", str(path))
+    for args in (("status", "--json"), ("history",), ("plan", "--json"), ("failures",)):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader has gone: every write gets EPIPE
+        try:
+            process = subprocess.run([sys.executable, "-m", "syncd", *args, "--config", str(path)],
+                                     cwd=sqlite_env.tmp_path, env={**_env(), **KEYS_ENV}, stdout=write_end,
+                                     stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+        finally:
+            os.close(write_end)
+        assert (process.returncode, process.stderr) == (0, ""), args
+
+
+def test_usage_errors_follow_the_log_format(sqlite_env: Env) -> None:
+    path = str(sqlite_env.write_config())
+    cases = [
+        (("frob", "--log-format", "json"), "invalid choice: 'frob'"),
+        (("--log-format", "json", "frob"), "invalid choice: 'frob'"),
+        (("resync", "--config", path, "--log-format", "json"), "arguments are required: --audience"),
+        (("approve", "--log-format=json", "--config", path), "arguments are required: --audience"),
+        (("history", "--limit", "0", "--log-format", "json"), "'0' is not a positive whole number"),
+    ]
+    for args, message in cases:
+        result = sqlite_env.cli(*args)
+        assert result.returncode == 2 and result.stdout == "", args
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, args
+        entry = json.loads(lines[0])
+        assert entry["level"] == "error" and message in entry["message"], args
+        assert entry["usage"].startswith("usage: syncd")
+    text = sqlite_env.cli("history", "--limit", "0")
+    assert text.returncode == 2
+    assert text.stderr.startswith("usage: syncd history")
+    assert "syncd history: error: argument --limit: '0' is not a positive whole number" in text.stderr

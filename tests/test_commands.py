@@ -69,11 +69,11 @@ def test_plan_counts_what_a_run_would_send_and_changes_nothing(env: Env) -> None
     plan = _json(env, "plan")
 
     nat, usercom = _pair(plan, "buyers", "nat"), _pair(plan, "buyers", "usercom")
-    assert (nat["true"], nat["false"], nat["retries"], nat["skipped_no_email"]) == (2, 1, 2, 1)
-    assert nat["samples"] == {"true": ["u4", "u6"], "false": ["u1"]}
+    assert (nat["entered"], nat["left"], nat["retries"], nat["skipped"]) == (2, 1, 2, 1)
+    assert nat["samples"] == {"entered": ["u4", "u6"], "left": ["u1"]}
     assert (nat["sends"], nat["send_seconds"]) == (3, 0.1)  # Nat's default rate_limit: 20/s
-    assert (usercom["true"], usercom["false"], usercom["retries"]) == (1, 0, 0)
-    assert usercom["samples"]["true"] == ["u6"]
+    assert (usercom["entered"], usercom["left"], usercom["retries"]) == (1, 0, 0)
+    assert usercom["samples"]["entered"] == ["u6"]
     assert (usercom["sends"], usercom["send_seconds"]) == (1, 0.5)  # rate_limit = 2/s
     assert next(a for a in plan["audiences"])["members"] == 5
     # Nothing was sent and not one row of the state database changed.
@@ -101,7 +101,7 @@ def test_plan_reports_a_failing_query_and_goes_on(sqlite_env: Env) -> None:
     plan = _json(sqlite_env, "plan")
     broken = next(a for a in plan["audiences"] if a["audience"] == "broken")
     assert "no_such_table" in broken["error"]
-    assert _pair(plan, "buyers", "nat")["true"] == 1
+    assert _pair(plan, "buyers", "nat")["entered"] == 1
     assert sqlite_env.nat.requests == 0
 
 
@@ -132,7 +132,7 @@ def test_plan_needs_no_lease_and_blocks_no_run(env: Env) -> None:
         env.shop.members("u1", "u2", "u3", "u4")
         lease = ledger.acquire_lease(engine)  # a run in progress does not stop a plan
         try:
-            assert _pair(_json(env, "plan"), "buyers", "nat")["true"] == 2
+            assert _pair(_json(env, "plan"), "buyers", "nat")["entered"] == 2
         finally:
             ledger.release_lease(engine, lease)
     finally:
@@ -160,7 +160,18 @@ def test_resync_sends_the_full_state_again_now(env: Env) -> None:
     assert _flags(env.nat.accepted()) == {"u1": True, "u2": True, "u3": False}
     assert {c: u["attributes"]["buyers"] for c, u in env.usercom.users().items()} == {"u1": True, "u2": True}
     assert [a["value_type"] for a in env.usercom.attributes() if a["name"] == "buyers"] == ["boolean"]
-    assert "usercom: 1 audience(s), 2 entered" in result.stdout
+    # Said once (in the log, as every run ends), and as what it is: values sent again.
+    assert result.stdout == ""
+    summary = [line for line in result.stderr.splitlines() if "resync buyers at" in line]
+    assert summary == [
+        "INFO resync buyers at nat: 3 acknowledged users marked to be sent again",
+        "INFO resync buyers at usercom: 2 acknowledged users marked to be sent again",
+        "INFO resync buyers at nat: resent 2 (true) / 1 (false), 3 acknowledged, 0 skipped (no email), "
+        "0 failed, 0 pending: ok",
+        "INFO resync buyers at usercom: resent 2 (true) / 0 (false), 2 acknowledged, 0 skipped (no email), "
+        "0 failed, 0 pending: ok",
+    ]
+    assert "entered" not in result.stderr
     # The marks are used up: the next run has nothing to send.
     assert all(p.sent == 0 for p in env.run(config).pairs)
 
@@ -173,7 +184,7 @@ def test_resync_of_one_destination_leaves_the_other_alone(sqlite_env: Env) -> No
     result = sqlite_env.cli("resync", "--audience", "buyers", "--destination", "nat", "--json",
                             "--config", str(sqlite_env.tmp_path / "config.toml"))
     assert result.returncode == 0, result.stderr
-    assert [p["destination"] for p in json.loads(result.stdout)["run"]["pairs"]] == ["nat"]
+    assert [p["destination"] for p in json.loads(result.stdout)["pairs"]] == ["nat"]
     assert _flags(sqlite_env.nat.accepted()) == {"u1": True, "u2": True}
     assert sqlite_env.usercom.requests == 0
 
@@ -232,7 +243,7 @@ def test_failures_groups_rejections_by_reason_and_retry_sends_them_now(env: Env)
 
     groups = _json(env, "failures")
 
-    rows = [(g["destination"], g["audience_key"], g["status"], g["reason"], g["count"]) for g in groups]
+    rows = [(g["destination"], g["audience"], g["status"], g["reason"], g["count"]) for g in groups]
     assert sorted(rows) == [
         ("nat", "buyers", 400, "HTTP 400 Bad Request: email is not valid", 2),
         ("nat", "buyers", 422, "HTTP 422 Unprocessable Entity: blocked", 1),
@@ -248,8 +259,8 @@ def test_failures_groups_rejections_by_reason_and_retry_sends_them_now(env: Env)
 
     assert retried.returncode == 0, retried.stderr
     data = json.loads(retried.stdout)
-    assert data["requeued"] == 3 and data["run"]["outcome"] == "ok"
-    assert [(p["destination"], p["acknowledged"]) for p in data["run"]["pairs"]] == [("nat", 3)]
+    assert data["requeued"] == 3 and data["outcome"] == "ok"
+    assert [(p["destination"], p["acknowledged"]) for p in data["pairs"]] == [("nat", 3)]
     assert env.usercom.requests == usercom_before  # only the pairs with failures ran
     assert _flags(env.nat.accepted()) == {u: True for u in ("u1", "u2", "u3", "u4")}
     assert _json(env, "failures") == []
@@ -294,9 +305,39 @@ def test_history_lists_recent_runs_with_their_totals(env: Env) -> None:
     latest, first = runs
     assert [first[k] for k in ("entered", "left", "sent", "acknowledged", "failed")] == [4, 0, 4, 4, 0]
     assert (latest["entered"], latest["left"], latest["acknowledged"], latest["pending"]) == (2, 2, 2, 2)
-    assert latest["run"] > first["run"] and latest["duration_s"] >= 0
-    assert [r["run"] for r in _json(env, "history", "--limit", "1")] == [latest["run"]]
+    assert latest["run_id"] > first["run_id"] and latest["duration_seconds"] >= 0
+    assert [r["run_id"] for r in _json(env, "history", "--limit", "1")] == [latest["run_id"]]
     human = env.cli("history", "--config", path).stdout.splitlines()
     assert human[0].split() == ["run", "started", "duration", "outcome", "entered", "left", "sent",
                                 "acknowledged", "skipped", "failed", "pending", "held"]
     assert human[1].split()[3] == "undelivered" and len(human) == 3
+
+
+def test_json_field_names_are_the_same_across_commands(sqlite_env: Env) -> None:
+    env = sqlite_env
+    env.shop.members("u1", "u2")
+    env.nat.fail_next(1, Fault(400, body='{"error": "no"}'))
+    env.run()
+    outputs = {
+        "status": _json(env, "status"), "plan": _json(env, "plan"), "history": _json(env, "history"),
+        "failures": _json(env, "failures"), "retry": _json(env, "retry"),
+        "resync": _json(env, "resync", "--audience", "buyers"),
+        "approve": _json(env, "approve", "--audience", "buyers"),
+    }
+    # One name per concept: the old spellings are gone from every command.
+    old = {"audience_key", "run", "true", "false", "skipped_no_email", "duration_s", "last_run",
+           "oldest_pending"}
+    for command, data in outputs.items():
+        assert not _keys(data) & old, (command, _keys(data) & old)
+    assert outputs["status"][0]["audience"] == outputs["failures"][0]["audience"] == "buyers"
+    assert outputs["resync"]["pairs"][0]["audience"] == outputs["approve"][0]["audience"] == "buyers"
+    run_ids = [outputs["history"][0]["run_id"], outputs["retry"]["run_id"], outputs["resync"]["run_id"]]
+    assert run_ids[0] == outputs["status"][0]["last_run_id"] and run_ids[1] < run_ids[2]
+
+
+def _keys(data: Any) -> set[str]:
+    if isinstance(data, dict):
+        return set(data) | {k for v in data.values() for k in _keys(v)}
+    if isinstance(data, list):
+        return {k for v in data for k in _keys(v)}
+    return set()

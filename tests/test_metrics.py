@@ -41,6 +41,19 @@ def test_run_counters_and_last_success() -> None:
     assert got['syncd_last_success_timestamp_seconds{audience="buyers",destination="nat"}'] == 1.8e9
 
 
+def test_every_run_outcome_is_declared_from_the_start() -> None:
+    got = samples(Metrics().render())
+    reports = [_report(outcome_ok=True), _report(outcome_ok=False)]
+    held = _report(outcome_ok=True)
+    held.pairs[0].outcome = "held"
+    interrupted = _report(outcome_ok=True)
+    interrupted.interrupted = True
+    outcomes = {r.outcome for r in (*reports, held, interrupted)} | {"skipped", "error"}  # scheduler's
+    assert outcomes == {"ok", "undelivered", "held", "interrupted", "skipped", "error"}
+    for outcome in outcomes:
+        assert got[f'syncd_runs_total{{outcome="{outcome}"}}'] == 0
+
+
 def test_latency_histogram_buckets_are_cumulative() -> None:
     metrics = Metrics()
     for seconds in (0.01, 0.2, 0.2, 3.0, 100.0):
