@@ -121,10 +121,10 @@ def step_plan(source: str, state: str) -> None:
 
 def _page_all(fetch: object) -> int:
     assert callable(fetch)
-    seen, after = 0, ""
+    seen, after = 0, ("", "")
     while page := fetch(after):
         seen += len(page)
-        after = page[-1].subject
+        after = page[-1].cursor
     return seen
 
 
