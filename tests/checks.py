@@ -35,3 +35,20 @@ def assert_no_stale_values(calls: list[dict[str, Any]]) -> None:
             continue  # the same change again: the destination deduplicates it
         assert message_id not in seen, f"{user}: a stale change arrived after a newer one"
         seen.append(message_id)
+
+
+def assert_message_ids_unique(calls: list[dict[str, Any]]) -> None:
+    """A messageId is never reused for different content: each one always carries the same
+    user, email and audience values (a retry repeats it exactly; anything else is new)."""
+    contents: dict[str, tuple[Any, ...]] = {}
+    for call in calls:
+        traits = call.get("traits") or {}
+        content = (call.get("userId"), call.get("anonymousId"), traits.get("email"),
+                   tuple(sorted((k, v) for k, v in traits.items() if isinstance(v, bool))))
+        assert contents.setdefault(call["messageId"], content) == content, \
+            f"{call['messageId']} was sent with {contents[call['messageId']]} and with {content}"
+
+
+def nat_flags(contacts: dict[str, dict[str, Any]], key: str = "buyers") -> dict[str, Any]:
+    """Nat's contacts (per email, as Nat keys them) -> the audience flag each holds."""
+    return {email: traits[key] for email, traits in contacts.items() if key in traits}
