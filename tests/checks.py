@@ -23,11 +23,13 @@ def view(calls: list[dict[str, Any]], universe: set[str], key: str = "buyers") -
 
 def assert_no_stale_values(calls: list[dict[str, Any]]) -> None:
     """A re-send after a crash or a timeout repeats the same message (same messageId, same
-    value); once a newer message arrived for a user, an older one never arrives again."""
+    value); once a newer message arrived for a user's record (the user at that email: Nat
+    keeps a contact per email), an older one never arrives again."""
     values: dict[str, bool] = {}
-    history: dict[str, list[str]] = {}
+    history: dict[tuple[Any, Any], list[str]] = {}
     for call in calls:
-        message_id, user = call["messageId"], call.get("userId") or call.get("anonymousId")
+        message_id = call["messageId"]
+        user = (call.get("userId") or call.get("anonymousId"), (call.get("traits") or {}).get("email"))
         value = next(v for k, v in call["traits"].items() if isinstance(v, bool))
         assert values.setdefault(message_id, value) == value, f"{message_id} carried two values"
         seen = history.setdefault(user, [])
