@@ -54,7 +54,8 @@ def deliver(engine: Engine) -> tuple[int, int]:
                 after = page[-1].cursor
                 ledger.mark_in_flight(engine, KEY, DEST, page)
                 ledger.record_outcomes(engine, KEY, DEST,
-                                       [Outcome(c.subject, c.value, acked=True, attempts=1) for c in page])
+                                       [Outcome(c.subject, c.value, ident=c.ident, acked=True, attempts=1)
+                                        for c in page])
                 done[index] += len(page)
     return done[0], done[1]
 

@@ -81,7 +81,8 @@ def _assert_nat_converged(nat: NatStandIn, members: dict[str, str]) -> None:
     held = nat_flags(nat.contacts(), KEY)
     for user, email in members.items():
         assert held.get(email) is True, f"{user} is a member: Nat must hold true at {email}"
-    ever_true = {(c.get("userId"), c["traits"]["email"]) for c in nat.accepted() if c["traits"].get(KEY) is True}
+    ever_true = {(c.get("userId"), c["traits"]["email"])
+                 for c in nat.accepted() if c["traits"].get(KEY) is True}
     for user, email in sorted(ever_true):
         if user not in members:
             assert held[email] is False, f"{user} left: Nat still holds true at {email}"
