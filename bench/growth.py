@@ -51,10 +51,11 @@ def deliver(engine: Engine) -> tuple[int, int]:
         for index, value in enumerate((True, False)):
             after = ""
             while page := work.page(value, after, PAGE):
-                after = page[-1].subject
+                after = page[-1].cursor
                 ledger.mark_in_flight(engine, KEY, DEST, page)
                 ledger.record_outcomes(engine, KEY, DEST,
-                                       [Outcome(c.subject, c.value, acked=True, attempts=1) for c in page])
+                                       [Outcome(c.subject, c.value, ident=c.ident, acked=True, attempts=1)
+                                        for c in page])
                 done[index] += len(page)
     return done[0], done[1]
 

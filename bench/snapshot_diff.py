@@ -65,9 +65,9 @@ def step_setup(source: str, state: str, members: int, churn: float) -> None:
     full = time.perf_counter() - started
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            "INSERT INTO ledger (audience_key, destination, subject, user_id, email, acked, seq, "
-            "maybe_true, maybe_false, attempts, failed) SELECT audience_key, 'nat', subject, user_id, "
-            "email, true, 1, false, false, 0, false FROM member"
+            "INSERT INTO ledger (audience_key, destination, ident, subject, user_id, email, nonce, "
+            "acked, seq, maybe_true, maybe_false, attempts, failed) SELECT audience_key, 'nat', email, "
+            "subject, user_id, email, '', true, 1, false, false, 0, false FROM member"
         )
     if engine.dialect.name == "postgresql":
         # Runs are hours apart, so the server has long flushed this setup's writes by the
@@ -121,10 +121,10 @@ def step_plan(source: str, state: str) -> None:
 
 def _page_all(fetch: object) -> int:
     assert callable(fetch)
-    seen, after = 0, ""
+    seen, after = 0, ("", "")
     while page := fetch(after):
         seen += len(page)
-        after = page[-1].subject
+        after = page[-1].cursor
     return seen
 
 

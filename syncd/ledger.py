@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,6 +40,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    tuple_,
     union_all,
     update,
 )
@@ -274,27 +276,45 @@ def _has_email(members: Table = M) -> ColumnElement[bool]:
     return and_(members.c.email.is_not(None), members.c.email != "")
 
 
-def _changes(audience_key: str, destination: str, needs_email: bool, members: Table = M) -> Any:
-    """The diff of one pair, one row per change a run would make: (subject, value, sendable,
-    failed, tried, pending_since). `value` is true for an enter, false for a leave; an enter
-    is not sendable to a destination that needs an email the member lacks (skipped).
+def _ident(needs_email: bool, members: Table = M) -> ColumnElement[str]:
+    """A member's key at the destination, as the ledger's `ident`: the email where the
+    destination keys by it (Nat), else "" (the subject is the key)."""
+    return func.coalesce(members.c.email, "") if needs_email else literal("")
 
-    Both sides read their whole table once, in key order: members joined to the ledger for
-    the enters, the pair's ledger rows anti-joined to the members for the leaves."""
+
+def _current(members: Table = M) -> ColumnElement[bool]:
+    """The ledger row is the one a member's value goes to: the member's subject, and its
+    current email at a destination keyed by email ("" rows: keyed by the subject). Rows of
+    a member's earlier emails are not: they keep what they hold until the user leaves."""
+    m = members.c
+    return exists().where(m.audience_key == L.c.audience_key, m.subject == L.c.subject,
+                          or_(L.c.ident == "", L.c.ident == m.email))
+
+
+def _changes(audience_key: str, destination: str, needs_email: bool, members: Table = M) -> Any:
+    """The diff of one pair, one row per change a run would make: (subject, ident, value,
+    sendable, failed, tried, pending_since). `value` is true for an enter, false for a leave;
+    an enter is not sendable to a destination that needs an email the member lacks (skipped).
+
+    Both sides read their whole table once, in key order: members joined to the ledger row
+    of their current ident for the enters, the pair's ledger rows anti-joined to the members
+    for the leaves: a user who left gets `false` at every ident (email) that may hold `true`."""
     m = members.c
     failed = func.coalesce(L.c.failed, false())
     tried = or_(L.c.pending.is_not(None), failed)
+    ident = _ident(needs_email, members)
     enters = (
-        select(m.subject, true().label("value"),
+        select(m.subject, ident.label("ident"), true().label("value"),
                (_has_email(members) if needs_email else true()).label("sendable"),
                failed.label("failed"), tried.label("tried"), L.c.pending_since)
         .select_from(members.outerjoin(L, and_(L.c.audience_key == m.audience_key,
                                                L.c.destination == destination,
+                                               L.c.ident == ident,
                                                L.c.subject == m.subject)))
         .where(m.audience_key == audience_key, _enter_condition())
     )
     leaves = (
-        select(L.c.subject, false(), true(), failed, tried, L.c.pending_since)
+        select(L.c.subject, L.c.ident, false(), true(), failed, tried, L.c.pending_since)
         .where(L.c.audience_key == audience_key, L.c.destination == destination, _leave_condition(),
                not_(_is_member(audience_key, members)))
     )
@@ -340,6 +360,7 @@ def plan_counts(conn: Connection, audience_key: str, destination: str, needs_ema
 WORK = Table(
     "syncd_work", MetaData(),
     Column("value", Boolean, primary_key=True), Column("subject", Text, primary_key=True),
+    Column("ident", Text, primary_key=True),
     Column("sendable", Boolean, nullable=False), Column("failed", Boolean, nullable=False),
     Column("tried", Boolean, nullable=False), Column("pending_since", UTCDateTime()),
     prefixes=["TEMPORARY"],
@@ -367,7 +388,7 @@ class WorkList:
         WORK.drop(conn, checkfirst=True)  # left over on a pooled connection
         WORK.create(conn)
         conn.execute(insert(WORK).from_select(
-            ["subject", "value", "sendable", "failed", "tried", "pending_since"],
+            ["subject", "ident", "value", "sendable", "failed", "tried", "pending_since"],
             _changes(self.audience_key, self.destination, self.needs_email, self.members)))
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"ANALYZE {WORK.name}")  # temporary tables get no statistics otherwise
@@ -391,37 +412,45 @@ class WorkList:
     def __exit__(self, *exc: object) -> None:
         self.drop()
 
-    def page(self, value: bool, after: str, limit: int) -> list[Change]:
-        """The next changes (by subject, after `after`): enters (`value` true) that can be
-        sent, or leaves; at most `limit`, with each user's data and messageId seq."""
+    def page(self, value: bool, after: tuple[str, str] | str, limit: int) -> list[Change]:
+        """The next changes (by subject and ident, after `after`: "" or the last page's
+        last `Change.cursor`): enters (`value` true) that can be sent, or leaves; at most
+        `limit`, with each user's data and messageId seq and nonce. An enter without a
+        ledger row yet gets a new nonce here; mark_in_flight stores it with the row."""
         w = WORK.c
         ledger_row = and_(L.c.audience_key == self.audience_key, L.c.destination == self.destination,
-                          L.c.subject == w.subject)
-        page = and_(w.value == value, w.subject > after)
+                          L.c.ident == w.ident, L.c.subject == w.subject)
+        cursor = (after, "") if isinstance(after, str) else after
+        page = and_(w.value == value, tuple_(w.subject, w.ident) > tuple_(*cursor))
+        order = (w.subject, w.ident)
         if value:
             m = self.members.c
             members = and_(m.audience_key == self.audience_key, m.subject == w.subject)
             enters = (
-                select(m.subject, m.user_id, m.anonymous_id, m.email, m.url, m.traits, _change_seq(True))
+                select(m.subject, m.user_id, m.anonymous_id, m.email, m.url, m.traits, _change_seq(True),
+                       w.ident, L.c.nonce)
                 .select_from(WORK.join(self.members, members).outerjoin(L, ledger_row))
                 .where(page, w.sendable == true())
             )
-            rows = self._read(enters.order_by(w.subject).limit(limit))
+            rows = self._read(enters.order_by(*order).limit(limit))
             return [Enter(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], url=r[4],
-                          traits=json.loads(r[5]) if r[5] else {}, seq=r[6]) for r in rows]
+                          traits=json.loads(r[5]) if r[5] else {}, seq=r[6], ident=r[7],
+                          nonce=r[8] if r[8] is not None else new_nonce()) for r in rows]
         leaves = (
-            select(L.c.subject, L.c.user_id, L.c.anonymous_id, L.c.email, _change_seq(False))
+            select(L.c.subject, L.c.user_id, L.c.anonymous_id, L.c.email, _change_seq(False),
+                   L.c.ident, L.c.nonce)
             .select_from(WORK.join(L, ledger_row))
             .where(page)
         )
-        rows = self._read(leaves.order_by(w.subject).limit(limit))
-        return [Leave(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], seq=r[4]) for r in rows]
+        rows = self._read(leaves.order_by(*order).limit(limit))
+        return [Leave(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], seq=r[4], ident=r[5],
+                      nonce=r[6]) for r in rows]
 
     def leaves_left(self) -> int:
         """Leaves of the list the destination has still not acknowledged."""
         query = select(func.count()).select_from(WORK.join(L, and_(
             L.c.audience_key == self.audience_key, L.c.destination == self.destination,
-            L.c.subject == WORK.c.subject,
+            L.c.ident == WORK.c.ident, L.c.subject == WORK.c.subject,
         ))).where(WORK.c.value == false(), _leave_condition())
         return self.conn.scalar(query) or 0
 
@@ -430,6 +459,11 @@ class WorkList:
         rows = list(self.conn.execute(query))
         self.conn.commit()
         return rows
+
+
+def new_nonce() -> str:
+    """A ledger row's random token (64 bits): two rows of one subject never share one."""
+    return secrets.token_hex(8)
 
 
 def _change_seq(value: bool) -> Any:
@@ -451,14 +485,14 @@ def mark_in_flight(engine: Engine, audience_key: str, destination: str, changes:
     at = now()
     rows = [
         {"audience_key": audience_key, "destination": destination, "subject": c.subject,
-         "user_id": c.user_id, "anonymous_id": c.anonymous_id, "email": c.email,
-         "pending": c.value, "in_flight": c.value, "pending_since": at, "seq": c.seq}
+         "ident": c.ident, "nonce": c.nonce, "user_id": c.user_id, "anonymous_id": c.anonymous_id,
+         "email": c.email, "pending": c.value, "in_flight": c.value, "pending_since": at, "seq": c.seq}
         for c in changes
     ]
     with engine.begin() as conn:
         stmt = _upsert(conn, L)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[L.c.audience_key, L.c.destination, L.c.subject],
+        stmt = stmt.on_conflict_do_update(  # the nonce stays what the row was created with
+            index_elements=[L.c.audience_key, L.c.destination, L.c.ident, L.c.subject],
             set_={
                 "user_id": stmt.excluded.user_id,
                 "anonymous_id": stmt.excluded.anonymous_id,
@@ -479,6 +513,7 @@ class Outcome:
     subject: str
     value: bool
     acked: bool = False
+    ident: str = ""  # the change's ledger row is (subject, ident)
     attempts: int = 0
     rejected: bool = False  # the destination refused this change (4xx): retried next run
     uncertain: bool = False  # it may have been applied (timeout after sending)
@@ -490,20 +525,21 @@ def _where_subject(audience_key: str, destination: str) -> ColumnElement[bool]:
     return and_(
         L.c.audience_key == audience_key,
         L.c.destination == destination,
+        L.c.ident == bindparam("b_ident"),
         L.c.subject == bindparam("b_subject"),
     )
 
 
 def record_outcomes(engine: Engine, audience_key: str, destination: str, outcomes: Sequence[Outcome]) -> None:
     at = now()
-    acked = [{"b_subject": o.subject, "b_value": o.value} for o in outcomes if o.acked]
+    acked = [{"b_subject": o.subject, "b_ident": o.ident, "b_value": o.value} for o in outcomes if o.acked]
     others = [
-        {"b_subject": o.subject, "b_attempts": o.attempts, "b_failed": o.rejected,
+        {"b_subject": o.subject, "b_ident": o.ident, "b_attempts": o.attempts, "b_failed": o.rejected,
          "b_status": o.status, "b_error": (o.error or "")[:500] or None,
          "b_maybe_true": o.uncertain and o.value, "b_maybe_false": o.uncertain and not o.value}
         for o in outcomes if not o.acked and (o.attempts or o.rejected)
     ]
-    untried = [{"b_subject": o.subject} for o in outcomes
+    untried = [{"b_subject": o.subject, "b_ident": o.ident} for o in outcomes
                if not o.acked and not o.attempts and not o.rejected]
     where = _where_subject(audience_key, destination)
     with engine.begin() as conn:
@@ -555,6 +591,26 @@ def recover_in_flight(engine: Engine) -> int:
             )
         )
         return result.rowcount or 0
+
+
+def adopt_idents(engine: Engine, pairs: Iterable[tuple[str, str]]) -> int:
+    """Rows written before migration 0003 have ident "". At a destination keyed by email (the
+    given (audience, destination) pairs) a row's ident is the email its values went to: set
+    it, so those rows are the members' current rows, not strangers. One index range per
+    pair (ident "" comes first in the key), so once adopted this costs nothing."""
+    other = L.alias("other")
+    adopted = 0
+    with engine.begin() as conn:
+        for audience_key, destination in pairs:
+            taken = exists().where(other.c.audience_key == L.c.audience_key,
+                                   other.c.destination == L.c.destination,
+                                   other.c.ident == L.c.email, other.c.subject == L.c.subject)
+            adopted += conn.execute(
+                update(L).where(L.c.audience_key == audience_key, L.c.destination == destination,
+                                L.c.ident == "", L.c.email.is_not(None), L.c.email != "", ~taken)
+                .values(ident=L.c.email)
+            ).rowcount or 0
+    return adopted
 
 
 def attribute_ensured(conn: Connection, destination: str, audience_key: str) -> bool:
@@ -677,9 +733,8 @@ def _settled_false(before: datetime) -> ColumnElement[bool]:
     a member. For the diff such a row and no row are the same: a member with either needs
     `true` (_enter_condition: acked false / acked NULL), a non-member with either needs
     nothing (_leave_condition needs acked true or maybe_true). Only rows acknowledged
-    before `before` go: the user's next `true` then starts again at seq 0, so its
-    messageId repeats one sent more than a retention period ago, well outside any
-    destination's de-duplication window."""
+    before `before` go. The user's next `true` starts again at seq 0, in a new row with a
+    new nonce, so its messageId differs from every earlier one."""
     return and_(
         L.c.acked == false(), L.c.acked_at < before, L.c.pending.is_(None), L.c.in_flight.is_(None),
         L.c.maybe_true == false(), L.c.maybe_false == false(), L.c.failed == false(),
@@ -834,9 +889,10 @@ def mark_resync(engine: Engine, audience_key: str, destination: str) -> int:
 
 
 def _still_work(audience_key: str | ColumnElement[str]) -> ColumnElement[bool]:
-    """A ledger row a run would still send: an enter for a member, a leave for a non-member."""
-    member = _is_member(audience_key)
-    return or_(and_(member, _enter_condition()), and_(not_(member), _leave_condition()))
+    """A ledger row a run would still send: an enter for a member (at its current email, where
+    the destination keys by email), a leave for a non-member."""
+    return or_(and_(_current(), _enter_condition()),
+               and_(not_(_is_member(audience_key)), _leave_condition()))
 
 
 @dataclass

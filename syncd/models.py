@@ -7,6 +7,12 @@ work is exactly where they differ, and `acked` moves only after a 2xx.
 A send whose outcome is unknown (a timeout after the request left, a crash while
 it was in flight) may still have been applied, so the ledger also remembers which
 values the destination *may* hold (`maybe_true` / `maybe_false`) until the next ack.
+
+Identity: a destination keys its records by its own identifier. Nat keys contacts by email,
+so its ledger rows are per (subject, email) (`ident` = the email): a member whose email
+changes gets a new row (and `true` under the new email), and the old row remembers what
+the old email holds until the user leaves and every such email gets `false`. User.com keys
+by the subject itself: `ident` is "" and there is one row per subject.
 """
 
 from __future__ import annotations
@@ -64,10 +70,18 @@ class Ledger(SQLModel, table=True):
     __table_args__ = (Index("ix_ledger_acked", "audience_key", "destination", "acked"),)
     audience_key: str = Field(primary_key=True)
     destination: str = Field(primary_key=True)
+    # The destination's key for the user when it is not the subject: the email at Nat, ""
+    # where the destination keys by the subject (User.com). Before `subject` in the key, so
+    # the legacy rows of a destination (ident "", see migration 0003) are one index range.
+    ident: str = Field(default="", primary_key=True)
     subject: str = Field(primary_key=True)
     user_id: str | None = None
     anonymous_id: str | None = None
     email: str | None = None
+    # Random, made when the row is created and never changed: part of every messageId, so a
+    # row deleted by retention and created again (seq back at 0) never repeats an old id.
+    # "" on rows older than migration 0003 (their ids keep the material they had).
+    nonce: str = ""
     acked: bool | None = None  # value the destination acknowledged; None = never
     seq: int = 0  # number of acknowledged changes; part of the messageId
     acked_at: datetime | None = Field(default=None, sa_column=_ts())

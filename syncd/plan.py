@@ -52,16 +52,27 @@ class Change:
     user_id: str | None
     anonymous_id: str | None
     email: str | None
-    seq: int  # acknowledged changes so far for this subject at this destination
+    seq: int  # acknowledged changes so far for this subject (and ident) at this destination
     value: bool
     url: str | None = None
     traits: dict[str, Any] = field(default_factory=dict)
+    ident: str = ""  # the ledger row's destination-side key: the email at Nat, else ""
+    nonce: str = ""  # the ledger row's random token, made when the row was created
+
+    @property
+    def cursor(self) -> tuple[str, str]:
+        """Where a page of changes ends (WorkList.page's `after`)."""
+        return self.subject, self.ident
 
     def message_id(self, audience_key: str, destination: str) -> str:
-        """Same change, same id on every retry; the next change gets a new one."""
-        material = "\x1f".join(
-            (audience_key, destination, self.subject, str(self.seq), "1" if self.value else "0")
-        )
+        """Same change, same id on every retry; the next change gets a new one. The ledger
+        row's ident and nonce make ids unique for the life of a destination: another email
+        of the same user, or the row created again after retention deleted it, never
+        repeats an id. (Rows from before the nonce keep the material they had.)"""
+        parts = [audience_key, destination, self.subject, str(self.seq), "1" if self.value else "0"]
+        if self.nonce:
+            parts += [self.ident, self.nonce]
+        material = "\x1f".join(parts)
         return "syncd-" + hashlib.sha256(material.encode()).hexdigest()[:32]
 
 

@@ -103,7 +103,14 @@ class Options:
 def open_state(config: Config) -> Engine:
     engine = create_state_engine(config.state_url, pool_size=5 + PAIRS_AT_ONCE * len(config.destinations))
     migrate(engine)
+    ledger.adopt_idents(engine, _email_pairs(config))
     return engine
+
+
+def _email_pairs(config: Config) -> list[tuple[str, str]]:
+    """The (audience, destination) pairs whose destination keys its users by email (Nat)."""
+    keyed = {name for name, dest in config.destinations.items() if make_destination(dest).needs_email}
+    return [(a.key, name) for a in config.audiences for name in a.destinations if name in keyed]
 
 
 def run_once(config: Config, options: Options | None = None, engine: Engine | None = None) -> RunReport:
@@ -346,13 +353,13 @@ class _Delivery:
         whose snapshots took longer than the limit."""
         key, first = work.audience_key, True
         for value in (True, False) if leaves else (True,):
-            after = ""
+            after: tuple[str, str] | str = ""
             while not self.sender.interrupted():
                 page = work.page(value, after, PAGE_SIZE)
                 if not page or (not first and self._out_of_time()):
                     break
                 first = False
-                after = page[-1].subject
+                after = page[-1].cursor
                 ledger.mark_in_flight(self.engine, key, self.name, page)
                 outcomes = await asyncio.gather(*(self._send(key, change, task) for change in page))
                 ledger.record_outcomes(self.engine, key, self.name, outcomes)
@@ -368,11 +375,12 @@ class _Delivery:
         message = identify(change, key, self.name, self.destination.integration, self.snapshot_at)
         size = size_of(message)
         if size > MAX_MESSAGE_BYTES:
-            return Outcome(change.subject, change.value, rejected=True,
+            return Outcome(change.subject, change.value, ident=change.ident, rejected=True,
                            error=f"message is {size} bytes, over the 32 KB limit: not sent")
         result = await self.sender.call(self.destination.request(message, key))
         return Outcome(
-            subject=change.subject, value=change.value, acked=result.verdict is Verdict.ACK,
+            subject=change.subject, value=change.value, ident=change.ident,
+            acked=result.verdict is Verdict.ACK,
             attempts=result.attempts, rejected=result.verdict is Verdict.REJECT,
             uncertain=result.uncertain, status=result.status, error=result.error,
         )

@@ -23,11 +23,13 @@ def view(calls: list[dict[str, Any]], universe: set[str], key: str = "buyers") -
 
 def assert_no_stale_values(calls: list[dict[str, Any]]) -> None:
     """A re-send after a crash or a timeout repeats the same message (same messageId, same
-    value); once a newer message arrived for a user, an older one never arrives again."""
+    value); once a newer message arrived for a user's record (the user at that email: Nat
+    keeps a contact per email), an older one never arrives again."""
     values: dict[str, bool] = {}
-    history: dict[str, list[str]] = {}
+    history: dict[tuple[Any, Any], list[str]] = {}
     for call in calls:
-        message_id, user = call["messageId"], call.get("userId") or call.get("anonymousId")
+        message_id = call["messageId"]
+        user = (call.get("userId") or call.get("anonymousId"), (call.get("traits") or {}).get("email"))
         value = next(v for k, v in call["traits"].items() if isinstance(v, bool))
         assert values.setdefault(message_id, value) == value, f"{message_id} carried two values"
         seen = history.setdefault(user, [])
@@ -35,3 +37,20 @@ def assert_no_stale_values(calls: list[dict[str, Any]]) -> None:
             continue  # the same change again: the destination deduplicates it
         assert message_id not in seen, f"{user}: a stale change arrived after a newer one"
         seen.append(message_id)
+
+
+def assert_message_ids_unique(calls: list[dict[str, Any]]) -> None:
+    """A messageId is never reused for different content: each one always carries the same
+    user, email and audience values (a retry repeats it exactly; anything else is new)."""
+    contents: dict[str, tuple[Any, ...]] = {}
+    for call in calls:
+        traits = call.get("traits") or {}
+        content = (call.get("userId"), call.get("anonymousId"), traits.get("email"),
+                   tuple(sorted((k, v) for k, v in traits.items() if isinstance(v, bool))))
+        assert contents.setdefault(call["messageId"], content) == content, \
+            f"{call['messageId']} was sent with {contents[call['messageId']]} and with {content}"
+
+
+def nat_flags(contacts: dict[str, dict[str, Any]], key: str = "buyers") -> dict[str, Any]:
+    """Nat's contacts (per email, as Nat keys them) -> the audience flag each holds."""
+    return {email: traits[key] for email, traits in contacts.items() if key in traits}

@@ -84,25 +84,27 @@ def test_the_work_list_pages_every_change_once_and_counts_like_status(engine: En
     ledger.replace_members(engine, "a", snapshot(ids), SnapshotCounts())
     since = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
     with engine.begin() as conn:  # the destination holds `true` for every third member
-        conn.execute(L.insert(), [
+        conn.execute(L.insert(), [  # Nat keys by email: a row per (subject, email)
             {"audience_key": "a", "destination": "nat", "subject": f"u:{i}", "acked": True, "seq": 1,
+             "ident": snapshot([i])[0].email or "",
              "maybe_true": False, "maybe_false": False, "attempts": 0, "failed": False}
             for i in ids[::3]
         ])
         # a rejected enter and a leave still pending since an earlier run
         conn.execute(L.insert(), {"audience_key": "a", "destination": "nat", "subject": "u:01",
+                                  "ident": "01@x.io",
                                   "pending": True, "failed": True, "pending_since": since,
                                   "maybe_true": False, "maybe_false": False, "attempts": 3, "seq": 0})
         conn.execute(L.update().where(L.c.subject == "u:12").values(pending=False, pending_since=since))
     staying = [i for n, i in enumerate(ids) if n % 4]  # every fourth member leaves
     ledger.replace_members(engine, "a", snapshot(staying), SnapshotCounts())
 
-    def walk(fetch: Callable[[str], list[Change]]) -> list[str]:
-        seen, after = [], ""
+    def walk(fetch: Callable[[tuple[str, str]], list[Change]]) -> list[str]:
+        seen, after = [], ("", "")
         while page := fetch(after):
             assert len(page) <= 5
             seen += [c.subject for c in page]
-            after = page[-1].subject
+            after = page[-1].cursor
         return seen
 
     with engine.connect() as conn:

@@ -55,6 +55,9 @@ def test_retention_prunes_old_history_and_settled_rows_but_keeps_what_matters(en
     nat_calls = len(env.nat.accepted())
     _run_at(env, "11-11", buyers)
     assert [(c["userId"], c["traits"]["buyers"]) for c in env.nat.accepted()[nat_calls:]] == [("u2", True)]
+    # ... under a messageId never used before (its first `true` had seq 0 too)
+    earlier = {c["messageId"] for c in env.nat.accepted()[:nat_calls]}
+    assert env.nat.accepted()[-1]["messageId"] not in earlier
     assert _state(env)[1] == {"u:u1": True, "u:u2": True, "u:u3": False}
 
 
