@@ -594,7 +594,7 @@ def recover_in_flight(engine: Engine) -> int:
 
 
 def adopt_idents(engine: Engine, pairs: Iterable[tuple[str, str]]) -> int:
-    """Rows written before migration 0003 have ident "". At a destination keyed by email (the
+    """Rows written before migration 0004 have ident "". At a destination keyed by email (the
     given (audience, destination) pairs) a row's ident is the email its values went to: set
     it, so those rows are the members' current rows, not strangers. One index range per
     pair (ident "" comes first in the key), so once adopted this costs nothing."""

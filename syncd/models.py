@@ -72,7 +72,7 @@ class Ledger(SQLModel, table=True):
     destination: str = Field(primary_key=True)
     # The destination's key for the user when it is not the subject: the email at Nat, ""
     # where the destination keys by the subject (User.com). Before `subject` in the key, so
-    # the legacy rows of a destination (ident "", see migration 0003) are one index range.
+    # the legacy rows of a destination (ident "", see migration 0004) are one index range.
     ident: str = Field(default="", primary_key=True)
     subject: str = Field(primary_key=True)
     user_id: str | None = None
@@ -80,7 +80,7 @@ class Ledger(SQLModel, table=True):
     email: str | None = None
     # Random, made when the row is created and never changed: part of every messageId, so a
     # row deleted by retention and created again (seq back at 0) never repeats an old id.
-    # "" on rows older than migration 0003 (their ids keep the material they had).
+    # "" on rows older than migration 0004 (their ids keep the material they had).
     nonce: str = ""
     acked: bool | None = None  # value the destination acknowledged; None = never
     seq: int = 0  # number of acknowledged changes; part of the messageId

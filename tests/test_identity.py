@@ -102,7 +102,7 @@ def test_an_email_changing_back_sends_nothing_and_user_com_keeps_one_row(env: En
                                         ("usercom", "")]
 
 
-# --- upgrading a state database from before migration 0003 ---------------------------------
+# --- upgrading a state database from before migration 0004 ---------------------------------
 
 LEGACY_COLUMNS = ("audience_key, destination, subject, user_id, email, acked, seq, pending, in_flight, "
                   "maybe_true, maybe_false, attempts, failed")

@@ -6,8 +6,8 @@ process that opens the state with its config gives the rows of such destinations
 email (syncd.ledger.adopt_idents). Existing rows get nonce "": their messageIds keep the
 material they had, so a change pending across the upgrade is re-sent with the same id.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-28 20:40:00.000000
 """
 import warnings
@@ -22,8 +22,8 @@ from alembic.operations import BatchOperations
 import syncd.models
 
 
-revision: str = '0003'
-down_revision: str | None = '0002'
+revision: str = '0004'
+down_revision: str | None = '0003'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
