@@ -99,8 +99,16 @@ table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
 th,td{padding:5px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
 th:first-child,td:first-child,th.l,td.l{text-align:left}
 th{background:#f4f4f6;font-weight:600}
+@media (max-width:600px){
+#pairs thead{display:none}
+#pairs,#pairs tbody,#pairs tr{display:block}
+#pairs tr{border:1px solid #ddd;border-radius:6px;margin:0 0 10px;padding:4px 0}
+#pairs td{display:flex;justify-content:space-between;gap:12px;border:0;padding:3px 10px;
+white-space:normal;overflow-wrap:anywhere;text-align:right}
+#pairs td::before{content:attr(data-label);color:#666;font-weight:400;text-align:left;white-space:nowrap}
+}
 .ok{color:#1e7b34}.bad{color:#b42318;font-weight:600}.warn{color:#a15c00;font-weight:600}
-svg{width:100%;height:auto;max-height:220px;display:block}
+svg{width:100%;height:auto;max-height:240px;display:block}
 .legend span{display:inline-block;margin-right:12px;font-size:.85em}
 .legend i{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}
 """
@@ -143,10 +151,12 @@ def _pairs_table(data: PageData) -> str:
     def rows() -> Iterator[list[str]]:
         for p in data.pairs:
             age = _age(data.now, p.oldest_pending) if p.pending and p.oldest_pending else "-"
-            yield [_td(p.audience, "l"), _td(p.destination, "l"), _td(p.members), _td(p.acknowledged),
-                   _td(p.pending, "warn" if p.pending else ""), _td(age),
-                   _td(p.failed, "bad" if p.failed else ""), _td(p.held_exits, "bad" if p.held_exits else ""),
-                   _outcome(p.last_outcome)]
+            cells = [_td(p.audience, "l"), _td(p.destination, "l"), _td(p.members), _td(p.acknowledged),
+                     _count(p.pending, "warn"), _td(age), _count(p.failed, "bad"),
+                     _count(p.held_exits, "bad"), _outcome(p.last_outcome)]
+            # On a phone each pair becomes a card: the cell's header shows beside its value.
+            yield [cell.replace("<td", f'<td data-label="{escape(h)}"', 1) for cell, h in zip(cells, headers,
+                                                                                                 strict=True)]
 
     return _table(headers, rows(), "pairs")
 
@@ -156,8 +166,8 @@ def _runs_table(runs: list[RunRow]) -> str:
 
     def rows() -> Iterator[list[str]]:
         for r in runs:
-            yield [_td(r.run), _td(r.started_at.strftime("%Y-%m-%d %H:%MZ"), "l"), _outcome(r.outcome),
-                   _td(r.sent), _td(r.acknowledged), _td(r.failed, "bad" if r.failed else ""),
+            yield [_td(r.run), _td(r.started_at.strftime("%d %b %H:%MZ"), "l"), _outcome(r.outcome),
+                   _td(r.sent), _td(r.acknowledged), _count(r.failed, "bad"),
                    _td(r.pending), _td(r.held)]
 
     return _table(headers, rows(), "runs")
@@ -168,24 +178,36 @@ def _td(value: object, css: str = "") -> str:
     return f"<td{cls}>{escape(str(value))}</td>"
 
 
+def _count(value: int, css: str) -> str:
+    """A count, highlighted when not zero."""
+    return _td(value, css if value else "")
+
+
 def _outcome(outcome: str | None) -> str:
     if outcome is None:
         return _td("-", "l")
     return _td(outcome, "l " + ("ok" if outcome == "ok" else "bad"))
 
 
+_LABEL = 'font-size="16" text-anchor="end" fill="#666"'
+
+
 def _chart(runs: list[RunRow]) -> str:
     """Grouped bars per run, oldest on the left: sent, acknowledged, failed."""
     ordered = list(reversed(runs))
-    bar, gap, height, top = 6, 8, 120, 6
+    bar, gap, height, top, axis = 6, 8, 160, 10, 44
     group = bar * len(CHART_SERIES) + gap
-    width = max(group * len(ordered), 200)
+    slots = max(len(ordered), RUNS_SHOWN)  # fixed slots, newest on the right: bars keep their width
+    width = axis + group * slots
     peak = max((max(r.sent, r.acknowledged, r.failed) for r in ordered), default=0) or 1
-    parts = [f'<svg id="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height + top + 14}" '
+    parts = [f'<svg id="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height + top + 4}" '
              'role="img" aria-label="sent, acknowledged and failed changes per run">',
-             f'<line x1="0" y1="{height + top}" x2="{width}" y2="{height + top}" stroke="#999"/>']
+             f'<line x1="{axis}" y1="{height + top}" x2="{width}" y2="{height + top}" stroke="#999"/>',
+             f'<line x1="{axis}" y1="{top}" x2="{width}" y2="{top}" stroke="#eee"/>',
+             f'<text x="{axis - 4}" y="{top + 12}" {_LABEL}>{peak}</text>',
+             f'<text x="{axis - 4}" y="{height + top}" {_LABEL}>0</text>']
     for i, run in enumerate(ordered):
-        x = i * group + gap / 2
+        x = axis + (slots - len(ordered) + i) * group + gap / 2
         parts.append(f"<g><title>run {run.run}: {run.sent} sent, {run.acknowledged} acknowledged, "
                      f"{run.failed} failed</title>")
         for j, (name, colour) in enumerate(CHART_SERIES):
@@ -194,7 +216,7 @@ def _chart(runs: list[RunRow]) -> str:
             parts.append(f'<rect class="{name}" x="{x + j * bar}" y="{round(height + top - h, 1)}" '
                          f'width="{bar - 1}" height="{h}" fill="{colour}"/>')
         parts.append("</g>")
-    parts.append(f'<text x="2" y="{top + 8}" font-size="9" fill="#666">{peak}</text></svg>')
+    parts.append("</svg>")
     legend = "".join(f'<span><i style="background:{c}"></i>{n}</span>' for n, c in CHART_SERIES)
     return "".join(parts) + f'<p class="legend">{legend}</p>'
 

@@ -132,7 +132,7 @@ def test_render_is_escaped_self_contained_and_phone_ready() -> None:
     html = render(_data())
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
     assert '<meta http-equiv="refresh" content="30">' in html
-    assert "<td class=\"l\">&lt;b&gt;&amp;co</td>" in html and "<b>&co" not in html
+    assert '<td data-label="Destination" class="l">&lt;b&gt;&amp;co</td>' in html and "<b>&co" not in html
     assert "7h05m" in html  # the oldest pending change's age
     assert html.count("<rect ") == 9  # 3 runs x sent/acknowledged/failed
     assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
