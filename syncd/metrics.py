@@ -276,8 +276,9 @@ class _IPv6Server(ThreadingHTTPServer):
 
 def _routes(metrics: Metrics, endpoints: Endpoints) -> dict[str, Callable[[], Response]]:
     def healthz() -> tuple[int, str]:
-        alive = endpoints.alive()
-        return (200, "ok\n") if alive else (503, "not alive: the scheduler stopped ticking\n")
+        if endpoints.alive():
+            return 200, "ok\n"
+        return 503, "not alive: the scheduler has not ticked lately (starting, stopping or wedged)\n"
 
     def readyz() -> tuple[int, str]:
         reason = endpoints.ready()
