@@ -16,8 +16,11 @@ from syncd.db import create_state_engine, migrate
 from syncd.metrics import Endpoints, Metrics, MetricsServer
 from syncd.page import PageData, PairRow, RunRow, render
 from syncd.probes import Cached, Liveness, readiness
+from syncd.scheduler import _start_scheduler
+from syncd.sync import open_state
 
 from conftest import Env, audience_toml, free_port, samples
+from conftest import wait_for as wait_for_condition
 
 Serve = Callable[..., str]
 
@@ -76,6 +79,24 @@ def test_liveness_goes_stale_when_the_scheduler_stops_ticking() -> None:
     now[0] += 59
     assert pulse()
     now[0] += 2
+    assert not pulse()
+
+
+def test_the_scheduler_ticks_the_pulse_once_it_runs(sqlite_env: Env) -> None:
+    now = [0.0]
+    pulse = Liveness(clock=lambda: now[0], stale_after=60)
+    config = sqlite_env.config()
+    engine = open_state(config)
+    scheduler, _ = _start_scheduler(config, engine, lambda: None, pulse)
+    try:
+        assert not pulse()  # paused: READY is not sent yet, nothing ticks
+        scheduler.resume()
+        wait_for_condition(lambda: pulse.last_tick is not None, what="the first tick")
+        assert pulse()
+    finally:
+        scheduler.shutdown(wait=True)
+        engine.dispose()
+    now[0] = 61.0  # a minute without a tick (the scheduler is gone): not alive
     assert not pulse()
 
 
