@@ -14,6 +14,11 @@ What is exposed (all prefixed `syncd_`):
     oldest_pending_age_seconds{audience,destination}    gauge (0 when nothing is pending)
     last_success_timestamp_seconds{audience,destination}  gauge, unix seconds
     build_info{version}                                 gauge, always 1
+    last_run_timestamp_seconds                          gauge, when the latest run started (ledger)
+    held_exits{audience,destination}                    gauge, exits the pair's latest run held
+    destination_key_refused{destination}                gauge, 1: its latest run stopped, key refused
+
+The same server answers /healthz, /readyz and serves the status page at / (syncd.page).
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import __version__, ledger
 from syncd.config import Config, MetricsConfig
@@ -41,6 +48,10 @@ log = logging.getLogger("syncd")
 # each series exists from the start, so an alert on its increase() sees the first one.
 RUN_OUTCOMES = ("ok", "held", "undelivered", "interrupted", "skipped", "error")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HTML_TYPE = "text/html; charset=utf-8"
+# The page needs nothing from anywhere: inline styles and data: images only.
+PAGE_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+               "form-action 'none'")
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _CHANGE_COUNTERS = {
     "sent": "Changes sent at least once (a change retried within a run counts once).",
@@ -69,6 +80,9 @@ class Metrics:
         self.pending: dict[tuple[str, str], int] = {}
         self.oldest_pending: dict[tuple[str, str], float | None] = {}  # unix seconds
         self.last_success: dict[tuple[str, str], float] = {}
+        self.last_run: float | None = None  # unix seconds
+        self.held_exits: dict[tuple[str, str], int] = {}
+        self.key_refused: dict[str, int] = {}
 
     def observe_latency(self, destination: str, seconds: float) -> None:
         with self.lock:
@@ -107,6 +121,24 @@ class Metrics:
                     self.changes.setdefault((kind, audience_key, name), 0)
             for pair, moment in successes.items():
                 self.last_success[pair] = max(self.last_success.get(pair, 0.0), moment.timestamp())
+        self._refresh_latest(engine, list(pending))
+
+    def _refresh_latest(self, engine: Engine, pairs: list[tuple[str, str]]) -> None:
+        """From each pair's latest result: held exits, refused keys; and when the last run started."""
+        held, refused = dict.fromkeys(pairs, 0), {name: 0 for _, name in pairs}
+        with engine.connect() as conn:
+            run = ledger.last_run(conn)
+            for result in ledger.last_results(conn):
+                pair = (result.audience_key, result.destination)
+                if pair not in held:
+                    continue  # a pair no longer configured
+                held[pair] = int(result.left or 0) if result.outcome == "held" else 0
+                if result.outcome == "stopped":  # the sender stopped: 401/403 (sync._send_work)
+                    refused[result.destination] = 1
+        with self.lock:
+            self.held_exits, self.key_refused = held, refused
+            if run is not None:
+                self.last_run = run.started_at.timestamp()
 
     def render(self) -> str:
         with self.lock:
@@ -130,6 +162,18 @@ class Metrics:
         yield from _family("last_success_timestamp_seconds", "gauge",
                            "When a run last delivered everything for this pair (unix seconds).",
                            {_pair_labels(*k): v for k, v in sorted(self.last_success.items())})
+        yield from self._latest_lines()
+
+    def _latest_lines(self) -> Iterator[str]:
+        no_labels: Labels = ()
+        last_run = {no_labels: self.last_run} if self.last_run is not None else {}
+        yield from _family("last_run_timestamp_seconds", "gauge",
+                           "When the latest run recorded in the ledger started (unix seconds).", last_run)
+        yield from _family("held_exits", "gauge", "Exits the mass-exit guard held in the pair's latest run.",
+                           {_pair_labels(*k): v for k, v in sorted(self.held_exits.items())})
+        yield from _family("destination_key_refused", "gauge",
+                           "1 if the destination refused the API key in its latest run (401/403).",
+                           {(("destination", k),): v for k, v in sorted(self.key_refused.items())})
 
     def _latency_lines(self) -> Iterator[str]:
         name = "syncd_delivery_latency_seconds"
@@ -173,6 +217,8 @@ def _pair_labels(audience: str, destination: str) -> Labels:
 
 
 def _fmt_labels(labels: Labels) -> str:
+    if not labels:
+        return ""
     return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}"
 
 
@@ -184,13 +230,29 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-class MetricsServer:
-    """GET /metrics on a daemon thread; anything else is 404."""
+@dataclass
+class Endpoints:
+    """What the HTTP thread asks the daemon. The server is bound before the state database is
+    opened (a taken port fails fast), so the daemon fills these in as it starts: until then
+    /healthz and /readyz say 503 and / is not served yet."""
 
-    def __init__(self, metrics: Metrics, listen: MetricsConfig) -> None:
+    alive: Callable[[], bool] = field(default=lambda: False)
+    ready: Callable[[], str] = field(default=lambda: "starting")  # '' when ready, else why not
+    page: Callable[[], str] | None = None
+
+
+Response = tuple[int, str, str]  # status, content type, body
+
+
+class MetricsServer:
+    """GET/HEAD /metrics, /healthz, /readyz and the status page / on a daemon thread; anything
+    else is 404, any other method 405."""
+
+    def __init__(self, metrics: Metrics, listen: MetricsConfig, endpoints: Endpoints | None = None) -> None:
         server_class = _IPv6Server if ":" in listen.host else ThreadingHTTPServer
+        routes = _routes(metrics, endpoints or Endpoints())
         try:
-            self.server = server_class((listen.host, listen.port), _handler_for(metrics))
+            self.server = server_class((listen.host, listen.port), _handler_for(routes))
         except OSError as exc:
             raise MetricsError(f"cannot serve metrics on {listen.address}: {exc.strerror}") from None
         self.address = listen.address
@@ -214,18 +276,73 @@ class _IPv6Server(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
-def _handler_for(metrics: Metrics) -> type[BaseHTTPRequestHandler]:
+def _routes(metrics: Metrics, endpoints: Endpoints) -> dict[str, Callable[[], Response]]:
+    def healthz() -> tuple[int, str]:
+        if endpoints.alive():
+            return 200, "ok\n"
+        return 503, "not alive: the scheduler has not ticked lately (starting, stopping or wedged)\n"
+
+    def readyz() -> tuple[int, str]:
+        reason = endpoints.ready()
+        return (200, "ready\n") if not reason else (503, f"not ready: {reason}\n")
+
+    def page() -> Response:
+        if endpoints.page is None:
+            return 503, "text/plain; charset=utf-8", "starting\n"
+        try:
+            return 200, HTML_TYPE, endpoints.page()
+        except SQLAlchemyError as exc:  # the page is read-only: say so, the daemon goes on
+            log.warning("status page: cannot read the state database: %s", " ".join(str(exc).split())[:200])
+            return 503, "text/plain; charset=utf-8", "the state database cannot be read now\n"
+
+    return {
+        "/metrics": lambda: (200, CONTENT_TYPE, metrics.render()),
+        "/healthz": _plain(healthz),
+        "/readyz": _plain(readyz),
+        "/": page,
+    }
+
+
+def _plain(answer: Callable[[], tuple[int, str]]) -> Callable[[], Response]:
+    def respond() -> Response:
+        status, body = answer()
+        return status, "text/plain; charset=utf-8", body
+    return respond
+
+
+def _handler_for(routes: Mapping[str, Callable[[], Response]]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path.split("?")[0] != "/metrics":
-                self.send_error(404, "only /metrics is served here")
+            self._answer(body=True)
+
+        def do_HEAD(self) -> None:
+            self._answer(body=False)
+
+        def _answer(self, body: bool) -> None:
+            route = routes.get(self.path.split("?")[0])
+            if route is None:
+                self.send_error(404, "not found: this server answers /, /metrics, /healthz and /readyz")
                 return
-            body = metrics.render().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE)
-            self.send_header("Content-Length", str(len(body)))
+            status, content_type, text = route()
+            data = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            if content_type == HTML_TYPE:
+                self.send_header("Content-Security-Policy", PAGE_POLICY)
+                self.send_header("X-Content-Type-Options", "nosniff")
             self.end_headers()
-            self.wfile.write(body)
+            if body:
+                self.wfile.write(data)
+
+        def _not_allowed(self) -> None:
+            self.send_response(405)
+            self.send_header("Allow", "GET, HEAD")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # a scrape every 15 s would flood the journal

@@ -6,8 +6,9 @@ recorded before the process exits.
 
 Under systemd (`Type=notify`) the daemon says READY=1 once the config is loaded, the
 state migrated and the scheduler started; STATUS= with each run's one-line summary;
-WATCHDOG=1 from a heartbeat while the scheduler runs; STOPPING=1 on the way out. With
-`[metrics] listen` set it serves Prometheus metrics for as long as it runs.
+WATCHDOG=1 from a heartbeat while the scheduler ticks; STOPPING=1 on the way out. With
+`[metrics] listen` set it serves Prometheus metrics, /healthz (the same question as the
+watchdog), /readyz and the status page for as long as it runs.
 """
 
 from __future__ import annotations
@@ -25,13 +26,17 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import ledger
 from syncd.config import Config, ScheduleConfig
-from syncd.metrics import Metrics, MetricsServer
+from syncd.metrics import Endpoints, Metrics, MetricsServer
 from syncd.notify import Heartbeat, Notifier
+from syncd.page import page_renderer
+from syncd.probes import PULSE, Cached, Liveness, readiness
 from syncd.progress import Null, Progress
 from syncd.signals import stop_on_signals
 from syncd.sync import Options, RunReport, open_state, run_once
 
 log = logging.getLogger("syncd")
+
+PAGE_TTL = 10.0  # seconds the status page is reused: a phone left open must not load the ledger
 
 
 def make_trigger(schedule: ScheduleConfig, start: datetime) -> IntervalTrigger:
@@ -63,9 +68,10 @@ def serve(config: Config, stop_event: threading.Event | None = None, progress: P
     stop = stop_event or threading.Event()
     notifier = Notifier(environ or {})
     metrics = Metrics() if config.metrics else None
+    endpoints = Endpoints()
     with ExitStack() as running:  # on the way out, everything started is undone in reverse
         # Bound before any database work, so a taken port fails fast.
-        server = MetricsServer(metrics, config.metrics) if metrics and config.metrics else None
+        server = MetricsServer(metrics, config.metrics, endpoints) if metrics and config.metrics else None
         if server is not None:
             running.callback(server.stop)
         engine = open_state(config)
@@ -76,12 +82,21 @@ def serve(config: Config, stop_event: threading.Event | None = None, progress: P
         stop_on_signals(stop)
         if server is not None:
             daemon.refresh_metrics()
+            endpoints.ready = readiness(engine)
+            endpoints.page = Cached(page_renderer(config, engine), PAGE_TTL)
             server.start()
-            log.info("serving Prometheus metrics on http://%s/metrics", server.address)
-        scheduler, first = _start_scheduler(config, engine, daemon.job)
+            log.info("serving Prometheus metrics on http://%s/metrics and the status page on http://%s/",
+                     server.address, server.address)
+        pulse = Liveness()
+        scheduler, first = _start_scheduler(config, engine, daemon.job, pulse)
         running.callback(log.info, "syncd stopped")
         running.callback(scheduler.shutdown, wait=True)  # lets the run in flight record its page
-        heartbeat = Heartbeat(notifier, lambda: bool(scheduler.running))
+
+        def alive() -> bool:
+            return bool(scheduler.running) and pulse()
+
+        endpoints.alive = alive
+        heartbeat = Heartbeat(notifier, alive)
         if heartbeat.needed:
             heartbeat.start()
             running.callback(heartbeat.finish)
@@ -91,8 +106,8 @@ def serve(config: Config, stop_event: threading.Event | None = None, progress: P
         stop.wait()
 
 
-def _start_scheduler(config: Config, engine: Engine,
-                     job: Callable[[], None]) -> tuple[BackgroundScheduler, str]:
+def _start_scheduler(config: Config, engine: Engine, job: Callable[[], None],
+                     pulse: Liveness) -> tuple[BackgroundScheduler, str]:
     scheduler = BackgroundScheduler(timezone=UTC)
     now = datetime.now(UTC)
     first = first_run_time(config.schedule, _last_start(engine), now)
@@ -100,6 +115,9 @@ def _start_scheduler(config: Config, engine: Engine,
         job, make_trigger(config.schedule, now), id="sync", max_instances=1,
         coalesce=True, misfire_grace_time=None, next_run_time=first,
     )
+    # The scheduler's pulse (probes.Liveness): ticks on the same loop and executor as the runs.
+    scheduler.add_job(pulse.tick, IntervalTrigger(seconds=PULSE, timezone=UTC), id="pulse",
+                      max_instances=1, coalesce=True, misfire_grace_time=None, next_run_time=now)
     scheduler.start(paused=True)
     first_text = first.strftime("%Y-%m-%d %H:%M:%SZ")
     log.info("syncd started: %d audience(s), %d destination(s); first run at %s, then every %s + 0..%s",

@@ -86,7 +86,7 @@ def test_server_serves_metrics_and_404_elsewhere() -> None:
         assert response.status_code == 200
         assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         assert 'syncd_runs_total{outcome="ok"} 1' in response.text
-        assert httpx.get(f"{base}/").status_code == 404
+        assert httpx.get(f"{base}/metric").status_code == 404
     finally:
         server.stop()
 
