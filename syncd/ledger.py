@@ -788,7 +788,9 @@ def last_successes(conn: Connection) -> dict[tuple[str, str], datetime]:
 
 
 def acked_true_count(conn: Connection, audience_key: str, destination: str) -> int:
-    query = select(func.count()).select_from(L).where(
+    """Users the destination holds as `true`: at Nat a user whose email changed has a row per
+    email, and counts once."""
+    query = select(func.count(func.distinct(L.c.subject))).select_from(L).where(
         L.c.audience_key == audience_key, L.c.destination == destination, L.c.acked == true()
     )
     return conn.scalar(query) or 0

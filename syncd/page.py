@@ -68,7 +68,7 @@ def gather(config: Config, engine: Engine, limit: int = RUNS_SHOWN) -> PageData:
         runs = ledger.recent_runs(conn, limit)
     pairs = [PairRow(
         r["audience"], r["destination"], r["members"], r["acknowledged"], r["pending"],
-        _parse_iso(r["oldest_pending"]), r["failed"], held.get((r["audience"], r["destination"]), 0),
+        _parse_iso(r["oldest_pending_at"]), r["failed"], held.get((r["audience"], r["destination"]), 0),
         r["last_outcome"],
     ) for r in rows]
     return PageData(pairs, [_run_row(r) for r in runs], ledger.now())
