@@ -1,26 +1,47 @@
-"""Run an audience's query against its source database and stream the members."""
+"""Run an audience's query against its source database and stream the members.
+
+The query goes to the database as written: only `:now` outside string literals, quoted
+names and comments is a parameter, so `x::text` and `'{"a":1}'::jsonb` mean what they say.
+A run's stop flag cancels the query in flight (PostgreSQL's cancel request, SQLite's
+interrupt) instead of waiting for it to finish.
+"""
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, CursorResult, Engine, create_engine
+from sqlalchemy.exc import DBAPIError, ResourceClosedError, SQLAlchemyError
 
 from syncd.db import sqlite_file
-from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
+from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
 from syncd.ledger import SnapshotCounts
 from syncd.plan import Change, SnapshotRow, traits_json
 from syncd.progress import Task
+from syncd.reserved import is_reserved
 
 IDENTITY_COLUMNS = ("user_id", "anonymous_id")
 KNOWN_COLUMNS = (*IDENTITY_COLUMNS, "email", "url")
-_NOW_PARAM = re.compile(r"(?<![:\w]):now\b")
+# What the database reads as text, a name or a comment, where `:now` is not a parameter;
+# else `:now` itself. One left-to-right scan: the leftmost match wins.
+_NOW_OR_QUOTED = re.compile(r"""
+      (?<!\w)[Ee]'(?:\\.|''|[^'\\])*'        # E'...' (PostgreSQL): backslash escapes
+    | '(?:''|[^'])*'                        # a string literal; '' is a quote inside
+    | "(?:""|[^"])*"                        # a quoted name
+    | `[^`]*`                               # a MySQL/SQLite quoted name
+    | --[^\n]*                              # a line comment
+    | /\*.*?\*/                             # a block comment
+    | \$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?\$(?P=tag)\$   # a dollar-quoted string (PostgreSQL)
+    | (?P<now>(?<![:\w]):now(?!\w))
+""", re.VERBOSE | re.DOTALL)
+CANCEL_POLL = 0.1  # seconds between looks at the stop flag while a query runs
 # Nat and User.com refuse what is not an address; such an email is dropped and counted.
 _EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
 LARGE_ROW = 8 * 1024  # rows smaller than this cannot make a 32 KB message
@@ -28,6 +49,10 @@ LARGE_ROW = 8 * 1024  # rows smaller than this cannot make a 32 KB message
 
 class SourceError(Exception):
     """The audience's query could not be run: this audience fails, the others go on."""
+
+
+class QueryStopped(Exception):
+    """The run was asked to stop while the query ran: the query was cancelled."""
 
 
 def open_source(url: str) -> Engine:
@@ -47,19 +72,21 @@ def now_param(snapshot_at: datetime) -> str:
 
 
 def stream_members(
-    engine: Engine, query: str, snapshot_at: datetime, counts: SnapshotCounts, task: Task | None = None
+    engine: Engine, query: str, snapshot_at: datetime, counts: SnapshotCounts, task: Task | None = None,
+    *, audience_key: str | None = None, stop: threading.Event | None = None,
 ) -> Iterator[SnapshotRow]:
     """Yield the usable rows; count the others (and emails dropped as invalid) in `counts`.
-    `task`, if given, advances by every row read (skipped ones included)."""
-    params = {"now": now_param(snapshot_at)} if _NOW_PARAM.search(query) else {}
+    `task`, if given, advances by every row read (skipped ones included). `audience_key`: a
+    column of that name fails the query (it would overwrite the audience's trait). `stop`: when
+    set, the query is cancelled and QueryStopped raised."""
     try:
-        with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=2_000).execute(
-                text(query), params
-            )
-            columns = Columns(list(result.keys()))
+        with engine.connect() as conn, _cancelled_on(stop, conn):
+            result = execute(conn, query, snapshot_at)
+            columns = Columns(list(result.keys()), audience_key)
             # partitions() fetches yield_per rows per round trip instead of one at a time.
             for partition in result.partitions(2_000):
+                if stop is not None and stop.is_set():
+                    raise QueryStopped
                 counts.rows += len(partition)
                 for values in partition:
                     member = to_member(values, columns, counts)
@@ -68,21 +95,115 @@ def stream_members(
                 if task is not None:
                     task.advance(len(partition))
     except SQLAlchemyError as exc:
+        if stop is not None and stop.is_set():
+            raise QueryStopped from None
         raise SourceError(_one_line(exc)) from None
+
+
+def query_columns(engine: Engine, query: str, snapshot_at: datetime,
+                  audience_key: str | None = None) -> list[str]:
+    """The query's column names, checked as a run checks them, without fetching its rows
+    (on PostgreSQL the query is only declared as a cursor, not run)."""
+    try:
+        with engine.connect() as conn:
+            names = list(execute(conn, query, snapshot_at).keys())
+    except SQLAlchemyError as exc:
+        raise SourceError(_one_line(exc)) from None
+    Columns(names, audience_key)
+    return names
+
+
+def execute(conn: Connection, query: str, snapshot_at: datetime) -> CursorResult[Any]:
+    """Run the query as written, streaming its rows; `:now` bound to the snapshot time."""
+    statement, params = bind_now(query, now_param(snapshot_at), conn.dialect.paramstyle)
+    conn = conn.execution_options(stream_results=True, yield_per=2_000)
+    if params is None:  # nothing to bind: the driver must not read `%` or `?` as placeholders
+        return conn.execution_options(no_parameters=True).exec_driver_sql(statement)
+    return conn.exec_driver_sql(statement, params)
+
+
+def bind_now(query: str, now: str, paramstyle: str) -> tuple[str, Any]:
+    """The query in the driver's parameter style, and its parameters (None: no `:now`)."""
+    uses = sum(1 for m in _NOW_OR_QUOTED.finditer(query) if m.group("now"))
+    if not uses:
+        return query, None
+    if paramstyle in ("format", "pyformat"):
+        query = query.replace("%", "%%")  # these drivers read every % as a placeholder's start
+    marker = {"qmark": "?", "format": "%s", "pyformat": "%(now)s", "numeric": ":1",
+              "numeric_dollar": "$1"}.get(paramstyle, ":now")
+    statement = _NOW_OR_QUOTED.sub(lambda m: marker if m.group("now") else m.group(0), query)
+    if paramstyle in ("qmark", "format"):
+        return statement, tuple([now] * uses)
+    if paramstyle in ("numeric", "numeric_dollar"):
+        return statement, (now,)
+    return statement, {"now": now}
+
+
+@contextmanager
+def _cancelled_on(stop: threading.Event | None, conn: Connection) -> Iterator[None]:
+    """While the block runs, a watcher cancels the connection's query once `stop` is set."""
+    if stop is None:
+        yield
+        return
+    done = threading.Event()
+    dbapi = conn.connection.dbapi_connection
+
+    def watch() -> None:
+        while not done.is_set():
+            if stop.wait(CANCEL_POLL):
+                if not done.is_set():
+                    _cancel(dbapi)
+                return
+
+    watcher = threading.Thread(target=watch, name="syncd-query-cancel", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+def _cancel(dbapi: Any) -> None:
+    """Ask the database to abandon the query running on `dbapi` (from another thread)."""
+    # sqlite3: interrupt(); psycopg 3 and psycopg2: cancel() (psycopg >= 3.2: cancel_safe()).
+    for name in ("interrupt", "cancel_safe", "cancel"):
+        method = getattr(dbapi, name, None)
+        if method is not None:
+            # The query may have just ended: the stop flag still ends the read.
+            with suppress(Exception):
+                method()
+            return
 
 
 class Columns:
     """Where the known columns sit in the query's rows; every other column is an extra trait."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], audience_key: str | None = None) -> None:
         if not any(c in names for c in IDENTITY_COLUMNS):
             raise SourceError(
                 f"the query returns no user_id or anonymous_id column (it returns: "
                 f"{', '.join(names) or 'nothing'})"
             )
+        _check_extras(names, audience_key)
         at = {name: i for i, name in enumerate(names)}  # a repeated name: the last one counts
         self.user_id, self.anonymous_id, self.email, self.url = (at.get(c) for c in KNOWN_COLUMNS)
         self.extras = [(name, i) for name, i in at.items() if name not in KNOWN_COLUMNS]
+
+
+def _check_extras(names: list[str], audience_key: str | None) -> None:
+    """An extra column named like the audience key or a field syncd sends itself would
+    overwrite that trait or identity at the destination: the query fails instead."""
+    for name in names:
+        if name in KNOWN_COLUMNS:
+            continue
+        if name == audience_key:
+            raise SourceError(f"column {name!r} would overwrite the audience's own trait "
+                              f"{audience_key!r}: rename it in the query")
+        if is_reserved(name):
+            raise SourceError(f"column {name!r} would overwrite the field {name!r} that syncd "
+                              "sends itself (an identity or a User.com standard attribute): "
+                              "rename it in the query")
 
 
 def to_member(values: Sequence[Any], at: Columns, counts: SnapshotCounts) -> SnapshotRow | None:
@@ -100,7 +221,7 @@ def to_member(values: Sequence[Any], at: Columns, counts: SnapshotCounts) -> Sna
         counts.invalid_email += 1
         email = None
     url = None if at.url is None else _clean(_text(values[at.url]))
-    traits = {name: _clean(values[i]) for name, i in at.extras} if at.extras else None
+    traits = {name: json_value(_clean(values[i])) for name, i in at.extras} if at.extras else None
     size = len(user_id or "") + len(anonymous_id or "") + len(email or "") + len(url or "")
     if traits:
         size += sum(len(name) + len(str(value)) for name, value in traits.items())
@@ -155,6 +276,20 @@ def _too_large(user_id: str | None, anonymous_id: str | None, email: str | None,
 
 
 def _one_line(exc: SQLAlchemyError) -> str:
-    """The database's own message, without SQLAlchemy's multi-line decoration."""
-    message = str(getattr(exc, "orig", None) or exc)
+    """The database's own message on one line, without SQLAlchemy's decoration (the statement,
+    its parameters, the link to its documentation) or the driver's excerpt of the query."""
+    if isinstance(exc, ResourceClosedError):
+        return "the query returns no rows: it must be one SELECT"
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    if orig is not None:
+        lines = str(orig).strip().splitlines()
+        message = lines[0] if lines else type(orig).__name__
+        hint = getattr(getattr(orig, "diag", None), "message_hint", None)
+        if hint:
+            message += f" ({hint})"
+    else:
+        message = _DECORATION.sub("", str(exc)).strip()
     return " ".join(message.split())[:300]
+
+
+_DECORATION = re.compile(r"\[SQL: .*|\(Background on this error at: [^)]*\)", re.DOTALL)

@@ -11,9 +11,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from typing import TypeVar
 
 import httpx
@@ -29,7 +31,7 @@ from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
 from syncd.ledger import Outcome, SnapshotCounts
 from syncd.plan import Change
 from syncd.progress import Null, Progress, Task
-from syncd.source import SourceError, open_source, stream_members
+from syncd.source import QueryStopped, SourceError, open_source, stream_members
 
 log = logging.getLogger("syncd")
 T = TypeVar("T")
@@ -160,8 +162,12 @@ def _run(config: Config, options: Options, engine: Engine) -> RunReport:
     log.info("run %d started (snapshot time %s)", report.run_id, snapshot_at.isoformat(),
              extra={"run_id": report.run_id})
     for audience in config.audiences:
-        _snapshot(config, engine, report, audience, options.progress)
-    ready = [a for a in config.audiences if a.key not in report.audience_errors]
+        if _stopped(options):
+            break
+        _off_main_thread(partial(_snapshot, config, engine, report, audience, options))
+    # Stopped while taking snapshots: nothing is sent (not even the diffs are worked out).
+    ready = [] if _stopped(options) else [a for a in config.audiences
+                                           if a.key not in report.audience_errors]
     # The send time limit counts from here: however long the snapshots took, a run sends.
     deadline = time.monotonic() + config.schedule.send_limit.total_seconds()
     report.pairs = asyncio.run(_deliver_all(config, options, engine, report, ready, deadline))
@@ -189,20 +195,40 @@ def _prune(config: Config, engine: Engine) -> None:
                  pruned.run_results, pruned.ledger_rows)
 
 
+def _off_main_thread(call: Callable[[], None]) -> None:
+    """`call()` in a worker thread, waited for. Python runs signal handlers in the main thread
+    between bytecodes: a query running there (SQLite computes inside one C call) would hold
+    back SIGTERM's stop flag, and with it the query's cancellation, until the query ended."""
+    if threading.current_thread() is not threading.main_thread():
+        call()
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="syncd-snapshot") as pool:
+        pool.submit(call).result()
+
+
+def _stopped(options: Options) -> bool:
+    return options.stop_event is not None and options.stop_event.is_set()
+
+
 def _snapshot(config: Config, engine: Engine, report: RunReport, audience: AudienceConfig,
-              progress: Progress) -> None:
+              options: Options) -> None:
     counts, error = SnapshotCounts(), None
     with engine.connect() as conn:  # the last run's row count is the best guess for an ETA
         expected = ledger.last_snapshot_rows(conn, audience.key)
-    task = progress.task(f"{audience.key}:", expected or None, "rows read")
+    task = options.progress.task(f"{audience.key}:", expected or None, "rows read")
     try:
         source = open_source(config.sources[audience.source].url)
         try:
-            rows = stream_members(source, audience.query, report.snapshot_at, counts, task)
+            rows = stream_members(source, audience.query, report.snapshot_at, counts, task,
+                                  audience_key=audience.key, stop=options.stop_event)
             ledger.replace_members(engine, audience.key, rows, counts)
         finally:
             source.dispose()
             task.close()
+    except QueryStopped:  # the merge is one transaction: the previous snapshot stays
+        log.warning("audience %s: query cancelled by the stop request; its previous snapshot "
+                    "is kept", audience.key, extra={"run_id": report.run_id})
+        return
     except SourceError as exc:
         error = f"query failed on source {audience.source!r}: {exc}"
         report.audience_errors[audience.key] = error
