@@ -1,7 +1,12 @@
-"""Engines for the state and source databases, and running the migrations."""
+"""Engines for the state and source databases, and running the migrations.
+
+The SQLite state file holds emails and traits: syncd creates it readable by its owner only
+(SQLite gives its -wal and -shm files the same mode).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +14,12 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+
+class StateError(Exception):
+    """The state database cannot be used as configured (a missing driver, a file that cannot
+    be created or written): one line naming the URL or the file, exit 2."""
 
 
 def sqlite_file(url: str) -> str | None:
@@ -23,9 +34,17 @@ def create_state_engine(url: str, pool_size: int = 5) -> Engine:
     """An engine for the state database: SQLite gets WAL and a busy timeout. `pool_size`:
     connections kept open (a run holds one per audience it is sending, plus a few)."""
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=pool_size)
-    engine = create_engine(url, connect_args={"timeout": 30}, pool_size=pool_size)
+    try:
+        if parsed.get_backend_name() != "sqlite":
+            return create_engine(url, pool_pre_ping=True, pool_size=pool_size)
+        engine = create_engine(url, connect_args={"timeout": 30}, pool_size=pool_size)
+    except ImportError as exc:  # the URL names a driver that is not installed
+        raise StateError(f"state database {redact(url)}: its driver is not installed ({exc})") from None
+    except SQLAlchemyError as exc:  # e.g. an unknown dialect
+        raise StateError(f"state database {redact(url)}: {_first_line(exc)}") from None
+    path = sqlite_file(url)
+    if path is not None:
+        _create_private(path)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -56,5 +75,50 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the state schema up to date (idempotent)."""
-    command.upgrade(alembic_config(engine), "head")
+    """Bring the state schema up to date (idempotent). Every process does this first, so a
+    SQLite file that cannot be opened or written is reported here, as a StateError."""
+    try:
+        command.upgrade(alembic_config(engine), "head")
+    except OperationalError as exc:
+        path = sqlite_file(engine.url.render_as_string(hide_password=False))
+        if path is None or not any(s in str(exc.orig) for s in ("unable to open", "readonly")):
+            raise  # e.g. a locked database: not a problem of the configured file
+        raise StateError(f"state database file {path}: {_first_line(exc.orig)}"
+                         f"{_folder_hint(Path(path))}") from None
+
+
+def redact(url: str) -> str:
+    """A database URL fit for a message: the password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except SQLAlchemyError:
+        return "the configured URL"
+
+
+def _create_private(path: str) -> None:
+    """Create the SQLite file readable by its owner only, before SQLite creates it with the
+    umask's mode; an existing file is left as it is."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise StateError(f"state database file {path} is not readable and writable by this "
+                             "user") from None
+        return
+    except OSError as exc:
+        raise StateError(f"state database file {path}: cannot create it: {exc.strerror}"
+                         f"{_folder_hint(Path(path))}") from None
+
+
+def _folder_hint(path: Path) -> str:
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        return f" (folder {folder} does not exist)"
+    if not os.access(folder, os.W_OK):
+        return f" (folder {folder} is not writable; SQLite keeps -wal and -shm files beside the database)"
+    return ""
+
+
+def _first_line(exc: BaseException | None) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
