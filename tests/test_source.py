@@ -8,11 +8,17 @@ import json
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+
+from syncd.identify import json_value
+from syncd.source import bind_now
 
 from checks import flags
 from conftest import POSTGRES_URL, Env, _fresh_postgres_database, audience_toml, dump_state, wait_for
@@ -104,7 +110,48 @@ def test_extra_traits_keep_their_types_from_sqlite(sqlite_env: Env) -> None:
     _same_json(usercom, expected)
 
 
+def test_json_value_keeps_types_and_texts_only_what_json_cannot_hold() -> None:
+    values = {
+        "whole": Decimal("10"), "part": Decimal("2.50"), "nan": Decimal("NaN"), "inf": float("inf"),
+        "aware": datetime(2026, 11, 20, 12, 0, tzinfo=timezone(timedelta(hours=2))),
+        "naive": datetime(2026, 11, 20, 10, 0), "day": date(1990, 5, 17),
+        "nested": {"a": [Decimal("1.5"), (1, 2)], "b": None}, "raw": b"bytes",
+        "id": uuid.UUID(int=1), "span": timedelta(hours=1),
+    }
+    converted = {k: json_value(v) for k, v in values.items()}
+    _same_json(converted, {
+        "whole": 10, "part": 2.5, "nan": "NaN", "inf": "inf",
+        "aware": "2026-11-20T10:00:00.000Z", "naive": "2026-11-20T10:00:00.000Z", "day": "1990-05-17",
+        "nested": {"a": [1.5, [1, 2]], "b": None}, "raw": "bytes",
+        "id": "00000000-0000-0000-0000-000000000001", "span": "1:00:00",
+    })
+    assert {k: json_value(v) for k, v in converted.items()} == converted  # JSON stays as it is
+    assert json_value(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00.000Z"
+
+
 # --- the query as written -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("paramstyle", "marker", "params"), [
+    ("qmark", "?", ("N", "N")), ("pyformat", "%(now)s", {"now": "N"}),
+    ("numeric_dollar", "$1", ("N",)), ("named", ":now", {"now": "N"}),
+])
+def test_only_now_outside_literals_names_and_comments_is_bound(
+        paramstyle: str, marker: str, params: Any) -> None:
+    literal = ("SELECT 'it''s :now' AS a, E'\\':now' AS b, \"x:now\" AS c, $$ :now $$ AS d, "
+               "$q$ :now $q$ AS e, x::text AS f -- :now\n/* :now */")
+    query = literal + " WHERE t < :now::timestamptz AND u = :now AND v LIKE '5%'"
+
+    statement, bound = bind_now(query, "N", paramstyle)
+
+    literal_out = literal.replace("%", "%%") if paramstyle == "pyformat" else literal
+    tail = f" WHERE t < {marker}::timestamptz AND u = {marker} AND v LIKE '5%'"
+    assert statement == literal_out + (tail.replace("'5%'", "'5%%'") if paramstyle == "pyformat" else tail)
+    assert bound == params
+    assert bind_now(literal + " AND v LIKE '5%'", "N", paramstyle) == (literal + " AND v LIKE '5%'", None)
+    assert bind_now("SELECT :nowhere, a:now", "N", paramstyle)[1] is None
+
+
 
 
 def test_casts_and_colons_in_literals_on_postgresql(sqlite_env: Env, pg_source: str) -> None:
@@ -214,9 +261,10 @@ SELECT id AS user_id, email FROM people, (SELECT pg_sleep((SELECT seconds FROM s
 """
 
 
-def _stop_mid_snapshot(env: Env, path: Any, query_running: Any) -> subprocess.CompletedProcess[str]:
+def _stop_mid_snapshot(env: Env, path: Any, query_running: Any,
+                       command: str = "run-once") -> subprocess.CompletedProcess[str]:
     """SIGTERM to `syncd run-once` while its query runs; it must end well before the query."""
-    process = env.spawn(config=path)
+    process = env.spawn(command, config=path)
     try:
         wait_for(query_running, what="the slow query to run")
         time.sleep(0.5)
@@ -229,8 +277,9 @@ def _stop_mid_snapshot(env: Env, path: Any, query_running: Any) -> subprocess.Co
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-def _assert_stopped_and_kept(env: Env, result: subprocess.CompletedProcess[str], path: Any) -> None:
-    assert result.returncode == 1, result.stderr
+def _assert_stopped_and_kept(env: Env, result: subprocess.CompletedProcess[str], path: Any,
+                             exit_code: int = 1) -> None:
+    assert result.returncode == exit_code, result.stderr
     assert "query cancelled by the stop request" in result.stderr
     assert "Traceback" not in result.stderr
     state = dump_state(env.state_url)
@@ -240,7 +289,8 @@ def _assert_stopped_and_kept(env: Env, result: subprocess.CompletedProcess[str],
     assert flags(env.nat.accepted()) == {"u1": True, "u2": True}  # nothing sent meanwhile
 
 
-def test_sigterm_cancels_a_slow_sqlite_query(sqlite_env: Env) -> None:
+@pytest.mark.parametrize("command", ["run-once", "run"])
+def test_sigterm_cancels_a_slow_sqlite_query(sqlite_env: Env, command: str) -> None:
     env = sqlite_env
     with env.shop.connect() as db:
         db.execute("CREATE TABLE slowness (steps INTEGER)")
@@ -252,9 +302,9 @@ def test_sigterm_cancels_a_slow_sqlite_query(sqlite_env: Env) -> None:
     with env.shop.connect() as db:
         db.execute("UPDATE slowness SET steps = 2000000000")  # minutes of counting
 
-    result = _stop_mid_snapshot(env, path, lambda: "'running'" in dump_state(env.state_url))
+    result = _stop_mid_snapshot(env, path, lambda: "'running'" in dump_state(env.state_url), command)
 
-    _assert_stopped_and_kept(env, result, path)
+    _assert_stopped_and_kept(env, result, path, exit_code=0 if command == "run" else 1)
     with env.shop.connect() as db:
         db.execute("UPDATE slowness SET steps = 1")
     assert env.cli("run-once", "--config", str(path)).returncode == 0
