@@ -2,11 +2,17 @@
 
 The SQLite state file holds emails and traits: syncd creates it readable by its owner only
 (SQLite gives its -wal and -shm files the same mode).
+
+A run's stop request cancels the statements its snapshot has running (`cancelled_on`), in the
+source and in the state database alike, instead of waiting for them to finish.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +62,62 @@ def create_state_engine(url: str, pool_size: int = 5) -> Engine:
         cursor.close()
 
     return engine
+
+
+CANCEL_POLL = 0.1  # seconds between looks at the stop flag while statements run
+
+
+@contextmanager
+def cancelled_on(stop: threading.Event | None, engine: Engine) -> Iterator[None]:
+    """While the block runs: once `stop` is set, cancel what runs on the connections that
+    this thread takes from `engine` (the engine's other users, such as the lease keeper's
+    thread, go on). The cancelled statement raises in the block; its transaction rolls back."""
+    if stop is None:
+        yield
+        return
+    me, lock, done = threading.get_ident(), threading.Lock(), threading.Event()
+    taken: dict[int, Any] = {}  # id -> driver connection, until cancelled or given back
+
+    def on_checkout(dbapi: Any, _record: Any, _proxy: Any) -> None:
+        if threading.get_ident() == me:
+            with lock:
+                taken[id(dbapi)] = dbapi
+
+    def on_checkin(dbapi: Any, _record: Any) -> None:
+        with lock:
+            taken.pop(id(dbapi), None)
+
+    def watch() -> None:
+        while not done.is_set():
+            if stop.wait(CANCEL_POLL) and not done.is_set():
+                with lock:  # a connection taken after the stop is cancelled in its turn
+                    for dbapi in taken.values():
+                        cancel(dbapi)
+                    taken.clear()
+                done.wait(CANCEL_POLL)
+
+    event.listen(engine, "checkout", on_checkout)
+    event.listen(engine, "checkin", on_checkin)
+    watcher = threading.Thread(target=watch, name="syncd-cancel", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        event.remove(engine, "checkout", on_checkout)
+        event.remove(engine, "checkin", on_checkin)
+
+
+def cancel(dbapi: Any) -> None:
+    """Ask the database to abandon the statement running on a driver connection (from another
+    thread): sqlite3's interrupt(), psycopg's cancel_safe() (3.2+) or cancel(), psycopg2's cancel()."""
+    for name in ("interrupt", "cancel_safe", "cancel"):
+        method = getattr(dbapi, name, None)
+        if method is not None:
+            with suppress(Exception):  # the statement may have just ended: nothing to cancel
+                method()
+            return
 
 
 def migrations_dir() -> Path:

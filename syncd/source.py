@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, CursorResult, Engine, create_engine
 from sqlalchemy.exc import DBAPIError, ResourceClosedError, SQLAlchemyError
 
-from syncd.db import sqlite_file
+from syncd.db import cancelled_on, sqlite_file
 from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
 from syncd.ledger import SnapshotCounts
 from syncd.plan import Change, SnapshotRow, traits_json
@@ -41,7 +40,6 @@ _NOW_OR_QUOTED = re.compile(r"""
     | \$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?\$(?P=tag)\$   # a dollar-quoted string (PostgreSQL)
     | (?P<now>(?<![:\w]):now(?!\w))
 """, re.VERBOSE | re.DOTALL)
-CANCEL_POLL = 0.1  # seconds between looks at the stop flag while a query runs
 # Nat and User.com refuse what is not an address; such an email is dropped and counted.
 _EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
 LARGE_ROW = 8 * 1024  # rows smaller than this cannot make a 32 KB message
@@ -80,7 +78,7 @@ def stream_members(
     column of that name fails the query (it would overwrite the audience's trait). `stop`: when
     set, the query is cancelled and QueryStopped raised."""
     try:
-        with engine.connect() as conn, _cancelled_on(stop, conn):
+        with cancelled_on(stop, engine), engine.connect() as conn:
             result = execute(conn, query, snapshot_at)
             columns = Columns(list(result.keys()), audience_key)
             # partitions() fetches yield_per rows per round trip instead of one at a time.
@@ -137,43 +135,6 @@ def bind_now(query: str, now: str, paramstyle: str) -> tuple[str, Any]:
     if paramstyle in ("numeric", "numeric_dollar"):
         return statement, (now,)
     return statement, {"now": now}
-
-
-@contextmanager
-def _cancelled_on(stop: threading.Event | None, conn: Connection) -> Iterator[None]:
-    """While the block runs, a watcher cancels the connection's query once `stop` is set."""
-    if stop is None:
-        yield
-        return
-    done = threading.Event()
-    dbapi = conn.connection.dbapi_connection
-
-    def watch() -> None:
-        while not done.is_set():
-            if stop.wait(CANCEL_POLL):
-                if not done.is_set():
-                    _cancel(dbapi)
-                return
-
-    watcher = threading.Thread(target=watch, name="syncd-query-cancel", daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        done.set()
-        watcher.join()
-
-
-def _cancel(dbapi: Any) -> None:
-    """Ask the database to abandon the query running on `dbapi` (from another thread)."""
-    # sqlite3: interrupt(); psycopg 3 and psycopg2: cancel() (psycopg >= 3.2: cancel_safe()).
-    for name in ("interrupt", "cancel_safe", "cancel"):
-        method = getattr(dbapi, name, None)
-        if method is not None:
-            # The query may have just ended: the stop flag still ends the read.
-            with suppress(Exception):
-                method()
-            return
 
 
 class Columns:

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import guards, ledger
 from syncd.config import AudienceConfig, Config, DestinationConfig, GuardConfig
-from syncd.db import create_state_engine, migrate
+from syncd.db import cancelled_on, create_state_engine, migrate
 from syncd.delivery import RetryPolicy, Sender, Verdict
 from syncd.destinations import Destination, DestinationError, make_destination
 from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
@@ -221,12 +221,16 @@ def _snapshot(config: Config, engine: Engine, report: RunReport, audience: Audie
         try:
             rows = stream_members(source, audience.query, report.snapshot_at, counts, task,
                                   audience_key=audience.key, stop=options.stop_event)
-            ledger.replace_members(engine, audience.key, rows, counts)
+            # A stop also cancels the staging and the merge (minutes at 10M members).
+            with cancelled_on(options.stop_event, engine):
+                ledger.replace_members(engine, audience.key, rows, counts)
         finally:
             source.dispose()
             task.close()
-    except QueryStopped:  # the merge is one transaction: the previous snapshot stays
-        log.warning("audience %s: query cancelled by the stop request; its previous snapshot "
+    except (QueryStopped, SQLAlchemyError) as exc:  # the merge is one transaction
+        if not isinstance(exc, QueryStopped) and not _stopped(options):
+            raise
+        log.warning("audience %s: snapshot cancelled by the stop request; its previous snapshot "
                     "is kept", audience.key, extra={"run_id": report.run_id})
         return
     except SourceError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
+from syncd.db import cancelled_on
 from syncd.identify import json_value
 from syncd.source import bind_now
 
@@ -280,7 +283,7 @@ def _stop_mid_snapshot(env: Env, path: Any, query_running: Any,
 def _assert_stopped_and_kept(env: Env, result: subprocess.CompletedProcess[str], path: Any,
                              exit_code: int = 1) -> None:
     assert result.returncode == exit_code, result.stderr
-    assert "query cancelled by the stop request" in result.stderr
+    assert "snapshot cancelled by the stop request" in result.stderr
     assert "Traceback" not in result.stderr
     state = dump_state(env.state_url)
     assert "u:u1" in state and "u:u3" not in state  # the previous snapshot is intact
@@ -337,3 +340,37 @@ def test_sigterm_cancels_a_slow_postgresql_query(sqlite_env: Env, pg_source: str
     _sql(pg_source, "UPDATE slowness SET seconds = 0")
     assert env.cli("run-once", "--config", str(path)).returncode == 0
     assert flags(env.nat.accepted()) == {"u1": False, "u2": True, "u3": True}
+
+
+def _slow_statement(url: str, seconds: int) -> str:
+    if url.startswith("postgresql"):
+        return f"SELECT pg_sleep({seconds})"
+    return (f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+            f"WHERE i < {seconds * 5_000_000}) SELECT count(*) FROM n")
+
+
+def test_a_stop_cancels_this_threads_statements_only(state_url: str) -> None:
+    """The snapshot's merge into the state database is cancelled too; the lease keeper's
+    connection, taken by another thread, is not."""
+    engine = create_engine(state_url)
+    stop, other_done = threading.Event(), threading.Event()
+
+    def other_thread() -> None:
+        with engine.connect() as conn:
+            conn.execute(text(_slow_statement(state_url, 2)))
+        other_done.set()
+
+    try:
+        with engine.connect() as conn:  # a connection taken before the block is not cancelled
+            other = threading.Thread(target=other_thread)
+            with cancelled_on(stop, engine):
+                other.start()
+                time.sleep(0.3)
+                threading.Timer(0.5, stop.set).start()
+                with pytest.raises(OperationalError), engine.connect() as mine:
+                    mine.execute(text(_slow_statement(state_url, 60)))
+            other.join()
+            assert other_done.is_set()
+            assert conn.scalar(text("SELECT 1")) == 1
+    finally:
+        engine.dispose()
