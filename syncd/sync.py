@@ -230,8 +230,8 @@ def _snapshot(config: Config, engine: Engine, report: RunReport, audience: Audie
     except (QueryStopped, SQLAlchemyError) as exc:  # the merge is one transaction
         if not isinstance(exc, QueryStopped) and not _stopped(options):
             raise
-        log.warning("audience %s: snapshot cancelled by the stop request; its previous snapshot "
-                    "is kept", audience.key, extra={"run_id": report.run_id})
+        log.warning("audience %s: snapshot cancelled by the stop request; the ledger keeps the "
+                    "last complete snapshot", audience.key, extra={"run_id": report.run_id})
         return
     except SourceError as exc:
         error = f"query failed on source {audience.source!r}: {exc}"
