@@ -154,17 +154,22 @@ class Columns:
 
 def _check_extras(names: list[str], audience_key: str | None) -> None:
     """An extra column named like the audience key or a field syncd sends itself would
-    overwrite that trait or identity at the destination: the query fails instead."""
+    overwrite that trait or identity at the destination: the query fails instead. User.com
+    files "First Name" under `first_name`, so names are compared that way too."""
     for name in names:
         if name in KNOWN_COLUMNS:
             continue
-        if name == audience_key:
+        std = _ATTRIBUTE_NAME.sub("_", name.lower()).strip("_")
+        if audience_key in (name, std):
             raise SourceError(f"column {name!r} would overwrite the audience's own trait "
                               f"{audience_key!r}: rename it in the query")
-        if is_reserved(name):
-            raise SourceError(f"column {name!r} would overwrite the field {name!r} that syncd "
-                              "sends itself (an identity or a User.com standard attribute): "
-                              "rename it in the query")
+        if is_reserved(name) or is_reserved(std):
+            raise SourceError(f"column {name!r} would overwrite the field "
+                              f"{name if is_reserved(name) else std!r} that syncd sends itself "
+                              "(an identity or a User.com standard attribute): rename it in the query")
+
+
+_ATTRIBUTE_NAME = re.compile(r"[^a-z0-9]+")  # how User.com turns a trait name into an attribute
 
 
 def to_member(values: Sequence[Any], at: Columns, counts: SnapshotCounts) -> SnapshotRow | None:

@@ -221,7 +221,7 @@ def _snapshot(config: Config, engine: Engine, report: RunReport, audience: Audie
         try:
             rows = stream_members(source, audience.query, report.snapshot_at, counts, task,
                                   audience_key=audience.key, stop=options.stop_event)
-            # A stop also cancels the staging and the merge (minutes at 10M members).
+            # A stop also cancels the staging and the merge (long at 10M members).
             with cancelled_on(options.stop_event, engine):
                 ledger.replace_members(engine, audience.key, rows, counts)
         finally:

@@ -214,7 +214,8 @@ def test_an_sql_error_is_the_databases_message_on_one_line(sqlite_env: Env, pg_s
 # --- columns that would overwrite a trait or an identity ----------------------------------
 
 
-@pytest.mark.parametrize("column", ["buyers", "custom_id", "id", "first_name", "userId"])
+@pytest.mark.parametrize("column", ["buyers", "Buyers", "custom_id", "id", "first_name", "First Name",
+                                    "userId"])
 def test_a_column_that_would_overwrite_a_trait_or_identity_fails_the_audience(
         sqlite_env: Env, column: str) -> None:
     env = sqlite_env
