@@ -15,15 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import Connection, Select, literal_column, select, text
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import __version__, ledger
 from syncd.config import AudienceConfig, Config, DestinationConfig
 from syncd.delivery import reason_of
 from syncd.destinations import make_destination
-from syncd.reserved import is_reserved
-from syncd.source import IDENTITY_COLUMNS, KNOWN_COLUMNS, SourceError, now_param, open_source
+from syncd.source import SourceError, open_source, query_columns
 
 
 @dataclass(frozen=True)
@@ -100,39 +99,13 @@ def _unreachable(name: str, audiences: Sequence[AudienceConfig], reason: str) ->
 
 
 def _check_query(conn: Connection, audience: AudienceConfig) -> Check:
-    """Run the query for its columns only: the database plans it, fetches no row."""
-    # SELECT * FROM (<query>) AS q LIMIT 0, in the source's own dialect (TOP 0 on SQL Server);
-    # the newline keeps a trailing `-- comment` in the query from swallowing the wrapper.
-    query = text(audience.query.strip().rstrip(";") + "\n").columns().subquery("q")
-    wrapped: Select[Any] = select(literal_column("*")).select_from(query).limit(0)
+    """The query's columns, as a run checks them, without fetching a row."""
     where = {"source": audience.source, "audience": audience.key}
     try:
-        result = conn.execute(wrapped, {"now": now_param(ledger.now())})
-        columns = list(result.keys())
-        result.close()
-    except SQLAlchemyError as exc:
-        return Check("audience", False, f"query failed: {_one_line(exc)}", **where)
-    finally:
-        conn.rollback()  # a failed query must not spoil the next one's transaction (PostgreSQL)
-    problem = column_problem(columns, audience.key)
-    if problem:
-        return Check("audience", False, problem, **where)
+        columns = query_columns(conn, audience.query, ledger.now(), audience.key)
+    except SourceError as exc:
+        return Check("audience", False, f"query failed: {exc}", **where)
     return Check("audience", True, f"query OK; columns: {', '.join(columns)}", **where)
-
-
-def column_problem(columns: Sequence[str], audience_key: str) -> str | None:
-    """Why these query columns would fail the audience at every run; None if they are fine."""
-    if not any(c in columns for c in IDENTITY_COLUMNS):
-        return (f"the query returns no user_id or anonymous_id column (it returns: "
-                f"{', '.join(columns) or 'nothing'})")
-    for column in columns:
-        if column == audience_key:
-            return (f"column {column!r} would overwrite the audience key {audience_key!r}: "
-                    "rename it in the query (AS ...)")
-        if column not in KNOWN_COLUMNS and is_reserved(column):
-            return (f"column {column!r} is a field syncd sends itself (reserved): rename it in "
-                    "the query (AS ...)")
-    return None
 
 
 def _one_line(exc: SQLAlchemyError) -> str:

@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import __version__
 from syncd.config import Config, ConfigError, UsageError, default_config_path, load_config
+from syncd.db import StateError
 from syncd.ledger import RunInProgress
 from syncd.logs import LOG_FORMATS, setup_logging
 from syncd.metrics import MetricsError
@@ -113,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         "config_key": getattr(exc, "key", None)})
         else:
             print(f"syncd: {exc}", file=sys.stderr)
+        return 2
+    except StateError as exc:  # the state database as configured cannot be used
+        log.error("%s", exc)
         return 2
     except (RunInProgress, MetricsError) as exc:
         log.error("%s", exc)

@@ -88,7 +88,7 @@ def _plan_audience(config: Config, conn: Connection, scratch: Table, audience: A
     try:
         source = open_source(config.sources[audience.source].url)
         try:
-            rows = stream_members(source, audience.query, snapshot_at, counts)
+            rows = stream_members(source, audience.query, snapshot_at, counts, audience_key=audience.key)
             ledger.load_scratch(conn, scratch, audience.key, rows, counts)
         finally:
             source.dispose()

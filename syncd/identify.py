@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -26,15 +27,28 @@ def computation_id(audience_key: str) -> str:
 
 
 def json_value(value: Any) -> Any:
-    """Query values -> JSON: datetimes as ISO-8601, decimals as numbers, the rest as text."""
-    if value is None or isinstance(value, bool | int | float | str):
+    """A query value as JSON keeps its type: numbers stay numbers (a whole decimal an integer),
+    timestamps become ISO-8601 in UTC with `Z` (one without a zone is taken as UTC), dates
+    `YYYY-MM-DD`, JSON columns objects, arrays lists; only what has no JSON form becomes text.
+    Values that are JSON already come back as they are, so applying it twice changes nothing."""
+    if value is None or isinstance(value, bool | int | str):
         return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # JSON has no NaN or Infinity
     if isinstance(value, datetime):
-        return iso_millis(value) if value.tzinfo else value.isoformat()
+        return iso_millis(value if value.tzinfo else value.replace(tzinfo=UTC))
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal):
-        return float(value)
+        if not value.is_finite():
+            return str(value)
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", errors="replace")
     return str(value)
 
 

@@ -1,26 +1,45 @@
-"""Run an audience's query against its source database and stream the members."""
+"""Run an audience's query against its source database and stream the members.
+
+The query goes to the database as written: only `:now` outside string literals, quoted
+names and comments is a parameter, so `x::text` and `'{"a":1}'::jsonb` mean what they say.
+A run's stop flag cancels the query in flight (PostgreSQL's cancel request, SQLite's
+interrupt) instead of waiting for it to finish.
+"""
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, CursorResult, Engine, create_engine
+from sqlalchemy.exc import DBAPIError, ResourceClosedError, SQLAlchemyError
 
-from syncd.db import sqlite_file
-from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
+from syncd.db import cancelled_on, sqlite_file
+from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
 from syncd.ledger import SnapshotCounts
 from syncd.plan import Change, SnapshotRow, traits_json
 from syncd.progress import Task
+from syncd.reserved import is_reserved
 
 IDENTITY_COLUMNS = ("user_id", "anonymous_id")
 KNOWN_COLUMNS = (*IDENTITY_COLUMNS, "email", "url")
-_NOW_PARAM = re.compile(r"(?<![:\w]):now\b")
+# What the database reads as text, a name or a comment, where `:now` is not a parameter;
+# else `:now` itself. One left-to-right scan: the leftmost match wins.
+_NOW_OR_QUOTED = re.compile(r"""
+      (?<!\w)[Ee]'(?:\\.|''|[^'\\])*'        # E'...' (PostgreSQL): backslash escapes
+    | '(?:''|[^'])*'                        # a string literal; '' is a quote inside
+    | "(?:""|[^"])*"                        # a quoted name
+    | `[^`]*`                               # a MySQL/SQLite quoted name
+    | --[^\n]*                              # a line comment
+    | /\*.*?\*/                             # a block comment
+    | \$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?\$(?P=tag)\$   # a dollar-quoted string (PostgreSQL)
+    | (?P<now>(?<![:\w]):now(?!\w))
+""", re.VERBOSE | re.DOTALL)
 # Nat and User.com refuse what is not an address; such an email is dropped and counted.
 _EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
 LARGE_ROW = 8 * 1024  # rows smaller than this cannot make a 32 KB message
@@ -28,6 +47,10 @@ LARGE_ROW = 8 * 1024  # rows smaller than this cannot make a 32 KB message
 
 class SourceError(Exception):
     """The audience's query could not be run: this audience fails, the others go on."""
+
+
+class QueryStopped(Exception):
+    """The run was asked to stop while the query ran: the query was cancelled."""
 
 
 def open_source(url: str) -> Engine:
@@ -47,19 +70,21 @@ def now_param(snapshot_at: datetime) -> str:
 
 
 def stream_members(
-    engine: Engine, query: str, snapshot_at: datetime, counts: SnapshotCounts, task: Task | None = None
+    engine: Engine, query: str, snapshot_at: datetime, counts: SnapshotCounts, task: Task | None = None,
+    *, audience_key: str | None = None, stop: threading.Event | None = None,
 ) -> Iterator[SnapshotRow]:
     """Yield the usable rows; count the others (and emails dropped as invalid) in `counts`.
-    `task`, if given, advances by every row read (skipped ones included)."""
-    params = {"now": now_param(snapshot_at)} if _NOW_PARAM.search(query) else {}
+    `task`, if given, advances by every row read (skipped ones included). `audience_key`: a
+    column of that name fails the query (it would overwrite the audience's trait). `stop`: when
+    set, the query is cancelled and QueryStopped raised."""
     try:
-        with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=2_000).execute(
-                text(query), params
-            )
-            columns = Columns(list(result.keys()))
+        with cancelled_on(stop, engine), engine.connect() as conn:
+            result = execute(conn, query, snapshot_at)
+            columns = Columns(list(result.keys()), audience_key)
             # partitions() fetches yield_per rows per round trip instead of one at a time.
             for partition in result.partitions(2_000):
+                if stop is not None and stop.is_set():
+                    raise QueryStopped
                 counts.rows += len(partition)
                 for values in partition:
                     member = to_member(values, columns, counts)
@@ -68,21 +93,87 @@ def stream_members(
                 if task is not None:
                     task.advance(len(partition))
     except SQLAlchemyError as exc:
+        if stop is not None and stop.is_set():
+            raise QueryStopped from None
         raise SourceError(_one_line(exc)) from None
+
+
+def query_columns(conn: Connection, query: str, snapshot_at: datetime, audience_key: str) -> list[str]:
+    """The query's column names, checked as a run checks them (SourceError otherwise), without
+    fetching a row: it runs wrapped in `LIMIT 0`, so the database plans it and returns none.
+    The newline keeps a trailing `-- comment` in the query from swallowing the wrapper."""
+    wrapped = f"SELECT * FROM ({query.strip().rstrip(';')}\n) AS q LIMIT 0"
+    try:
+        result = execute(conn, wrapped, snapshot_at)
+        names = list(result.keys())
+        result.close()
+    except SQLAlchemyError as exc:
+        raise SourceError(_one_line(exc)) from None
+    finally:
+        conn.rollback()  # a failed query must not spoil the next one's transaction (PostgreSQL)
+    Columns(names, audience_key)
+    return names
+
+
+def execute(conn: Connection, query: str, snapshot_at: datetime) -> CursorResult[Any]:
+    """Run the query as written, streaming its rows; `:now` bound to the snapshot time."""
+    statement, params = bind_now(query, now_param(snapshot_at), conn.dialect.paramstyle)
+    conn = conn.execution_options(stream_results=True, yield_per=2_000)
+    if params is None:  # nothing to bind: the driver must not read `%` or `?` as placeholders
+        return conn.execution_options(no_parameters=True).exec_driver_sql(statement)
+    return conn.exec_driver_sql(statement, params)
+
+
+def bind_now(query: str, now: str, paramstyle: str) -> tuple[str, Any]:
+    """The query in the driver's parameter style, and its parameters (None: no `:now`)."""
+    uses = sum(1 for m in _NOW_OR_QUOTED.finditer(query) if m.group("now"))
+    if not uses:
+        return query, None
+    if paramstyle in ("format", "pyformat"):
+        query = query.replace("%", "%%")  # these drivers read every % as a placeholder's start
+    marker = {"qmark": "?", "format": "%s", "pyformat": "%(now)s", "numeric": ":1",
+              "numeric_dollar": "$1"}.get(paramstyle, ":now")
+    statement = _NOW_OR_QUOTED.sub(lambda m: marker if m.group("now") else m.group(0), query)
+    if paramstyle in ("qmark", "format"):
+        return statement, tuple([now] * uses)
+    if paramstyle in ("numeric", "numeric_dollar"):
+        return statement, (now,)
+    return statement, {"now": now}
 
 
 class Columns:
     """Where the known columns sit in the query's rows; every other column is an extra trait."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], audience_key: str | None = None) -> None:
         if not any(c in names for c in IDENTITY_COLUMNS):
             raise SourceError(
                 f"the query returns no user_id or anonymous_id column (it returns: "
                 f"{', '.join(names) or 'nothing'})"
             )
+        _check_extras(names, audience_key)
         at = {name: i for i, name in enumerate(names)}  # a repeated name: the last one counts
         self.user_id, self.anonymous_id, self.email, self.url = (at.get(c) for c in KNOWN_COLUMNS)
         self.extras = [(name, i) for name, i in at.items() if name not in KNOWN_COLUMNS]
+
+
+def _check_extras(names: list[str], audience_key: str | None) -> None:
+    """An extra column named like the audience key or a field syncd sends itself would
+    overwrite that trait or identity at the destination: the query fails instead. User.com
+    files "First Name" under `first_name`, so names are compared that way too."""
+    for name in names:
+        if name in KNOWN_COLUMNS:
+            continue
+        std = _ATTRIBUTE_NAME.sub("_", name.lower()).strip("_")
+        if audience_key in (name, std):
+            raise SourceError(f"column {name!r} would overwrite the trait of the audience key "
+                              f"{audience_key!r}: rename it in the query")
+        if is_reserved(name) or is_reserved(std):
+            raise SourceError(f"column {name!r} would overwrite the field "
+                              f"{name if is_reserved(name) else std!r} that syncd sends itself "
+                              "(an identity or a User.com standard attribute): rename it in the query")
+
+
+_ATTRIBUTE_NAME = re.compile(r"[^a-z0-9]+")  # how User.com turns a trait name into an attribute
 
 
 def to_member(values: Sequence[Any], at: Columns, counts: SnapshotCounts) -> SnapshotRow | None:
@@ -100,7 +191,7 @@ def to_member(values: Sequence[Any], at: Columns, counts: SnapshotCounts) -> Sna
         counts.invalid_email += 1
         email = None
     url = None if at.url is None else _clean(_text(values[at.url]))
-    traits = {name: _clean(values[i]) for name, i in at.extras} if at.extras else None
+    traits = {name: json_value(_clean(values[i])) for name, i in at.extras} if at.extras else None
     size = len(user_id or "") + len(anonymous_id or "") + len(email or "") + len(url or "")
     if traits:
         size += sum(len(name) + len(str(value)) for name, value in traits.items())
@@ -155,6 +246,20 @@ def _too_large(user_id: str | None, anonymous_id: str | None, email: str | None,
 
 
 def _one_line(exc: SQLAlchemyError) -> str:
-    """The database's own message, without SQLAlchemy's multi-line decoration."""
-    message = str(getattr(exc, "orig", None) or exc)
+    """The database's own message on one line, without SQLAlchemy's decoration (the statement,
+    its parameters, the link to its documentation) or the driver's excerpt of the query."""
+    if isinstance(exc, ResourceClosedError):
+        return "the query returns no rows: it must be one SELECT"
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    if orig is not None:
+        lines = str(orig).strip().splitlines()
+        message = lines[0] if lines else type(orig).__name__
+        hint = getattr(getattr(orig, "diag", None), "message_hint", None)
+        if hint:
+            message += f" ({hint})"
+    else:
+        message = _DECORATION.sub("", str(exc)).strip()
     return " ".join(message.split())[:300]
+
+
+_DECORATION = re.compile(r"\[SQL: .*|\(Background on this error at: [^)]*\)", re.DOTALL)

@@ -11,9 +11,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from typing import TypeVar
 
 import httpx
@@ -22,14 +24,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import alerts, guards, ledger
 from syncd.config import AudienceConfig, Config, DestinationConfig, GuardConfig
-from syncd.db import create_state_engine, migrate
+from syncd.db import cancelled_on, create_state_engine, migrate
 from syncd.delivery import RetryPolicy, Sender, Verdict
 from syncd.destinations import Destination, DestinationError, make_destination
 from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
 from syncd.ledger import Outcome, SnapshotCounts
 from syncd.plan import Change
 from syncd.progress import Null, Progress, Task
-from syncd.source import SourceError, open_source, stream_members
+from syncd.source import QueryStopped, SourceError, open_source, stream_members
 
 log = logging.getLogger("syncd")
 T = TypeVar("T")
@@ -172,8 +174,12 @@ def _run(config: Config, options: Options, engine: Engine) -> RunReport:
     log.info("run %d started (snapshot time %s)", report.run_id, snapshot_at.isoformat(),
              extra={"run_id": report.run_id})
     for audience in config.audiences:
-        _snapshot(config, engine, report, audience, options.progress)
-    ready = [a for a in config.audiences if a.key not in report.audience_errors]
+        if _stopped(options):
+            break
+        _off_main_thread(partial(_snapshot, config, engine, report, audience, options))
+    # Stopped while taking snapshots: nothing is sent (not even the diffs are worked out).
+    ready = [] if _stopped(options) else [a for a in config.audiences
+                                           if a.key not in report.audience_errors]
     # The send time limit counts from here: however long the snapshots took, a run sends.
     deadline = time.monotonic() + config.schedule.send_limit.total_seconds()
     report.pairs = asyncio.run(_deliver_all(config, options, engine, report, ready, deadline))
@@ -201,20 +207,44 @@ def _prune(config: Config, engine: Engine) -> None:
                  pruned.run_results, pruned.ledger_rows)
 
 
+def _off_main_thread(call: Callable[[], None]) -> None:
+    """`call()` in a worker thread, waited for. Python runs signal handlers in the main thread
+    between bytecodes: a query running there (SQLite computes inside one C call) would hold
+    back SIGTERM's stop flag, and with it the query's cancellation, until the query ended."""
+    if threading.current_thread() is not threading.main_thread():
+        call()
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="syncd-snapshot") as pool:
+        pool.submit(call).result()
+
+
+def _stopped(options: Options) -> bool:
+    return options.stop_event is not None and options.stop_event.is_set()
+
+
 def _snapshot(config: Config, engine: Engine, report: RunReport, audience: AudienceConfig,
-              progress: Progress) -> None:
+              options: Options) -> None:
     counts, error = SnapshotCounts(), None
     with engine.connect() as conn:  # the last run's row count is the best guess for an ETA
         expected = ledger.last_snapshot_rows(conn, audience.key)
-    task = progress.task(f"{audience.key}:", expected or None, "rows read")
+    task = options.progress.task(f"{audience.key}:", expected or None, "rows read")
     try:
         source = open_source(config.sources[audience.source].url)
         try:
-            rows = stream_members(source, audience.query, report.snapshot_at, counts, task)
-            ledger.replace_members(engine, audience.key, rows, counts)
+            rows = stream_members(source, audience.query, report.snapshot_at, counts, task,
+                                  audience_key=audience.key, stop=options.stop_event)
+            # A stop also cancels the staging and the merge (long at 10M members).
+            with cancelled_on(options.stop_event, engine):
+                ledger.replace_members(engine, audience.key, rows, counts)
         finally:
             source.dispose()
             task.close()
+    except (QueryStopped, SQLAlchemyError) as exc:  # the merge is one transaction
+        if not isinstance(exc, QueryStopped) and not _stopped(options):
+            raise
+        log.warning("audience %s: snapshot cancelled by the stop request; the ledger keeps the "
+                    "last complete snapshot", audience.key, extra={"run_id": report.run_id})
+        return
     except SourceError as exc:
         error = f"query failed on source {audience.source!r}: {exc}"
         report.audience_errors[audience.key] = error
