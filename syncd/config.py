@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from syncd.db import sqlite_file
 from syncd.keys import audience_key
 from syncd.reserved import is_reserved
+from syncd.state.engine import sqlite_file
 
 log = logging.getLogger("syncd")
 
@@ -203,7 +203,7 @@ ALERT_FORMATS = ("json", "slack")
 
 @dataclass(frozen=True)
 class AlertsConfig:
-    """[alerts]: where and when to push alerts (see alerts.py)."""
+    """[alerts]: where and when to push alerts (see run/alerts.py)."""
 
     # A Slack webhook URL is a credential: never logged, shown or stored. A SecretSource until
     # Config.with_secrets() resolves it, as the destinations' keys.

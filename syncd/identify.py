@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from syncd import __version__
-from syncd.plan import Change
+from syncd.model import Change
 
 MAX_MESSAGE_BYTES = 32 * 1024  # Segment's limit for one call
 

@@ -19,12 +19,12 @@ from typing import Any
 from sqlalchemy import Connection, CursorResult, Engine, create_engine
 from sqlalchemy.exc import DBAPIError, ResourceClosedError, SQLAlchemyError
 
-from syncd.db import cancelled_on, sqlite_file
+from syncd.cli.progress import Task
 from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
-from syncd.ledger import SnapshotCounts
-from syncd.plan import Change, SnapshotRow, traits_json
-from syncd.progress import Task
+from syncd.model import Change, SnapshotRow, traits_json
 from syncd.reserved import is_reserved
+from syncd.state.engine import cancelled_on, sqlite_file
+from syncd.state.snapshots import SnapshotCounts
 
 IDENTITY_COLUMNS = ("user_id", "anonymous_id")
 KNOWN_COLUMNS = (*IDENTITY_COLUMNS, "email", "url")

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 
-from syncd import ledger
-from syncd.db import create_state_engine, migrate
+from syncd import state as ledger
+from syncd.state.engine import create_state_engine, migrate
 
 from conftest import KEYS_ENV, NAT_KEY, USERCOM_KEY, Env, run_cli
 

@@ -1,6 +1,6 @@
 """`syncd run`: APScheduler wiring. One run at a time, interval plus 0..jitter apart.
 
-The daemon and `run-once` share one code path (sync.run_once). SIGTERM/SIGINT set a
+The daemon and `run-once` share one code path (run/pipeline.py: run_once). SIGTERM/SIGINT set a
 stop flag that delivery checks between pages, so the page in flight is finished and
 recorded before the process exits.
 
@@ -24,15 +24,17 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd import ledger
+from syncd.cli.progress import Null, Progress
 from syncd.config import Config, ScheduleConfig
-from syncd.metrics import Endpoints, Metrics, MetricsServer
-from syncd.notify import Heartbeat, Notifier
-from syncd.page import page_renderer
-from syncd.probes import PULSE, Cached, Liveness, readiness
-from syncd.progress import Null, Progress
-from syncd.signals import stop_on_signals
-from syncd.sync import Options, RunReport, open_state, run_once
+from syncd.daemon.metrics import Endpoints, Metrics, MetricsServer
+from syncd.daemon.notify import Heartbeat, Notifier
+from syncd.daemon.page import page_renderer
+from syncd.daemon.probes import PULSE, Cached, Liveness, readiness
+from syncd.daemon.signals import stop_on_signals
+from syncd.run.pipeline import Options, open_state, run_once
+from syncd.run.report import RunReport
+from syncd.state.lease import RunInProgress
+from syncd.state.runs import last_run
 
 log = logging.getLogger("syncd")
 
@@ -149,7 +151,7 @@ class _Daemon:
         report = None
         try:
             report = run_once(self.config, self.options, engine=self.engine)
-        except ledger.RunInProgress as exc:
+        except RunInProgress as exc:
             log.warning("skipping this run: %s", exc)
             self._ended("skipped", f"run skipped at {_hhmm()}: {exc}")
         except Exception:  # the daemon must outlive one bad run; the next run retries
@@ -199,7 +201,7 @@ def _hhmm(moment: datetime | None = None) -> str:
 
 def _last_start(engine: Engine) -> datetime | None:
     with engine.connect() as conn:
-        run = ledger.last_run(conn)
+        run = last_run(conn)
     return run.started_at if run is not None else None
 
 

@@ -21,7 +21,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd.db import alembic_config
+from syncd.state.engine import alembic_config
 
 PULSE = 15.0  # seconds between the scheduler's ticks
 STALE_AFTER = 4 * PULSE  # no tick for this long: the scheduler is wedged

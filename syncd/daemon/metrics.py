@@ -36,11 +36,13 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd import __version__, ledger
+from syncd import __version__
 from syncd.config import Config, MetricsConfig
+from syncd.state import runs as state_runs
+from syncd.state.runs import last_results, last_successes
 
 if TYPE_CHECKING:  # cli imports MetricsError before the config is read: keep this module light
-    from syncd.sync import RunReport
+    from syncd.run.report import RunReport
 
 log = logging.getLogger("syncd")
 
@@ -105,11 +107,11 @@ class Metrics:
 
     def refresh(self, config: Config, engine: Engine) -> None:
         """Backlog gauges (and, at start-up, last successes) from the ledger."""
-        from syncd.status import backlog  # httpx: only once the daemon runs
+        from syncd.cli.commands.status import backlog  # httpx: only once the daemon runs
 
         pending, oldest = {}, {}
         with engine.connect() as conn:
-            successes = ledger.last_successes(conn)
+            successes = last_successes(conn)
             for key, name, counts in backlog(config, conn):
                 work, since = counts.entered + counts.left, counts.oldest_pending
                 pending[(key, name)] = work
@@ -127,13 +129,13 @@ class Metrics:
         """From each pair's latest result: held exits, refused keys; and when the last run started."""
         held, refused = dict.fromkeys(pairs, 0), {name: 0 for _, name in pairs}
         with engine.connect() as conn:
-            run = ledger.last_run(conn)
-            for result in ledger.last_results(conn):
+            run = state_runs.last_run(conn)
+            for result in last_results(conn):
                 pair = (result.audience_key, result.destination)
                 if pair not in held:
                     continue  # a pair no longer configured
                 held[pair] = int(result.left or 0) if result.outcome == "held" else 0
-                if result.outcome == "stopped":  # the sender stopped: 401/403 (sync._send_work)
+                if result.outcome == "stopped":  # the sender stopped: 401/403 (run/deliver.py)
                     refused[result.destination] = 1
         with self.lock:
             self.held_exits, self.key_refused = held, refused

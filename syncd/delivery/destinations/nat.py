@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from syncd.delivery import Request
-from syncd.destinations.base import Destination
+from syncd.delivery.destinations.base import Destination
+from syncd.delivery.sender import Request
 
 
 class Nat(Destination):

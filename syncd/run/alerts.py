@@ -34,12 +34,14 @@ import httpx
 from sqlalchemy import Connection, Engine, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from syncd import __version__, ledger, status
+from syncd import __version__
+from syncd.cli.commands import status
 from syncd.config import AlertsConfig, Config
-from syncd.models import AlertState
+from syncd.state import engine as state_engine
+from syncd.state.tables import RUN, AlertState
 
 if TYPE_CHECKING:
-    from syncd.sync import RunReport
+    from syncd.run.report import RunReport
 
 log = logging.getLogger("syncd")
 
@@ -133,7 +135,7 @@ def _held_exits(report: RunReport) -> Iterator[Condition]:
 
 
 def _stale_backlogs(config: Config, conn: Connection, older_than: timedelta) -> Iterator[Condition]:
-    limit = ledger.now() - older_than
+    limit = state_engine.now() - older_than
     for key, name, counts in status.backlog(config, conn):
         pending, oldest = counts.entered + counts.left, counts.oldest_pending
         if pending and oldest is not None and oldest < limit:
@@ -148,7 +150,7 @@ def _stale_backlogs(config: Config, conn: Connection, older_than: timedelta) -> 
 
 
 def _undelivered_runs(conn: Connection, after: int) -> Condition:
-    run = ledger.RUN
+    run = RUN
     # Interrupted and crashed runs say nothing about delivery: they neither count nor break a streak.
     outcomes = list(conn.scalars(select(run.c.outcome)
                                  .where(run.c.outcome.in_(("ok", "held", "undelivered")))
@@ -199,7 +201,7 @@ def deliver(alerts: AlertsConfig, engine: Engine, found: Iterable[Condition], ru
 
 def body(kind: str, condition: Condition, run_id: int | None) -> dict[str, Any]:
     """The webhook's JSON body: format "json" or "slack"."""
-    at = ledger.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    at = state_engine.now().strftime("%Y-%m-%dT%H:%M:%SZ")
     if kind == "slack":
         return {"text": slack_text(condition)}
     return {"event": condition.event, "severity": condition.severity, "audience": condition.audience,
@@ -218,7 +220,7 @@ def slack_text(condition: Condition) -> str:
 def _claim(engine: Engine, condition: Condition, holder: str) -> bool:
     """Take the right to tell this change; False if another process has it or already told it."""
     event, audience, destination = condition.key
-    now = ledger.now()
+    now = state_engine.now()
     where = and_(ALERTS.c.event == event, ALERTS.c.audience == audience,
                  ALERTS.c.destination == destination)
     with engine.begin() as conn:
@@ -239,7 +241,7 @@ def _settle(engine: Engine, condition: Condition, holder: str, acknowledged: boo
     event, audience, destination = condition.key
     values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
     if acknowledged:
-        values.update(active=condition.active, changed_at=ledger.now())
+        values.update(active=condition.active, changed_at=state_engine.now())
     with engine.begin() as conn:
         conn.execute(update(ALERTS).where(
             ALERTS.c.event == event, ALERTS.c.audience == audience,

@@ -18,11 +18,12 @@ import httpx
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd import __version__, ledger
+from syncd import __version__
 from syncd.config import AudienceConfig, Config, DestinationConfig
-from syncd.delivery import reason_of
-from syncd.destinations import make_destination
+from syncd.delivery.destinations import make_destination
+from syncd.delivery.sender import reason_of
 from syncd.source import SourceError, open_source, query_columns
+from syncd.state.engine import now
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def _check_query(conn: Connection, audience: AudienceConfig) -> Check:
     """The query's columns, as a run checks them, without fetching a row."""
     where = {"source": audience.source, "audience": audience.key}
     try:
-        columns = query_columns(conn, audience.query, ledger.now(), audience.key)
+        columns = query_columns(conn, audience.query, now(), audience.key)
     except SourceError as exc:
         return Check("audience", False, f"query failed: {exc}", **where)
     return Check("audience", True, f"query OK; columns: {', '.join(columns)}", **where)

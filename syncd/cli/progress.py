@@ -1,6 +1,6 @@
 """Progress of long work: snapshot rows read, changes delivered per destination.
 
-sync.py only calls `progress.task(label, total, unit)` and then `advance()` /
+A run only calls `progress.task(label, total, unit)` and then `advance()` /
 `close()` on what it returns. Who shows it is chosen at the edge (cli):
 
     Bar        a terminal: one `\\r`-redrawn line with every active task, rate and ETA

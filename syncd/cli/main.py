@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, NoReturn
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import __version__
+from syncd.cli.logs import LOG_FORMATS, setup_logging
 from syncd.config import Config, ConfigError, UsageError, default_config_path, load_config
-from syncd.db import StateError
-from syncd.ledger import RunInProgress
-from syncd.logs import LOG_FORMATS, setup_logging
-from syncd.metrics import MetricsError
-from syncd.signals import stop_on_signals
+from syncd.daemon.metrics import MetricsError
+from syncd.daemon.signals import stop_on_signals
+from syncd.state.engine import StateError
+from syncd.state.lease import RunInProgress
 
 if TYPE_CHECKING:
-    from syncd.progress import Progress
-    from syncd.sync import Options
+    from syncd.cli.progress import Progress
+    from syncd.run.pipeline import Options
 
 log = logging.getLogger("syncd")
 
@@ -130,7 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
     # heavy imports only once the config is good
-    from syncd import commands, progress, scheduler, status, sync
+    from syncd.cli import progress
+    from syncd.cli.commands import operator, status
+    from syncd.daemon import scheduler
+    from syncd.run import pipeline
 
     if args.command in SENDING_COMMANDS or getattr(args, "connect", False):  # check --connect uses the keys
         config = config.with_secrets()
@@ -139,30 +142,30 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         scheduler.serve(config, progress=shown, environ=os.environ)
         return 0
     if args.command == "run-once":  # serves no metrics: it is gone before a scrape (README)
-        return sync.run_once(config, _run_options(shown)).exit_code
+        return pipeline.run_once(config, _run_options(shown)).exit_code
     if args.command == "check":  # needs no state database
         return _check(args, config)
-    commands.check_args(config, getattr(args, "audience", None), getattr(args, "destination", None))
-    engine = sync.open_state(config)
+    operator.check_args(config, getattr(args, "audience", None), getattr(args, "destination", None))
+    engine = pipeline.open_state(config)
     try:
         if args.command == "migrate":
             print("state database is up to date")
             return 0
         if args.command == "status":
             rows = status.status(config, engine)
-            output = commands.Output(rows, status.format_status(rows))
+            output = operator.Output(rows, status.format_status(rows))
         elif args.command == "plan":
-            output = commands.plan(config, engine)
+            output = operator.plan(config, engine)
         elif args.command == "resync":
-            output = commands.resync(config, engine, args.audience, args.destination, _run_options(shown))
+            output = operator.resync(config, engine, args.audience, args.destination, _run_options(shown))
         elif args.command == "failures":
-            output = commands.failures(config, engine, args.destination)
+            output = operator.failures(config, engine, args.destination)
         elif args.command == "retry":
-            output = commands.retry(config, engine, args.destination, _run_options(shown))
+            output = operator.retry(config, engine, args.destination, _run_options(shown))
         elif args.command == "history":
-            output = commands.history(engine, args.limit)
+            output = operator.history(engine, args.limit)
         else:
-            output = commands.approve(config, engine, args.audience, args.destination)
+            output = operator.approve(config, engine, args.audience, args.destination)
         if args.json or output.text:
             _print(json.dumps(output.data, indent=2) if args.json else output.text)
         return output.exit_code
@@ -171,7 +174,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:
-    from syncd import check
+    from syncd.cli.commands import check
 
     checks = check.check(config, args.connect)
     _print(json.dumps([c.as_dict() for c in checks], indent=2) if args.json else check.format_checks(checks))
@@ -218,7 +221,7 @@ def _usage_error(exc: UsageExit, log_format: str) -> int:
 
 
 def _run_options(shown: Progress) -> Options:
-    from syncd.sync import Options
+    from syncd.run.pipeline import Options
 
     stop = threading.Event()
     stop_on_signals(stop)

@@ -16,12 +16,18 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table
 
-from syncd import guards, ledger
+from syncd import guards
 from syncd.config import AudienceConfig, Config, UsageError
-from syncd.destinations import make_destination
-from syncd.ledger import SnapshotCounts
+from syncd.delivery.destinations import make_destination
+from syncd.run.pipeline import Options, run_once
+from syncd.run.report import RunReport
 from syncd.source import SourceError, open_source, stream_members
-from syncd.sync import Options, RunReport, run_once
+from syncd.state import operator as state_operator
+from syncd.state.diff import WorkList, plan_counts
+from syncd.state.engine import now
+from syncd.state.lease import RunInProgress
+from syncd.state.operator import RUN_TOTALS, mark_resync, recent_runs, record_approval, requeue_failures
+from syncd.state.snapshots import SnapshotCounts, load_scratch, scratch_members
 
 log = logging.getLogger("syncd")
 
@@ -74,8 +80,8 @@ def plan(config: Config, engine: Engine) -> Output:
     Nothing is sent and nothing in the state database changes; no lease is needed,
     and a run going on at the same time is neither blocked nor disturbed.
     """
-    snapshot_at = ledger.now()
-    with engine.connect() as conn, ledger.scratch_members(conn) as scratch:
+    snapshot_at = now()
+    with engine.connect() as conn, scratch_members(conn) as scratch:
         audiences = [_plan_audience(config, conn, scratch, a, snapshot_at) for a in config.audiences]
     data = {"snapshot_at": _iso(snapshot_at), "audiences": audiences}
     return Output(data, format_plan(data))
@@ -89,7 +95,7 @@ def _plan_audience(config: Config, conn: Connection, scratch: Table, audience: A
         source = open_source(config.sources[audience.source].url)
         try:
             rows = stream_members(source, audience.query, snapshot_at, counts, audience_key=audience.key)
-            ledger.load_scratch(conn, scratch, audience.key, rows, counts)
+            load_scratch(conn, scratch, audience.key, rows, counts)
         finally:
             source.dispose()
     except SourceError as exc:
@@ -105,7 +111,7 @@ def _plan_pair(config: Config, conn: Connection, scratch: Table, audience: Audie
                name: str) -> dict[str, Any]:
     key, rate = audience.key, config.destinations[name].rate_limit
     # The same work list a run makes, from the scratch snapshot instead of `member`.
-    with ledger.WorkList(conn, key, name, _needs_email(config, name), scratch) as work:
+    with WorkList(conn, key, name, _needs_email(config, name), scratch) as work:
         counts = work.counts
         guard = guards.check(conn, audience, config.guards, name, counts.members, counts.left)
         samples = {label: [_who(c) for c in work.page(value, "", SAMPLES)]
@@ -175,7 +181,7 @@ def resync(config: Config, engine: Engine, audience: str, destination: str | Non
     """Send the pair's full state again: `true` to every member, `false` to every
     non-member the destination holds as `true`; marked in the ledger, then run now."""
     names = [destination] if destination else list(_audience(config, audience).destinations)
-    marked = {name: ledger.mark_resync(engine, audience, name) for name in names}
+    marked = {name: mark_resync(engine, audience, name) for name in names}
     for name, count in marked.items():
         log.info("resync %s at %s: %d acknowledged users marked to be sent again", audience, name, count)
     return _run_now(config, engine, {(audience, name) for name in names},
@@ -197,7 +203,7 @@ def resync_lines(report: RunReport) -> list[str]:
 
 def failures(config: Config, engine: Engine, destination: str | None) -> Output:
     with engine.connect() as conn:
-        groups = ledger.failures(conn, destination, SAMPLES)
+        groups = state_operator.failures(conn, destination, SAMPLES)
     data = [_renamed(asdict(g)) for g in groups]
     if not groups:
         return Output(data, "no failed changes")
@@ -212,7 +218,7 @@ def failures(config: Config, engine: Engine, destination: str | None) -> Output:
 
 def retry(config: Config, engine: Engine, destination: str | None, options: Options) -> Output:
     """Clear the failure marks of rejected changes and try them now (a run of those pairs)."""
-    requeued = ledger.requeue_failures(engine, destination)
+    requeued = requeue_failures(engine, destination)
     configured = {(a.key, d) for a in config.audiences for d in a.destinations}
     pairs = set(requeued) & configured
     if not pairs:
@@ -229,7 +235,7 @@ def _run_now(config: Config, engine: Engine, pairs: set[tuple[str, str]], option
              if_busy: str) -> Output:
     try:
         report = run_once(only(config, pairs), options, engine=engine)
-    except ledger.RunInProgress as exc:
+    except RunInProgress as exc:
         log.error("%s; %s", exc, if_busy)
         return Output({"run_id": None, "error": str(exc)}, "", 1)
     # The run logged its summary (stderr, like run-once): printed again on stdout it showed twice.
@@ -248,24 +254,24 @@ def _renamed(record: dict[str, Any]) -> dict[str, Any]:
 
 # --- history -----------------------------------------------------------------------------
 
-HISTORY_COLUMNS = ("run", "started", "duration", "outcome", *ledger.RUN_TOTALS, "held")
+HISTORY_COLUMNS = ("run", "started", "duration", "outcome", *RUN_TOTALS, "held")
 
 
 def history(engine: Engine, limit: int) -> Output:
     with engine.connect() as conn:
-        runs = ledger.recent_runs(conn, limit)
+        runs = recent_runs(conn, limit)
     data = [{
         "run_id": r.id, "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at),
         "duration_seconds": (r.finished_at - r.started_at).total_seconds() if r.finished_at else None,
         "outcome": r.outcome, "host": r.host, "pid": r.pid,
-        **{name: int(getattr(r, name)) for name in (*ledger.RUN_TOTALS, "held", "source_errors")},
+        **{name: int(getattr(r, name)) for name in (*RUN_TOTALS, "held", "source_errors")},
     } for r in runs]
     if not data:
         return Output(data, "no runs yet")
     table = [list(HISTORY_COLUMNS)] + [[
         str(d["run_id"]), str(d["started_at"]),
         _duration(d["duration_seconds"]) if d["duration_seconds"] is not None else "-",
-        d["outcome"], *(str(d[name]) for name in (*ledger.RUN_TOTALS, "held")),
+        d["outcome"], *(str(d[name]) for name in (*RUN_TOTALS, "held")),
     ] for d in data]
     return Output(data, _table(table))
 
@@ -285,10 +291,10 @@ def approve(config: Config, engine: Engine, audience: str, destination: str | No
     data, lines = [], []
     for name in [destination] if destination else target.destinations:
         with engine.connect() as conn:  # the last run's snapshot: what it held
-            counts = ledger.plan_counts(conn, audience, name, _needs_email(config, name))
+            counts = plan_counts(conn, audience, name, _needs_email(config, name))
             verdict = guards.check(conn, target, config.guards, name, counts.members, counts.left)
         if verdict.tripped:
-            ledger.record_approval(engine, audience, name, verdict.exits, verdict.acknowledged, _operator())
+            record_approval(engine, audience, name, verdict.exits, verdict.acknowledged, _operator())
             lines.append(f"approved: the next run sends {verdict.exits} exits of {audience} at {name} "
                          f"({verdict.reason()})")
         else:

@@ -17,8 +17,11 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from syncd import __version__, ledger
+from syncd import __version__
 from syncd.config import Config
+from syncd.state import engine as state_engine
+from syncd.state.operator import recent_runs
+from syncd.state.runs import last_results
 
 RUNS_SHOWN = 20
 REFRESH_SECONDS = 30
@@ -59,19 +62,19 @@ class PageData:
 
 def gather(config: Config, engine: Engine, limit: int = RUNS_SHOWN) -> PageData:
     """The page's numbers, from the same readings as `syncd status` and `syncd history`."""
-    from syncd.status import status  # httpx via the destinations: only once the daemon runs
+    from syncd.cli.commands.status import status  # httpx via the destinations: only once the daemon runs
 
     rows = status(config, engine)
     with engine.connect() as conn:
         held = {(r.audience_key, r.destination): int(r.left or 0)
-                for r in ledger.last_results(conn) if r.outcome == "held"}
-        runs = ledger.recent_runs(conn, limit)
+                for r in last_results(conn) if r.outcome == "held"}
+        runs = recent_runs(conn, limit)
     pairs = [PairRow(
         r["audience"], r["destination"], r["members"], r["acknowledged"], r["pending"],
         _parse_iso(r["oldest_pending_at"]), r["failed"], held.get((r["audience"], r["destination"]), 0),
         r["last_outcome"],
     ) for r in rows]
-    return PageData(pairs, [_run_row(r) for r in runs], ledger.now())
+    return PageData(pairs, [_run_row(r) for r in runs], state_engine.now())
 
 
 def _run_row(r: Any) -> RunRow:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 
 from syncd.config import Config, ConfigError, load_config
-from syncd.standins import NatStandIn, UserComStandIn
+from syncd.dev.standins import NatStandIn, UserComStandIn
 
 DEMO_KEYS = {"NAT_API_KEY": "demo-nat-key", "USERCOM_API_KEY": "demo-usercom-key"}
 

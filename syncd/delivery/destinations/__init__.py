@@ -1,9 +1,9 @@
 """Destinations: one module per service behind the small interface in base.py."""
 
 from syncd.config import DestinationConfig
-from syncd.destinations.base import Destination, DestinationError
-from syncd.destinations.nat import Nat
-from syncd.destinations.usercom import UserCom
+from syncd.delivery.destinations.base import Destination, DestinationError
+from syncd.delivery.destinations.nat import Nat
+from syncd.delivery.destinations.usercom import UserCom
 
 _TYPES: dict[str, type[Destination]] = {"nat": Nat, "usercom": UserCom}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from syncd.delivery import Request, Sender, Verdict
-from syncd.destinations.base import Destination, DestinationError
+from syncd.delivery.destinations.base import Destination, DestinationError
+from syncd.delivery.sender import Request, Sender, Verdict
 
 
 class UserCom(Destination):

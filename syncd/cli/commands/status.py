@@ -9,25 +9,28 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from syncd import ledger
 from syncd.config import Config
-from syncd.destinations import make_destination
+from syncd.delivery.destinations import make_destination
+from syncd.state import runs as state_runs
+from syncd.state.diff import PlanCounts, plan_counts
+from syncd.state.engine import now
+from syncd.state.runs import acked_true_count, last_results
 
 
-def backlog(config: Config, conn: Connection) -> Iterator[tuple[str, str, ledger.PlanCounts]]:
+def backlog(config: Config, conn: Connection) -> Iterator[tuple[str, str, PlanCounts]]:
     """Per configured (audience, destination): what a run would do now, and in
     `oldest_pending` since when the pair has had undelivered work (None: no work).
     `status`, `status --json` and the metrics all read this: the age is defined here only."""
-    not_ok_since = ledger.not_ok_since(conn)
+    not_ok_since = state_runs.not_ok_since(conn)
     for audience in config.audiences:
         for name in audience.destinations:
             needs_email = make_destination(config.destinations[name]).needs_email
-            counts = ledger.plan_counts(conn, audience.key, name, needs_email)
+            counts = plan_counts(conn, audience.key, name, needs_email)
             since = pending_since(counts, not_ok_since.get((audience.key, name)))
             yield audience.key, name, replace(counts, oldest_pending=since)
 
 
-def pending_since(counts: ledger.PlanCounts, not_ok_since: datetime | None) -> datetime | None:
+def pending_since(counts: PlanCounts, not_ok_since: datetime | None) -> datetime | None:
     """The backlog's age rule: with work to send, the earlier of the oldest tried change's
     `pending_since` and the start of the pair's current streak of runs that did not end `ok`.
     The streak covers what was never tried: a destination set aside or refusing the key
@@ -40,9 +43,9 @@ def pending_since(counts: ledger.PlanCounts, not_ok_since: datetime | None) -> d
 
 def status(config: Config, engine: Engine) -> list[dict[str, Any]]:
     rows = []
-    at = ledger.now()
+    at = now()
     with engine.connect() as conn:
-        last = {(r.audience_key, r.destination): r for r in ledger.last_results(conn)}
+        last = {(r.audience_key, r.destination): r for r in last_results(conn)}
         for key, name, counts in backlog(config, conn):
             result = last.get((key, name))
             since = counts.oldest_pending
@@ -50,7 +53,7 @@ def status(config: Config, engine: Engine) -> list[dict[str, Any]]:
                 "audience": key,
                 "destination": name,
                 "members": counts.members,
-                "acknowledged": ledger.acked_true_count(conn, key, name),
+                "acknowledged": acked_true_count(conn, key, name),
                 "pending": counts.entered + counts.left,
                 "failed": counts.failed,
                 "skipped": counts.skipped,

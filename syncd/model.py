@@ -1,6 +1,6 @@
 """The units of work: a snapshot row, and a change (enter or leave) for one destination.
 
-Which changes exist is decided in SQL (ledger.py: desired vs acknowledged); this
+Which changes exist is decided in SQL (state/diff.py: desired vs acknowledged); this
 module holds the pure parts: identities, and the deterministic messageId.
 """
 

@@ -178,7 +178,7 @@ class GuardApproval(SQLModel, table=True):
 
 
 class AlertState(SQLModel, table=True):
-    """What the alert webhook was last told about one condition (alerts.py): one message per
+    """What the alert webhook was last told about one condition (run/alerts.py): one message per
     change of state, never two for the same change, even across restarts and processes.
 
     `audience`/`destination` are "" where the condition has none (a primary key cannot be
@@ -193,3 +193,14 @@ class AlertState(SQLModel, table=True):
     changed_at: datetime | None = Field(default=None, sa_column=_ts())  # when it acknowledged it
     claimed_by: str | None = None
     claimed_until: datetime | None = Field(default=None, sa_column=_ts())
+
+
+# The Core tables the state modules query (bulk work is SQLAlchemy Core, not the ORM).
+M = Member.__table__  # type: ignore[attr-defined]
+L = Ledger.__table__  # type: ignore[attr-defined]
+RUN = Run.__table__  # type: ignore[attr-defined]
+RUN_AUDIENCE = RunAudience.__table__  # type: ignore[attr-defined]
+RUN_RESULT = RunResult.__table__  # type: ignore[attr-defined]
+ATTRIBUTE = Attribute.__table__  # type: ignore[attr-defined]
+LEASE = Lease.__table__  # type: ignore[attr-defined]
+APPROVAL = GuardApproval.__table__  # type: ignore[attr-defined]

@@ -13,12 +13,14 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -122,8 +124,8 @@ def cancel(dbapi: Any) -> None:
 
 def migrations_dir() -> Path:
     """`migrations/` beside the package in a checkout, or shipped inside the wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "migrations", here.parent / "migrations"):
+    package = Path(__file__).resolve().parent.parent  # syncd/
+    for candidate in (package / "migrations", package.parent / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate
     raise FileNotFoundError("syncd's migrations/ folder is missing from this installation")
@@ -184,3 +186,13 @@ def _folder_hint(path: Path) -> str:
 def _first_line(exc: BaseException | None) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def upsert(conn: Connection, table: Any) -> Any:
+    """The dialect's INSERT that understands ON CONFLICT."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)

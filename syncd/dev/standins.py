@@ -3,7 +3,7 @@
 They behave like the documented services (auth, required fields, User.com's typed
 attributes) and can be told to misbehave (5xx, 429 with Retry-After, slow answers,
 rate limits), so the tests, the demo and the benchmarks exercise syncd's real HTTP
-path. `python -m syncd.standins` runs both until interrupted.
+path. `python -m syncd.dev.standins` runs both until interrupted.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from syncd.config import DestinationConfig
-from syncd.delivery import Request, Sender
+from syncd.delivery.sender import Request, Sender
 
 
 class DestinationError(Exception):
