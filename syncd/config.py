@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from syncd.errors import ConfigError
 from syncd.keys import audience_key
 from syncd.reserved import is_reserved
 from syncd.state.engine import sqlite_file
@@ -54,18 +55,6 @@ AFTER_FAILED_RUNS_BOUNDS = (1, 1000)
 _KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})$")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
-class ConfigError(Exception):
-    """A mistake in the configuration: the process exits 2."""
-
-    def __init__(self, path: str | Path, key: str, problem: str) -> None:
-        self.path, self.key, self.problem = str(path), key, problem
-        super().__init__(f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
-
-
-class UsageError(Exception):
-    """A command-line argument that does not fit the config (unknown audience...): exit 2."""
 
 
 class Secret:

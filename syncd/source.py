@@ -20,6 +20,7 @@ from sqlalchemy import Connection, CursorResult, Engine, create_engine
 from sqlalchemy.exc import DBAPIError, ResourceClosedError, SQLAlchemyError
 
 from syncd.cli.progress import Task
+from syncd.errors import SourceError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
 from syncd.model import Change, SnapshotRow, traits_json
 from syncd.reserved import is_reserved
@@ -43,10 +44,6 @@ _NOW_OR_QUOTED = re.compile(r"""
 # Nat and User.com refuse what is not an address; such an email is dropped and counted.
 _EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
 LARGE_ROW = 8 * 1024  # rows smaller than this cannot make a 32 KB message
-
-
-class SourceError(Exception):
-    """The audience's query could not be run: this audience fails, the others go on."""
 
 
 class QueryStopped(Exception):

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from syncd.config import ConfigError, load_config
+from syncd.config import load_config
+from syncd.errors import ConfigError
 from syncd.run.alerts import ALERT_TIME_LIMIT
 
 from conftest import HOOK_SECRET, KEYS_ENV, Env, audience_toml, dump_state, free_port, wait_for

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from syncd.config import MetricsConfig
-from syncd.daemon.metrics import Metrics, MetricsError, MetricsServer
+from syncd.daemon.metrics import Metrics, MetricsServer
+from syncd.errors import MetricsError
 from syncd.run.report import PairReport, RunReport
 
 from conftest import free_port, samples

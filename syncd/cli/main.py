@@ -15,11 +15,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import __version__
 from syncd.cli.logs import LOG_FORMATS, setup_logging
-from syncd.config import Config, ConfigError, UsageError, default_config_path, load_config
-from syncd.daemon.metrics import MetricsError
+from syncd.config import Config, default_config_path, load_config
 from syncd.daemon.signals import stop_on_signals
-from syncd.state.engine import StateError
-from syncd.state.lease import RunInProgress
+from syncd.errors import SyncdError, UsageError
 
 if TYPE_CHECKING:
     from syncd.cli.progress import Progress
@@ -31,7 +29,7 @@ log = logging.getLogger("syncd")
 SENDING_COMMANDS = frozenset({"run", "run-once", "resync", "retry"})
 
 
-class UsageExit(Exception):
+class UsageExit(UsageError):
     """argparse found the command line wrong; main() reports it in the chosen log format."""
 
     def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
@@ -108,19 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config or default_config_path())
         return _dispatch(args, config)
-    except (ConfigError, UsageError) as exc:
-        if args.log_format == "json":  # a shipper expects every line to be JSON
-            log.error("%s", exc, extra={"config_file": getattr(exc, "path", None),
-                                        "config_key": getattr(exc, "key", None)})
-        else:
-            print(f"syncd: {exc}", file=sys.stderr)
-        return 2
-    except StateError as exc:  # the state database as configured cannot be used
-        log.error("%s", exc)
-        return 2
-    except (RunInProgress, MetricsError) as exc:
-        log.error("%s", exc)
-        return 1
+    except SyncdError as exc:  # the exit code lives on the error (errors.py)
+        _report(exc, args.log_format)
+        return exc.exit_code
     except SQLAlchemyError as exc:
         log.error("state database error: %s", " ".join(str(getattr(exc, "orig", exc)).split())[:300])
         return 1
@@ -207,6 +195,16 @@ def _log_format(argv: Sequence[str]) -> str:
         elif arg.startswith("--log-format="):
             chosen = arg.partition("=")[2]
     return chosen if chosen in LOG_FORMATS else "text"
+
+
+def _report(exc: SyncdError, log_format: str) -> None:
+    if not exc.user_input:
+        log.error("%s", exc)
+    elif log_format == "json":  # a shipper expects every line to be JSON
+        log.error("%s", exc, extra={"config_file": getattr(exc, "path", None),
+                                    "config_key": getattr(exc, "key", None)})
+    else:
+        print(f"syncd: {exc}", file=sys.stderr)
 
 
 def _usage_error(exc: UsageExit, log_format: str) -> int:

@@ -38,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import __version__
 from syncd.config import Config, MetricsConfig
+from syncd.errors import MetricsError
 from syncd.state import runs as state_runs
 from syncd.state.runs import last_results, last_successes
 
@@ -63,10 +64,6 @@ _CHANGE_COUNTERS = {
 }
 
 Labels = tuple[tuple[str, str], ...]
-
-
-class MetricsError(Exception):
-    """The metrics endpoint could not be started (e.g. the port is taken)."""
 
 
 class Metrics:

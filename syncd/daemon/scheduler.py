@@ -31,9 +31,9 @@ from syncd.daemon.notify import Heartbeat, Notifier
 from syncd.daemon.page import page_renderer
 from syncd.daemon.probes import PULSE, Cached, Liveness, readiness
 from syncd.daemon.signals import stop_on_signals
+from syncd.errors import RunInProgress
 from syncd.run.pipeline import Options, open_state, run_once
 from syncd.run.report import RunReport
-from syncd.state.lease import RunInProgress
 from syncd.state.runs import last_run
 
 log = logging.getLogger("syncd")

@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
-from syncd.config import Config, ConfigError, load_config
+from syncd.config import Config, load_config
 from syncd.dev.standins import NatStandIn, UserComStandIn
+from syncd.errors import ConfigError
 
 DEMO_KEYS = {"NAT_API_KEY": "demo-nat-key", "USERCOM_API_KEY": "demo-usercom-key"}
 

@@ -20,10 +20,11 @@ from syncd.cli.progress import Null, Progress
 from syncd.config import AudienceConfig, Config
 from syncd.delivery.destinations import make_destination
 from syncd.delivery.sender import RetryPolicy
+from syncd.errors import SourceError
 from syncd.run import alerts
 from syncd.run.deliver import PAIRS_AT_ONCE, deliver_all
 from syncd.run.report import PairReport, RunReport, summary_lines
-from syncd.source import QueryStopped, SourceError, open_source, stream_members
+from syncd.source import QueryStopped, open_source, stream_members
 from syncd.state.engine import cancelled_on, create_state_engine, migrate, now
 from syncd.state.lease import LeaseKeeper, acquire_lease, release_lease
 from syncd.state.runs import finish_run, last_snapshot_rows, prune, record_audience, record_result, start_run

@@ -15,9 +15,10 @@ The names below are the store's public surface, re-exported for callers (tests, 
 that want the whole store under one name; syncd's own modules import the job they use.
 """
 
+from syncd.errors import RunInProgress
 from syncd.state.diff import WORK, PlanCounts, WorkList, new_nonce, plan_counts, still_work
 from syncd.state.engine import now, upsert
-from syncd.state.lease import LEASE_TTL, LeaseHandle, RunInProgress, acquire_lease, release_lease, renew_lease
+from syncd.state.lease import LEASE_TTL, LeaseHandle, acquire_lease, release_lease, renew_lease
 from syncd.state.operator import (
     RUN_TOTALS,
     FailureGroup,

@@ -24,10 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-
-class StateError(Exception):
-    """The state database cannot be used as configured (a missing driver, a file that cannot
-    be created or written): one line naming the URL or the file, exit 2."""
+from syncd.errors import StateError
 
 
 def sqlite_file(url: str) -> str | None:

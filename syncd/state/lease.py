@@ -19,16 +19,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from syncd.errors import RunInProgress
 from syncd.state.engine import now, upsert
 from syncd.state.tables import (
     LEASE,
 )
 
 log = logging.getLogger("syncd")
-
-
-class RunInProgress(Exception):
-    """Another syncd process holds the run lease."""
 
 
 @dataclass(frozen=True)

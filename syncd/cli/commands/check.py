@@ -22,7 +22,8 @@ from syncd import __version__
 from syncd.config import AudienceConfig, Config, DestinationConfig
 from syncd.delivery.destinations import make_destination
 from syncd.delivery.sender import reason_of
-from syncd.source import SourceError, open_source, query_columns
+from syncd.errors import SourceError
+from syncd.source import open_source, query_columns
 from syncd.state.engine import now
 
 

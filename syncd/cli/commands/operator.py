@@ -17,15 +17,15 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table
 
 from syncd import guards
-from syncd.config import AudienceConfig, Config, UsageError
+from syncd.config import AudienceConfig, Config
 from syncd.delivery.destinations import make_destination
+from syncd.errors import RunInProgress, SourceError, UsageError
 from syncd.run.pipeline import Options, run_once
 from syncd.run.report import RunReport
-from syncd.source import SourceError, open_source, stream_members
+from syncd.source import open_source, stream_members
 from syncd.state import operator as state_operator
 from syncd.state.diff import WorkList, plan_counts
 from syncd.state.engine import now
-from syncd.state.lease import RunInProgress
 from syncd.state.operator import RUN_TOTALS, mark_resync, recent_runs, record_approval, requeue_failures
 from syncd.state.snapshots import SnapshotCounts, load_scratch, scratch_members
 

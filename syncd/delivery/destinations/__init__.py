@@ -1,7 +1,7 @@
 """Destinations: one module per service behind the small interface in base.py."""
 
 from syncd.config import DestinationConfig
-from syncd.delivery.destinations.base import Destination, DestinationError
+from syncd.delivery.destinations.base import Destination
 from syncd.delivery.destinations.nat import Nat
 from syncd.delivery.destinations.usercom import UserCom
 
@@ -12,4 +12,4 @@ def make_destination(config: DestinationConfig) -> Destination:
     return _TYPES[config.type](config)
 
 
-__all__ = ["Destination", "DestinationError", "Nat", "UserCom", "make_destination"]
+__all__ = ["Destination", "Nat", "UserCom", "make_destination"]

@@ -9,10 +9,6 @@ from syncd.config import DestinationConfig
 from syncd.delivery.sender import Request, Sender
 
 
-class DestinationError(Exception):
-    """A destination-level problem that leaves this audience undelivered for this run."""
-
-
 class Destination(ABC):
     integration: ClassVar[str]  # the name in Segment's `integrations` object
     needs_email: ClassVar[bool] = False

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from syncd.delivery.destinations.base import Destination, DestinationError
+from syncd.delivery.destinations.base import Destination
 from syncd.delivery.sender import Request, Sender, Verdict
+from syncd.errors import DestinationError
 
 
 class UserCom(Destination):
