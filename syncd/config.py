@@ -22,13 +22,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
+from syncd.dburl import parse_db_url, sqlite_file
 from syncd.errors import ConfigError
 from syncd.keys import audience_key
 from syncd.reserved import is_reserved
-from syncd.state.engine import sqlite_file
 
 log = logging.getLogger("syncd")
 
@@ -357,10 +354,8 @@ class _Reader:
         url = self.get(data, key, "url", str, default)
         if url is None:
             raise self.error(f"{key}.url", "is required")
-        try:
-            make_url(url)
-        except ArgumentError:
-            raise self.error(f"{key}.url", f"{_redact_url(url)!r} is not a database URL") from None
+        if parse_db_url(url) is None:
+            raise self.error(f"{key}.url", f"{_redact_url(url)!r} is not a database URL")
         return str(url)
 
 
@@ -398,7 +393,8 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 
 def _state_url(reader: _Reader, state: dict[str, Any]) -> str:
     url = reader.db_url(state, "state", DEFAULT_STATE_URL)
-    if make_url(url).get_backend_name() == "sqlite" and sqlite_file(url) is None:
+    parsed = parse_db_url(url)
+    if parsed is not None and parsed.backend == "sqlite" and sqlite_file(url) is None:
         raise reader.error("state.url", "an in-memory database keeps nothing between runs "
                                         "(every run would be a full initial send): use a file")
     return url

@@ -20,11 +20,12 @@ from sqlalchemy import Connection, CursorResult, Engine, create_engine
 from sqlalchemy.exc import DBAPIError, ResourceClosedError, SQLAlchemyError
 
 from syncd.cli.progress import Task
+from syncd.dburl import sqlite_file
 from syncd.errors import SourceError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
 from syncd.model import Change, SnapshotRow, traits_json
 from syncd.reserved import is_reserved
-from syncd.state.engine import cancelled_on, sqlite_file
+from syncd.state.engine import cancelled_on
 from syncd.state.snapshots import SnapshotCounts
 
 IDENTITY_COLUMNS = ("user_id", "anonymous_id")

@@ -11,8 +11,6 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from syncd import __version__
 from syncd.cli.logs import LOG_FORMATS, setup_logging
 from syncd.config import Config, default_config_path, load_config
@@ -109,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SyncdError as exc:  # the exit code lives on the error (errors.py)
         _report(exc, args.log_format)
         return exc.exit_code
-    except SQLAlchemyError as exc:
+    except Exception as exc:
+        if not _database_error(exc):
+            raise
         log.error("state database error: %s", " ".join(str(getattr(exc, "orig", exc)).split())[:300])
         return 1
     except KeyboardInterrupt:
@@ -195,6 +195,13 @@ def _log_format(argv: Sequence[str]) -> str:
         elif arg.startswith("--log-format="):
             chosen = arg.partition("=")[2]
     return chosen if chosen in LOG_FORMATS else "text"
+
+
+def _database_error(exc: Exception) -> bool:
+    """An SQLAlchemy error? SQLAlchemy is imported only once a command opens a database
+    (`--help` and a config error never load it), so before that no error can be one."""
+    errors = sys.modules.get("sqlalchemy.exc")
+    return errors is not None and isinstance(exc, errors.SQLAlchemyError)
 
 
 def _report(exc: SyncdError, log_format: str) -> None:

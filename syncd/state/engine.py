@@ -24,15 +24,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from syncd.dburl import sqlite_file
 from syncd.errors import StateError
-
-
-def sqlite_file(url: str) -> str | None:
-    """The file a SQLite URL names; None for another database or an in-memory one."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return str(parsed.database)
 
 
 def create_state_engine(url: str, pool_size: int = 5) -> Engine:
