@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from syncd.dburl import parse_db_url, sqlite_file
+from syncd.delivery.destinations.facts import FACTS, Facts
 from syncd.errors import ConfigError
 from syncd.keys import audience_key
 from syncd.reserved import is_reserved
@@ -30,11 +31,6 @@ from syncd.reserved import is_reserved
 log = logging.getLogger("syncd")
 
 DEFAULT_STATE_URL = "sqlite:///syncd-state.db"
-DESTINATION_TYPES = ("nat", "usercom")
-# Per type: (rate_limit in requests per second, concurrency). Neither Nat nor User.com
-# publishes a rate limit we could confirm, so these stay well under what such APIs
-# commonly allow; a destination that still answers 429 is slowed by its Retry-After.
-DESTINATION_DEFAULTS: dict[str, tuple[float, int]] = {"nat": (20.0, 8), "usercom": (10.0, 4)}
 DEFAULT_RETENTION = timedelta(days=30)
 # Bounds of the numbers in the file (README, Configuration). A value outside them is a config
 # error at start, never a scheduler thread that dies inside a live daemon (datetime overflow)
@@ -146,6 +142,11 @@ class DestinationConfig:
     rate_limit: float | None  # requests per second (config: per-type default); None = unpaced
     concurrency: int
     timeout: float  # seconds per request
+
+    @property
+    def facts(self) -> Facts:
+        """What syncd knows about this destination's type (delivery/destinations/facts.py)."""
+        return FACTS[self.type]
 
     @property
     def resolved_key(self) -> Secret:
@@ -493,7 +494,6 @@ def _sources(reader: _Reader, data: Any) -> dict[str, SourceConfig]:
 _DESTINATION_KEYS = {
     "type", "api_key_env", "api_key_file", "rate_limit", "concurrency", "timeout",
 }
-_URL_FIELD = {"nat": "endpoint", "usercom": "base_url"}
 
 
 def _destinations(reader: _Reader, data: Any) -> dict[str, DestinationConfig]:
@@ -504,22 +504,21 @@ def _destinations(reader: _Reader, data: Any) -> dict[str, DestinationConfig]:
         if not isinstance(value, dict):
             raise reader.error(key, f"must be a table, not {_kind(value)}")
         kind = reader.required_str(value, key, "type")
-        if kind not in DESTINATION_TYPES:
-            raise reader.error(f"{key}.type", f"unknown type {kind!r} (known: nat, usercom)")
-        url_field = _URL_FIELD[kind]
-        table = reader.table(value, key, _DESTINATION_KEYS | {url_field})
-        url = _http_url(reader, table, key, url_field)
-        if kind == "usercom" and not url.endswith("/"):
+        facts = FACTS.get(kind)
+        if facts is None:
+            raise reader.error(f"{key}.type", f"unknown type {kind!r} (known: {', '.join(FACTS)})")
+        table = reader.table(value, key, _DESTINATION_KEYS | {facts.url_field})
+        url = _http_url(reader, table, key, facts.url_field)
+        if facts.base_url and not url.endswith("/"):
             url += "/"
-        default_rate, default_concurrency = DESTINATION_DEFAULTS[kind]
         api_key = reader.secret_source(table, key, "api_key")
         if api_key is None:
             raise reader.error(key, "set one of api_key_env or api_key_file")
         timeout = reader.duration(table, key, "timeout", timedelta(seconds=10), TIMEOUT_BOUNDS)
         result[name] = DestinationConfig(
             name=name, type=kind, url=url, api_key=api_key,
-            rate_limit=reader.number(table, key, "rate_limit", float, default_rate, RATE_LIMIT_BOUNDS),
-            concurrency=reader.number(table, key, "concurrency", int, default_concurrency,
+            rate_limit=reader.number(table, key, "rate_limit", float, facts.rate_limit, RATE_LIMIT_BOUNDS),
+            concurrency=reader.number(table, key, "concurrency", int, facts.concurrency,
                                       CONCURRENCY_BOUNDS),
             timeout=timeout.total_seconds(),
         )

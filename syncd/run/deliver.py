@@ -16,7 +16,8 @@ from sqlalchemy import Engine
 from syncd import guards
 from syncd.cli.progress import Task
 from syncd.config import AudienceConfig, Config, DestinationConfig, GuardConfig
-from syncd.delivery.destinations import Destination, make_destination
+from syncd.delivery.destinations import make_destination
+from syncd.delivery.destinations.base import Destination
 from syncd.delivery.sender import Sender, Verdict
 from syncd.errors import DestinationError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of

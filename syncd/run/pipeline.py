@@ -18,7 +18,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.cli.progress import Null, Progress
 from syncd.config import AudienceConfig, Config
-from syncd.delivery.destinations import make_destination
 from syncd.delivery.sender import RetryPolicy
 from syncd.errors import SourceError
 from syncd.run import alerts
@@ -57,7 +56,7 @@ def open_state(config: Config) -> Engine:
 
 def _email_pairs(config: Config) -> list[tuple[str, str]]:
     """The (audience, destination) pairs whose destination keys its users by email (Nat)."""
-    keyed = {name for name, dest in config.destinations.items() if make_destination(dest).needs_email}
+    keyed = {name for name, dest in config.destinations.items() if dest.facts.needs_email}
     return [(a.key, name) for a in config.audiences for name in a.destinations if name in keyed]
 
 

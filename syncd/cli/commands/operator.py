@@ -18,7 +18,6 @@ from sqlalchemy import Connection, Engine, Table
 
 from syncd import guards
 from syncd.config import AudienceConfig, Config
-from syncd.delivery.destinations import make_destination
 from syncd.errors import RunInProgress, SourceError, UsageError
 from syncd.run.pipeline import Options, run_once
 from syncd.run.report import RunReport
@@ -59,7 +58,7 @@ def _audience(config: Config, key: str) -> AudienceConfig:
 
 
 def _needs_email(config: Config, destination: str) -> bool:
-    return make_destination(config.destinations[destination]).needs_email
+    return config.destinations[destination].facts.needs_email
 
 
 def only(config: Config, pairs: set[tuple[str, str]]) -> Config:

@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from syncd.config import Config
-from syncd.delivery.destinations import make_destination
 from syncd.state import runs as state_runs
 from syncd.state.diff import PlanCounts, plan_counts
 from syncd.state.engine import now
@@ -24,7 +23,7 @@ def backlog(config: Config, conn: Connection) -> Iterator[tuple[str, str, PlanCo
     not_ok_since = state_runs.not_ok_since(conn)
     for audience in config.audiences:
         for name in audience.destinations:
-            needs_email = make_destination(config.destinations[name]).needs_email
+            needs_email = config.destinations[name].facts.needs_email
             counts = plan_counts(conn, audience.key, name, needs_email)
             since = pending_since(counts, not_ok_since.get((audience.key, name)))
             yield audience.key, name, replace(counts, oldest_pending=since)

@@ -6,16 +6,25 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from syncd.config import DestinationConfig
+from syncd.delivery.destinations.facts import Facts
 from syncd.delivery.sender import Request, Sender
 
 
 class Destination(ABC):
-    integration: ClassVar[str]  # the name in Segment's `integrations` object
-    needs_email: ClassVar[bool] = False
+    facts: ClassVar[Facts]  # its type, defaults and needs (facts.py)
 
     def __init__(self, config: DestinationConfig) -> None:
         self.config = config
         self.name = config.name
+
+    @property
+    def integration(self) -> str:
+        """The name in Segment's `integrations` object."""
+        return self.facts.integration
+
+    @property
+    def needs_email(self) -> bool:
+        return self.facts.needs_email
 
     @abstractmethod
     def headers(self) -> dict[str, str]:

@@ -6,12 +6,12 @@ import base64
 from typing import Any
 
 from syncd.delivery.destinations.base import Destination
+from syncd.delivery.destinations.facts import NAT
 from syncd.delivery.sender import Request
 
 
 class Nat(Destination):
-    integration = "Nat"
-    needs_email = True  # Nat refuses an Identify without traits.email
+    facts = NAT
 
     def headers(self) -> dict[str, str]:
         token = base64.b64encode(f"{self.config.resolved_key.reveal()}:".encode()).decode()

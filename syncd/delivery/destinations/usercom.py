@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from syncd.delivery.destinations.base import Destination
+from syncd.delivery.destinations.facts import USERCOM
 from syncd.delivery.sender import Request, Sender, Verdict
 from syncd.errors import DestinationError
 
 
 class UserCom(Destination):
-    integration = "User.com"
+    facts = USERCOM
 
     def headers(self) -> dict[str, str]:
         return {
