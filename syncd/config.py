@@ -26,6 +26,7 @@ from syncd.dburl import parse_db_url, sqlite_file
 from syncd.delivery.destinations.facts import FACTS, Facts
 from syncd.errors import ConfigError
 from syncd.keys import audience_key
+from syncd.render import duration
 from syncd.reserved import is_reserved
 
 log = logging.getLogger("syncd")
@@ -262,16 +263,6 @@ def _number(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else f"{value:_}"
 
 
-def _fmt_duration(value: timedelta) -> str:
-    """timedelta -> the shortest config spelling: '1m', '30d', '1h30m', '0s'."""
-    seconds = int(value.total_seconds())
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "".join(parts) or "0s"
-
 
 class _Reader:
     """Walks the TOML tree, remembering the file for error messages."""
@@ -319,8 +310,8 @@ class _Reader:
             raise self.error(f"{key}.{field}", str(exc)) from None
         low, high = bounds
         if not low <= value <= high:
-            raise self.error(f"{key}.{field}", f"must be between {_fmt_duration(low)} and "
-                                               f"{_fmt_duration(high)}, not {text!r}")
+            raise self.error(f"{key}.{field}", f"must be between {duration(int(low.total_seconds()))} and "
+                                               f"{duration(int(high.total_seconds()))}, not {text!r}")
         return value
 
     def number(self, data: dict[str, Any], key: str, field: str, kind: type, default: Any,

@@ -24,6 +24,7 @@ from syncd.dburl import sqlite_file
 from syncd.errors import SourceError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
 from syncd.model import Change, SnapshotRow, traits_json
+from syncd.render import iso, one_line
 from syncd.reserved import is_reserved
 from syncd.state.engine import cancelled_on
 from syncd.state.snapshots import SnapshotCounts
@@ -64,7 +65,7 @@ def open_source(url: str) -> Engine:
 
 def now_param(snapshot_at: datetime) -> str:
     """The run's snapshot time as bound to `:now`: UTC, ISO-8601."""
-    return snapshot_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(snapshot_at)
 
 
 def stream_members(
@@ -257,7 +258,7 @@ def _one_line(exc: SQLAlchemyError) -> str:
             message += f" ({hint})"
     else:
         message = _DECORATION.sub("", str(exc)).strip()
-    return " ".join(message.split())[:300]
+    return one_line(message, 300)
 
 
 _DECORATION = re.compile(r"\[SQL: .*|\(Background on this error at: [^)]*\)", re.DOTALL)

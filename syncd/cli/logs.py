@@ -13,6 +13,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from syncd.render import iso_millis
+
 LOG_FORMATS = ("text", "json")
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
@@ -23,7 +25,7 @@ _NOISY = ("httpx", "httpcore", "apscheduler", "alembic")
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": _iso_ms(record.created),
+            "time": iso_millis(datetime.fromtimestamp(record.created, UTC)),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -61,8 +63,3 @@ def setup_logging(fmt: str = "text", stream: TextIO | None = None) -> None:
     root.setLevel(logging.INFO)
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _iso_ms(created: float) -> str:
-    moment = datetime.fromtimestamp(created, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

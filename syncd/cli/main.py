@@ -16,6 +16,7 @@ from syncd.cli.logs import LOG_FORMATS, setup_logging
 from syncd.config import Config, default_config_path, load_config
 from syncd.daemon.signals import stop_on_signals
 from syncd.errors import SyncdError, UsageError
+from syncd.render import one_line
 
 if TYPE_CHECKING:
     from syncd.cli.progress import Progress
@@ -110,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not _database_error(exc):
             raise
-        log.error("state database error: %s", " ".join(str(getattr(exc, "orig", exc)).split())[:300])
+        log.error("state database error: %s", one_line(getattr(exc, "orig", exc), 300))
         return 1
     except KeyboardInterrupt:
         return 130

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol, TextIO
 
+from syncd.render import duration
+
 log = logging.getLogger("syncd.progress")
 
 Clock = Callable[[], float]
@@ -74,12 +76,7 @@ class Meter:
 
 def format_seconds(seconds: float) -> str:
     """3725 -> '1h2m5s'; 42.4 -> '42s'; 0 -> '0s'."""
-    total = round(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m"
-    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+    return duration(round(seconds), "hms", most=2)
 
 
 class Null:

@@ -39,6 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncd import __version__
 from syncd.config import Config, MetricsConfig
 from syncd.errors import MetricsError
+from syncd.render import one_line
 from syncd.state import runs as state_runs
 from syncd.state.runs import last_results, last_successes
 
@@ -291,7 +292,7 @@ def _routes(metrics: Metrics, endpoints: Endpoints) -> dict[str, Callable[[], Re
         try:
             return 200, HTML_TYPE, endpoints.page()
         except SQLAlchemyError as exc:  # the page is read-only: say so, the daemon goes on
-            log.warning("status page: cannot read the state database: %s", " ".join(str(exc).split())[:200])
+            log.warning("status page: cannot read the state database: %s", one_line(exc))
             return 503, "text/plain; charset=utf-8", "the state database cannot be read now\n"
 
     return {

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from syncd import __version__
 from syncd.config import Config
+from syncd.render import duration, readable
 from syncd.state import engine as state_engine
 from syncd.state.operator import recent_runs
 from syncd.state.runs import last_results
@@ -119,7 +120,7 @@ svg{width:100%;height:auto;max-height:240px;display:block}
 
 def render(data: PageData) -> str:
     """The whole page as one HTML string (UTF-8)."""
-    stamp = data.now.strftime("%Y-%m-%d %H:%M:%SZ")
+    stamp = readable(data.now)
     return "".join([
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -224,13 +225,6 @@ def _chart(runs: list[RunRow]) -> str:
     return "".join(parts) + f'<p class="legend">{legend}</p>'
 
 
+
 def _age(now: datetime, since: datetime) -> str:
-    seconds = max(0, int((now - since).total_seconds()))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    return duration(max(0, int((now - since).total_seconds())), most=2, pad=True)

@@ -21,6 +21,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from syncd.render import one_line
 from syncd.state.engine import alembic_config
 
 PULSE = 15.0  # seconds between the scheduler's ticks
@@ -70,7 +71,7 @@ def readiness(engine: Engine) -> Callable[[], str]:
             with engine.connect() as conn:
                 current = MigrationContext.configure(conn).get_current_revision()
         except SQLAlchemyError as exc:
-            return f"state database unreachable: {one_line(exc)}"
+            return f"state database unreachable: {_first_line(exc)}"
         if current != head:
             return f"state database not migrated: at revision {current or 'none'}, this syncd needs {head}"
         return ""
@@ -78,7 +79,7 @@ def readiness(engine: Engine) -> Callable[[], str]:
     return Cached(check, READY_TTL)
 
 
-def one_line(exc: SQLAlchemyError) -> str:
+def _first_line(exc: SQLAlchemyError) -> str:
     """The driver's message, first line only (SQLAlchemy appends the SQL and a link)."""
     text = str(getattr(exc, "orig", None) or exc).strip()
-    return " ".join(text.splitlines()[0].split())[:200] if text else type(exc).__name__
+    return one_line(text.splitlines()[0]) if text else type(exc).__name__

@@ -32,6 +32,7 @@ from syncd.daemon.page import page_renderer
 from syncd.daemon.probes import PULSE, Cached, Liveness, readiness
 from syncd.daemon.signals import stop_on_signals
 from syncd.errors import RunInProgress
+from syncd.render import one_line, readable
 from syncd.run.pipeline import Options, open_state, run_once
 from syncd.run.report import RunReport
 from syncd.state.runs import last_run
@@ -121,7 +122,7 @@ def _start_scheduler(config: Config, engine: Engine, job: Callable[[], None],
     scheduler.add_job(pulse.tick, IntervalTrigger(seconds=PULSE, timezone=UTC), id="pulse",
                       max_instances=1, coalesce=True, misfire_grace_time=None, next_run_time=now)
     scheduler.start(paused=True)
-    first_text = first.strftime("%Y-%m-%d %H:%M:%SZ")
+    first_text = readable(first)
     log.info("syncd started: %d audience(s), %d destination(s); first run at %s, then every %s + 0..%s",
              len(config.audiences), len(config.destinations), first_text,
              _fmt(config.schedule.interval), _fmt(config.schedule.jitter))
@@ -179,7 +180,7 @@ class _Daemon:
         try:
             self.metrics.refresh(self.config, self.engine)
         except SQLAlchemyError as exc:  # stale gauges are better than a dead daemon
-            log.warning("could not refresh the backlog metrics: %s", " ".join(str(exc).split())[:200])
+            log.warning("could not refresh the backlog metrics: %s", one_line(exc))
 
 
 def status_line(report: RunReport) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 
 from syncd import __version__
+from syncd.render import one_line
 
 
 class Verdict(enum.Enum):
@@ -143,7 +144,7 @@ def reason_of(response: httpx.Response) -> str:
     elif text.startswith("<"):
         text = ""  # an HTML error page says nothing useful in one line
     reason = f"HTTP {response.status_code} {response.reason_phrase}".strip()
-    text = " ".join(text.split())[:200]
+    text = one_line(text)
     return f"{reason}: {text}" if text else reason
 
 
@@ -259,5 +260,5 @@ class Sender:
 
 def _describe(exc: httpx.HTTPError) -> str:
     kind = type(exc).__name__
-    detail = " ".join(str(exc).split())[:200]
+    detail = one_line(exc)
     return f"{kind}: {detail}" if detail else kind

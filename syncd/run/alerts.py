@@ -37,6 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from syncd import __version__
 from syncd.cli.commands import status
 from syncd.config import AlertsConfig, Config
+from syncd.render import duration, iso
 from syncd.state import engine as state_engine
 from syncd.state.tables import RUN, AlertState
 
@@ -135,18 +136,18 @@ def _held_exits(report: RunReport) -> Iterator[Condition]:
 
 
 def _stale_backlogs(config: Config, conn: Connection, older_than: timedelta) -> Iterator[Condition]:
-    limit = state_engine.now() - older_than
+    limit, spelled = state_engine.now() - older_than, duration(int(older_than.total_seconds()))
     for key, name, counts in status.backlog(config, conn):
         pending, oldest = counts.entered + counts.left, counts.oldest_pending
         if pending and oldest is not None and oldest < limit:
             yield Condition("backlog_stale", key, name, True,
                             f"{pending} changes of {key} wait for {name}, the oldest since "
-                            f"{oldest:%Y-%m-%d %H:%M}Z (longer than {_duration(older_than)}): "
+                            f"{oldest:%Y-%m-%d %H:%M}Z (longer than {spelled}): "
                             "see `syncd status` and `syncd failures`.")
         else:
             yield Condition("backlog_stale", key, name, False,
                             f"no change of {key} has waited for {name} longer than "
-                            f"{_duration(older_than)}")
+                            f"{spelled}")
 
 
 def _undelivered_runs(conn: Connection, after: int) -> Condition:
@@ -161,14 +162,6 @@ def _undelivered_runs(conn: Connection, after: int) -> Condition:
                          "run): see `syncd status` and `syncd history`.")
     return Condition("runs_undelivered", None, None, False, "the last run delivered everything")
 
-
-def _duration(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = ((days, "d"), (hours, "h"), (minutes, "m"), (secs, "s"))
-    return "".join(f"{v}{u}" for v, u in parts if v) or "0s"
 
 
 # --- telling the webhook ----------------------------------------------------------------
@@ -201,7 +194,7 @@ def deliver(alerts: AlertsConfig, engine: Engine, found: Iterable[Condition], ru
 
 def body(kind: str, condition: Condition, run_id: int | None) -> dict[str, Any]:
     """The webhook's JSON body: format "json" or "slack"."""
-    at = state_engine.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    at = iso(state_engine.now())
     if kind == "slack":
         return {"text": slack_text(condition)}
     return {"event": condition.event, "severity": condition.severity, "audience": condition.audience,

@@ -20,6 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.errors import RunInProgress
+from syncd.render import one_line, readable
 from syncd.state.engine import now, upsert
 from syncd.state.tables import (
     LEASE,
@@ -49,7 +50,7 @@ def acquire_lease(engine: Engine, name: str = "run", ttl: timedelta = LEASE_TTL)
         current = conn.execute(select(LEASE).where(LEASE.c.name == name)).one()
         if current.holder != holder:
             if not _is_stale(current, host, at):
-                since = current.acquired_at.strftime("%Y-%m-%d %H:%M:%SZ")
+                since = readable(current.acquired_at)
                 raise RunInProgress(
                     f"another run is in progress (pid {current.pid} on {current.host}, "
                     f"since {since}); its lease expires at "
@@ -113,7 +114,7 @@ class LeaseKeeper(threading.Thread):
                         self.stop.set()
                     return
             except SQLAlchemyError as exc:  # keep trying: the lease outlives a short outage
-                log.warning("could not renew the run lease: %s", " ".join(str(exc).split())[:200])
+                log.warning("could not renew the run lease: %s", one_line(exc))
 
     def finish(self) -> None:
         self.done.set()

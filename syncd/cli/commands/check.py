@@ -23,6 +23,7 @@ from syncd.config import AudienceConfig, Config, DestinationConfig
 from syncd.delivery.destinations import make_destination
 from syncd.delivery.sender import reason_of
 from syncd.errors import SourceError
+from syncd.render import one_line
 from syncd.source import open_source, query_columns
 from syncd.state.engine import now
 
@@ -88,7 +89,8 @@ def check_sources(config: Config) -> Iterator[Check]:
                 for audience in audiences:
                     yield _check_query(conn, audience)
         except SQLAlchemyError as exc:  # connecting failed (a failing query is caught per audience)
-            yield from _unreachable(name, audiences, f"cannot connect: {_one_line(exc)}")
+            reason = one_line(getattr(exc, "orig", None) or exc, 300)
+            yield from _unreachable(name, audiences, f"cannot connect: {reason}")
         finally:
             engine.dispose()
 
@@ -110,10 +112,6 @@ def _check_query(conn: Connection, audience: AudienceConfig) -> Check:
     return Check("audience", True, f"query OK; columns: {', '.join(columns)}", **where)
 
 
-def _one_line(exc: SQLAlchemyError) -> str:
-    message = str(getattr(exc, "orig", None) or exc)
-    return " ".join(message.split())[:300]
-
 
 # --- destinations -----------------------------------------------------------------------
 
@@ -128,7 +126,7 @@ def check_destination(config: DestinationConfig, transport: httpx.BaseTransport 
         with httpx.Client(headers=headers, timeout=config.timeout, transport=transport) as client:
             response = client.get(url)
     except httpx.HTTPError as exc:
-        reason = _redact(" ".join(str(exc).split())[:200] or type(exc).__name__, secrets)
+        reason = _redact(one_line(exc) or type(exc).__name__, secrets)
         return Check("destination", False, f"cannot reach {url}: {type(exc).__name__}: {reason}",
                      destination=config.name)
     ok, message = (_usercom if config.type == "usercom" else _nat)(response)

@@ -19,6 +19,8 @@ from sqlalchemy import Connection, Engine, Table
 from syncd import guards
 from syncd.config import AudienceConfig, Config
 from syncd.errors import RunInProgress, SourceError, UsageError
+from syncd.render import duration, maybe_iso
+from syncd.render import table as render_table
 from syncd.run.pipeline import Options, run_once
 from syncd.run.report import RunReport
 from syncd.source import open_source, stream_members
@@ -82,7 +84,7 @@ def plan(config: Config, engine: Engine) -> Output:
     snapshot_at = now()
     with engine.connect() as conn, scratch_members(conn) as scratch:
         audiences = [_plan_audience(config, conn, scratch, a, snapshot_at) for a in config.audiences]
-    data = {"snapshot_at": _iso(snapshot_at), "audiences": audiences}
+    data = {"snapshot_at": maybe_iso(snapshot_at), "audiences": audiences}
     return Output(data, format_plan(data))
 
 
@@ -162,14 +164,13 @@ def _send_time(pair: dict[str, Any]) -> str:
         return "nothing to send"
     if pair["send_seconds"] is None:
         return f"{pair['sends']} sends, unpaced (no rate_limit)"
-    return f"{pair['sends']} sends, about {_duration(pair['send_seconds'])} at {pair['rate_limit']:g}/s"
+    return f"{pair['sends']} sends, about {_hms(pair['send_seconds'])} at {pair['rate_limit']:g}/s"
 
 
-def _duration(seconds: float) -> str:
-    total = max(1, round(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    return "".join(f"{v}{u}" for v, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if v)
+def _hms(seconds: float) -> str:
+    """At least '1s', hours the largest unit: how long a send or a run takes."""
+    return duration(max(1, round(seconds)), "hms")
+
 
 
 # --- resync and retry: mark the ledger, then run the pairs now ----------------------------
@@ -260,7 +261,7 @@ def history(engine: Engine, limit: int) -> Output:
     with engine.connect() as conn:
         runs = recent_runs(conn, limit)
     data = [{
-        "run_id": r.id, "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at),
+        "run_id": r.id, "started_at": maybe_iso(r.started_at), "finished_at": maybe_iso(r.finished_at),
         "duration_seconds": (r.finished_at - r.started_at).total_seconds() if r.finished_at else None,
         "outcome": r.outcome, "host": r.host, "pid": r.pid,
         **{name: int(getattr(r, name)) for name in (*RUN_TOTALS, "held", "source_errors")},
@@ -269,16 +270,11 @@ def history(engine: Engine, limit: int) -> Output:
         return Output(data, "no runs yet")
     table = [list(HISTORY_COLUMNS)] + [[
         str(d["run_id"]), str(d["started_at"]),
-        _duration(d["duration_seconds"]) if d["duration_seconds"] is not None else "-",
+        _hms(d["duration_seconds"]) if d["duration_seconds"] is not None else "-",
         d["outcome"], *(str(d[name]) for name in (*RUN_TOTALS, "held")),
     ] for d in data]
-    return Output(data, _table(table))
+    return Output(data, render_table(table))
 
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in rows)
 
 
 # --- approve -----------------------------------------------------------------------------
@@ -310,7 +306,3 @@ def _operator() -> str:
     except (OSError, KeyError):
         user = "?"
     return f"{user}@{socket.gethostname()}"
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from syncd.config import Config
+from syncd.render import duration, maybe_iso, table
 from syncd.state import runs as state_runs
 from syncd.state.diff import PlanCounts, plan_counts
 from syncd.state.engine import now
@@ -56,10 +57,10 @@ def status(config: Config, engine: Engine) -> list[dict[str, Any]]:
                 "pending": counts.entered + counts.left,
                 "failed": counts.failed,
                 "skipped": counts.skipped,
-                "oldest_pending_at": _iso(since),
+                "oldest_pending_at": maybe_iso(since),
                 "oldest_pending_age_seconds": max(0, round((at - since).total_seconds())) if since else None,
                 "last_run_id": result.run_id if result else None,
-                "last_run_at": _iso(result.finished_at or result.started_at) if result else None,
+                "last_run_at": maybe_iso(result.finished_at or result.started_at) if result else None,
                 "last_outcome": result.outcome if result else None,
                 "last_message": result.message if result else None,
             })
@@ -68,11 +69,7 @@ def status(config: Config, engine: Engine) -> list[dict[str, Any]]:
 
 def _age(seconds: int) -> str:
     """3d4h, 2h5m, 4m10s: the two largest units, enough to judge a backlog."""
-    parts = [(seconds // 86400, "d"), (seconds // 3600 % 24, "h"), (seconds // 60 % 60, "m"),
-             (seconds % 60, "s")]
-    while len(parts) > 1 and parts[0][0] == 0:
-        parts.pop(0)
-    return "".join(f"{v}{u}" for v, u in parts[:2])
+    return duration(seconds, most=2)
 
 
 # (column, row field, how to show it): the backlog shows as its age, the JSON has both.
@@ -85,17 +82,9 @@ _COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
 
 
 def format_status(rows: list[dict[str, Any]]) -> str:
-    table = [[c[0] for c in _COLUMNS]] + [
+    cells = [[c[0] for c in _COLUMNS]] + [
         ["-" if row[field] is None else show(row[field]) for _, field, show in _COLUMNS] for row in rows
     ]
-    headers = table[0]
-    widths = [max(len(line[i]) for line in table) for i in range(len(headers))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-             for line in table]
     notes = [f"  {r['audience']} -> {r['destination']}: {r['last_message']}"
              for r in rows if r["last_message"] and r["last_outcome"] != "ok"]
-    return "\n".join(lines + notes)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+    return "\n".join([table(cells), *notes])
