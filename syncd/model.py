@@ -1,7 +1,9 @@
-"""The units of work: a snapshot row, and a change (enter or leave) for one destination.
+"""The words every layer shares: a snapshot row, a change (enter or leave) for one destination,
+the outcomes of runs and pairs, and the per-pair counters.
 
 Which changes exist is decided in SQL (state/diff.py: desired vs acknowledged); this
-module holds the pure parts: identities, and the deterministic messageId.
+module holds the pure parts: identities, and the deterministic messageId. Outcomes are
+StrEnums: they are their values in JSON, the state database and the metrics' labels.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 
@@ -82,3 +85,39 @@ def Enter(**kwargs: Any) -> Change:
 
 def Leave(**kwargs: Any) -> Change:
     return Change(value=False, **kwargs)
+
+
+class RunOutcome(StrEnum):
+    """How a run ended (run.outcome, `syncd history`, the metrics, the alerts)."""
+
+    RUNNING = "running"  # not finished (yet)
+    OK = "ok"  # everything delivered
+    HELD = "held"  # delivered but for exits a guard holds for approval
+    UNDELIVERED = "undelivered"  # changes wait for the next run (or an audience's query failed)
+    INTERRUPTED = "interrupted"  # stopped by a signal or a lost lease
+    CRASHED = "crashed"  # still "running" when a later run finished: the process died
+
+
+class PairOutcome(StrEnum):
+    """How one (audience, destination) pair ended in a run (run_result.outcome)."""
+
+    OK = "ok"
+    UNDELIVERED = "undelivered"
+    STOPPED = "stopped"  # the destination refused the key (401/403): its sender stopped
+    HELD = "held"
+    SOURCE_FAILED = "source_failed"  # the audience's query failed: nothing was sent
+
+
+class ScheduledOutcome(StrEnum):
+    """A scheduled run that produced no report (the daemon's metrics count these too)."""
+
+    SKIPPED = "skipped"  # another process held the run lease
+    ERROR = "error"  # the run raised: see the journal
+
+
+# The per-pair counters, in PairReport's and run_result's order (tests/test_model.py keeps
+# them in step): members at the snapshot, changes entered and left, sends, 2xx answers,
+# members skipped for lacking an email, refused changes, changes left for the next run.
+PAIR_COUNTERS = ("members", "entered", "left", "sent", "acknowledged", "skipped", "failed", "pending")
+# What `history` sums over a run's pairs (a member count summed over pairs means nothing).
+RUN_TOTALS = PAIR_COUNTERS[1:]

@@ -39,6 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncd import __version__
 from syncd.config import Config, MetricsConfig
 from syncd.errors import MetricsError
+from syncd.model import PairOutcome, RunOutcome, ScheduledOutcome
 from syncd.render import one_line
 from syncd.state import runs as state_runs
 from syncd.state.runs import last_results, last_successes
@@ -50,7 +51,9 @@ log = logging.getLogger("syncd")
 
 # Every outcome a run can end with (RunReport.outcome; the scheduler's "skipped" and "error"):
 # each series exists from the start, so an alert on its increase() sees the first one.
-RUN_OUTCOMES = ("ok", "held", "undelivered", "interrupted", "skipped", "error")
+RUN_OUTCOMES: tuple[str, ...] = (
+    RunOutcome.OK, RunOutcome.HELD, RunOutcome.UNDELIVERED, RunOutcome.INTERRUPTED, *ScheduledOutcome,
+)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HTML_TYPE = "text/html; charset=utf-8"
 # The page needs nothing from anywhere: inline styles and data: images only.
@@ -100,7 +103,7 @@ class Metrics:
                 for kind in _CHANGE_COUNTERS:
                     key = (kind, pair.audience_key, pair.destination)
                     self.changes[key] = self.changes.get(key, 0) + int(getattr(pair, kind))
-                if pair.outcome == "ok":
+                if pair.outcome == PairOutcome.OK:
                     self.last_success[(pair.audience_key, pair.destination)] = finished
 
     def refresh(self, config: Config, engine: Engine) -> None:
@@ -132,8 +135,8 @@ class Metrics:
                 pair = (result.audience_key, result.destination)
                 if pair not in held:
                     continue  # a pair no longer configured
-                held[pair] = int(result.left or 0) if result.outcome == "held" else 0
-                if result.outcome == "stopped":  # the sender stopped: 401/403 (run/deliver.py)
+                held[pair] = int(result.left or 0) if result.outcome == PairOutcome.HELD else 0
+                if result.outcome == PairOutcome.STOPPED:  # the sender stopped: 401/403 (run/deliver.py)
                     refused[result.destination] = 1
         with self.lock:
             self.held_exits, self.key_refused = held, refused

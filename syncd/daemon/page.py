@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from syncd import __version__
 from syncd.config import Config
+from syncd.model import PairOutcome, RunOutcome
 from syncd.render import duration, readable
 from syncd.state import engine as state_engine
 from syncd.state.operator import recent_runs
@@ -68,7 +69,7 @@ def gather(config: Config, engine: Engine, limit: int = RUNS_SHOWN) -> PageData:
     rows = status(config, engine)
     with engine.connect() as conn:
         held = {(r.audience_key, r.destination): int(r.left or 0)
-                for r in last_results(conn) if r.outcome == "held"}
+                for r in last_results(conn) if r.outcome == PairOutcome.HELD}
         runs = recent_runs(conn, limit)
     pairs = [PairRow(
         r["audience"], r["destination"], r["members"], r["acknowledged"], r["pending"],
@@ -79,8 +80,8 @@ def gather(config: Config, engine: Engine, limit: int = RUNS_SHOWN) -> PageData:
 
 
 def _run_row(r: Any) -> RunRow:
-    return RunRow(int(r.id), r.started_at, str(r.outcome or "running"), int(r.sent), int(r.acknowledged),
-                  int(r.failed), int(r.pending), int(r.held))
+    return RunRow(int(r.id), r.started_at, str(r.outcome or RunOutcome.RUNNING), int(r.sent),
+                  int(r.acknowledged), int(r.failed), int(r.pending), int(r.held))
 
 
 def _parse_iso(text: str | None) -> datetime | None:

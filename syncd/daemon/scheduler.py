@@ -32,6 +32,7 @@ from syncd.daemon.page import page_renderer
 from syncd.daemon.probes import PULSE, Cached, Liveness, readiness
 from syncd.daemon.signals import stop_on_signals
 from syncd.errors import RunInProgress
+from syncd.model import ScheduledOutcome
 from syncd.render import one_line, readable
 from syncd.run.pipeline import Options, open_state, run_once
 from syncd.run.report import RunReport
@@ -154,10 +155,10 @@ class _Daemon:
             report = run_once(self.config, self.options, engine=self.engine)
         except RunInProgress as exc:
             log.warning("skipping this run: %s", exc)
-            self._ended("skipped", f"run skipped at {_hhmm()}: {exc}")
+            self._ended(ScheduledOutcome.SKIPPED, f"run skipped at {_hhmm()}: {exc}")
         except Exception:  # the daemon must outlive one bad run; the next run retries
             log.exception("run failed")
-            self._ended("error", f"run at {_hhmm()} failed: see the journal")
+            self._ended(ScheduledOutcome.ERROR, f"run at {_hhmm()} failed: see the journal")
         else:
             if self.metrics is not None:
                 self.metrics.record_run(report)

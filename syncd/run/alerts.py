@@ -37,6 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from syncd import __version__
 from syncd.cli.commands import status
 from syncd.config import AlertsConfig, Config
+from syncd.model import PairOutcome, RunOutcome
 from syncd.render import duration, iso
 from syncd.state import engine as state_engine
 from syncd.state.tables import RUN, AlertState
@@ -44,6 +45,8 @@ from syncd.state.tables import RUN, AlertState
 if TYPE_CHECKING:
     from syncd.run.report import RunReport
 
+# The run outcomes that say how delivery went (interrupted and crashed runs say nothing).
+_DELIVERY_OUTCOMES = (RunOutcome.OK.value, RunOutcome.HELD.value, RunOutcome.UNDELIVERED.value)
 log = logging.getLogger("syncd")
 
 ALERTS = AlertState.__table__  # type: ignore[attr-defined]
@@ -114,23 +117,23 @@ def _refused_keys(report: RunReport) -> Iterator[Condition]:
     for pair in report.pairs:
         by_destination.setdefault(pair.destination, []).append(pair)
     for name, pairs in by_destination.items():
-        refused = next((p for p in pairs if p.outcome == "stopped"), None)
+        refused = next((p for p in pairs if p.outcome == PairOutcome.STOPPED), None)
         if refused is not None:
             yield Condition("key_refused", None, name, True,
                             f"{refused.message or name + ' refused the API key'}. Changes to {name} "
                             f"wait: check the key named in [destinations.{name}] "
                             "(api_key_env / api_key_file); every run tries again.")
         # Cleared only once the key is known to work: something acknowledged, or all sent.
-        elif any(p.acknowledged for p in pairs) or all(p.outcome == "ok" for p in pairs):
+        elif any(p.acknowledged for p in pairs) or all(p.outcome == PairOutcome.OK for p in pairs):
             yield Condition("key_refused", None, name, False, f"{name} accepts the API key again")
 
 
 def _held_exits(report: RunReport) -> Iterator[Condition]:
     for pair in report.pairs:
-        if pair.outcome == "held":
+        if pair.outcome == PairOutcome.HELD:
             yield Condition("exits_held", pair.audience_key, pair.destination, True,
                             pair.message or "exits are held by the guard")
-        elif pair.outcome in ("ok", "undelivered"):  # the guard judged the pair and let it go
+        elif pair.outcome in (PairOutcome.OK, PairOutcome.UNDELIVERED):  # the guard judged it and let it go
             yield Condition("exits_held", pair.audience_key, pair.destination, False,
                             f"exits of {pair.audience_key} to {pair.destination} are no longer held")
 
@@ -154,9 +157,9 @@ def _undelivered_runs(conn: Connection, after: int) -> Condition:
     run = RUN
     # Interrupted and crashed runs say nothing about delivery: they neither count nor break a streak.
     outcomes = list(conn.scalars(select(run.c.outcome)
-                                 .where(run.c.outcome.in_(("ok", "held", "undelivered")))
+                                 .where(run.c.outcome.in_(_DELIVERY_OUTCOMES))
                                  .order_by(run.c.id.desc()).limit(after)))
-    if len(outcomes) == after and all(o == "undelivered" for o in outcomes):
+    if len(outcomes) == after and all(o == RunOutcome.UNDELIVERED for o in outcomes):
         return Condition("runs_undelivered", None, None, True,
                          f"the last {after} runs ended with changes undelivered (kept for the next "
                          "run): see `syncd status` and `syncd history`.")

@@ -21,7 +21,7 @@ from syncd.delivery.destinations.base import Destination
 from syncd.delivery.sender import Sender, Verdict
 from syncd.errors import DestinationError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
-from syncd.model import Change
+from syncd.model import Change, PairOutcome
 from syncd.run.report import PairReport, RunReport
 from syncd.state.diff import WorkList
 from syncd.state.operator import drop_approval
@@ -125,9 +125,9 @@ class Delivery:
                 task.close()
         pair.pending = total - pair.acknowledged
         if pair.pending and guard.held and not self.sender.refused:
-            pair.outcome, pair.message = "held", guard.hold_message(self.config_path)
+            pair.outcome, pair.message = PairOutcome.HELD, guard.hold_message(self.config_path)
         elif pair.pending:
-            pair.outcome = "stopped" if self.sender.refused else "undelivered"
+            pair.outcome = PairOutcome.STOPPED if self.sender.refused else PairOutcome.UNDELIVERED
             pair.message = self.sender.stopped or pair.message or _interrupted(self.sender) or (
                 f"the run reached its send time limit ([schedule] max_send_time); {pair.pending} "
                 "changes wait for the next run" if self.out_of_time else None)

@@ -20,6 +20,7 @@ from syncd.cli.progress import Null, Progress
 from syncd.config import AudienceConfig, Config
 from syncd.delivery.sender import RetryPolicy
 from syncd.errors import SourceError
+from syncd.model import PairOutcome
 from syncd.run import alerts
 from syncd.run.deliver import PAIRS_AT_ONCE, deliver_all
 from syncd.run.report import PairReport, RunReport, summary_lines
@@ -106,7 +107,7 @@ def _run(config: Config, options: Options, engine: Engine) -> RunReport:
     for audience in config.audiences:
         if audience.key in report.audience_errors:
             for name in audience.destinations:
-                report.pairs.append(PairReport(audience.key, name, outcome="source_failed",
+                report.pairs.append(PairReport(audience.key, name, outcome=PairOutcome.SOURCE_FAILED,
                                                message=report.audience_errors[audience.key]))
     report.interrupted = options.stop_event is not None and options.stop_event.is_set()
     for pair in report.pairs:

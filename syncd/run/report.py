@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from syncd.model import PairOutcome, RunOutcome
 from syncd.state.snapshots import SnapshotCounts
 
 
@@ -23,7 +24,7 @@ class PairReport:
     skipped: int = 0
     failed: int = 0
     pending: int = 0
-    outcome: str = "ok"
+    outcome: PairOutcome = PairOutcome.OK
     message: str | None = None
 
 
@@ -40,17 +41,19 @@ class RunReport:
     @property
     def delivered(self) -> bool:
         return not self.audience_errors and not self.interrupted and all(
-            p.outcome == "ok" for p in self.pairs
+            p.outcome == PairOutcome.OK for p in self.pairs
         )
 
     @property
-    def outcome(self) -> str:
+    def outcome(self) -> RunOutcome:
         if self.interrupted:
-            return "interrupted"
+            return RunOutcome.INTERRUPTED
         if self.delivered:
-            return "ok"
-        held_only = not self.audience_errors and all(p.outcome in ("ok", "held") for p in self.pairs)
-        return "held" if held_only else "undelivered"
+            return RunOutcome.OK
+        held_only = not self.audience_errors and all(
+            p.outcome in (PairOutcome.OK, PairOutcome.HELD) for p in self.pairs
+        )
+        return RunOutcome.HELD if held_only else RunOutcome.UNDELIVERED
 
     @property
     def exit_code(self) -> int:
@@ -66,7 +69,7 @@ def summary_lines(report: RunReport) -> list[str]:
     for name, pairs in by_destination.items():
         def total(attr: str, pairs: list[PairReport] = pairs) -> int:
             return sum(int(getattr(p, attr)) for p in pairs)
-        bad = [p for p in pairs if p.outcome != "ok"]
+        bad = [p for p in pairs if p.outcome != PairOutcome.OK]
         verdict = "ok" if not bad else "; ".join(
             f"{p.audience_key}: {p.outcome}" + (f" ({p.message})" if p.message else "") for p in bad
         )

@@ -16,11 +16,11 @@ that want the whole store under one name; syncd's own modules import the job the
 """
 
 from syncd.errors import RunInProgress
+from syncd.model import RUN_TOTALS
 from syncd.state.diff import WORK, PlanCounts, WorkList, new_nonce, plan_counts, still_work
 from syncd.state.engine import now, upsert
 from syncd.state.lease import LEASE_TTL, LeaseHandle, acquire_lease, release_lease, renew_lease
 from syncd.state.operator import (
-    RUN_TOTALS,
     FailureGroup,
     approval,
     drop_approval,

@@ -17,6 +17,7 @@ from sqlalchemy import (
     update,
 )
 
+from syncd.model import RUN_TOTALS, PairOutcome
 from syncd.state.diff import still_work
 from syncd.state.engine import now, upsert
 from syncd.state.tables import (
@@ -99,7 +100,7 @@ def recent_runs(conn: Connection, limit: int) -> list[Any]:
         select(RUN_RESULT.c.run_id,
                *(func.sum(RUN_RESULT.c[name]).label(name) for name in RUN_TOTALS),
                func.count().label("pairs"),
-               func.sum(case((RUN_RESULT.c.outcome == "held", 1), else_=0)).label("held"))
+               func.sum(case((RUN_RESULT.c.outcome == PairOutcome.HELD.value, 1), else_=0)).label("held"))
         .group_by(RUN_RESULT.c.run_id)
         .subquery()
     )
@@ -119,8 +120,6 @@ def recent_runs(conn: Connection, limit: int) -> list[Any]:
     )
     return list(conn.execute(query))
 
-
-RUN_TOTALS = ("entered", "left", "sent", "acknowledged", "skipped", "failed", "pending")
 
 
 def approval(conn: Connection, audience_key: str, destination: str) -> Any:

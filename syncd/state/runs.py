@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -25,6 +26,7 @@ from sqlalchemy import (
     update,
 )
 
+from syncd.model import PairOutcome, RunOutcome
 from syncd.state.engine import now
 from syncd.state.snapshots import SnapshotCounts
 from syncd.state.tables import (
@@ -39,7 +41,7 @@ from syncd.state.tables import (
 def start_run(engine: Engine, snapshot_at: datetime) -> int:
     with engine.begin() as conn:
         result = conn.execute(
-            insert(RUN).values(started_at=now(), snapshot_at=snapshot_at, outcome="running",
+            insert(RUN).values(started_at=now(), snapshot_at=snapshot_at, outcome=RunOutcome.RUNNING.value,
                                host=socket.gethostname(), pid=os.getpid())
         )
         run_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
@@ -57,15 +59,18 @@ def record_audience(engine: Engine, run_id: int, audience_key: str, counts: Snap
 
 def record_result(engine: Engine, run_id: int, result: dict[str, Any]) -> None:
     with engine.begin() as conn:
-        conn.execute(insert(RUN_RESULT).values(run_id=run_id, **result))
+        # Outcomes are StrEnums: store their plain values, whatever the driver makes of a subclass.
+        values = {k: str(v) if isinstance(v, StrEnum) else v for k, v in result.items()}
+        conn.execute(insert(RUN_RESULT).values(run_id=run_id, **values))
 
 
 def finish_run(engine: Engine, run_id: int, outcome: str) -> None:
     with engine.begin() as conn:
-        conn.execute(update(RUN).where(RUN.c.id == run_id).values(finished_at=now(), outcome=outcome))
+        conn.execute(update(RUN).where(RUN.c.id == run_id).values(finished_at=now(), outcome=str(outcome)))
         # Runs that never finished (killed) are not "running" forever.
         conn.execute(
-            update(RUN).where(RUN.c.outcome == "running", RUN.c.id < run_id).values(outcome="crashed")
+            update(RUN).where(RUN.c.outcome == RunOutcome.RUNNING.value, RUN.c.id < run_id)
+            .values(outcome=RunOutcome.CRASHED.value)
         )
 
 
@@ -75,7 +80,7 @@ def not_ok_since(conn: Connection) -> dict[tuple[str, str], datetime]:
     last_ok = (
         select(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination,
                func.max(RUN_RESULT.c.run_id).label("run_id"))
-        .where(RUN_RESULT.c.outcome == "ok")
+        .where(RUN_RESULT.c.outcome == PairOutcome.OK.value)
         .group_by(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination)
         .subquery()
     )
@@ -188,7 +193,7 @@ def last_successes(conn: Connection) -> dict[tuple[str, str], datetime]:
     query = (
         select(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination, func.max(RUN.c.finished_at))
         .join(RUN, RUN.c.id == RUN_RESULT.c.run_id)
-        .where(RUN_RESULT.c.outcome == "ok", RUN.c.finished_at.is_not(None))
+        .where(RUN_RESULT.c.outcome == PairOutcome.OK.value, RUN.c.finished_at.is_not(None))
         .group_by(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination)
     )
     return {(r[0], r[1]): r[2] for r in conn.execute(query) if isinstance(r[2], datetime)}

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, Table
 from syncd import guards
 from syncd.config import AudienceConfig, Config
 from syncd.errors import RunInProgress, SourceError, UsageError
+from syncd.model import RUN_TOTALS, PairOutcome
 from syncd.render import duration, maybe_iso
 from syncd.render import table as render_table
 from syncd.run.pipeline import Options, run_once
@@ -27,7 +28,7 @@ from syncd.source import open_source, stream_members
 from syncd.state import operator as state_operator
 from syncd.state.diff import WorkList, plan_counts
 from syncd.state.engine import now
-from syncd.state.operator import RUN_TOTALS, mark_resync, recent_runs, record_approval, requeue_failures
+from syncd.state.operator import mark_resync, recent_runs, record_approval, requeue_failures
 from syncd.state.snapshots import SnapshotCounts, load_scratch, scratch_members
 
 log = logging.getLogger("syncd")
@@ -193,7 +194,7 @@ def resync_lines(report: RunReport) -> list[str]:
     lines = []
     for p in report.pairs:
         values = f"{p.entered} (true) / {p.left} (false)"
-        done = f"resent {values}" if p.outcome == "ok" else f"{values} to resend"
+        done = f"resent {values}" if p.outcome == PairOutcome.OK else f"{values} to resend"
         counts = f"{p.acknowledged} acknowledged, {p.skipped} skipped (no email), {p.failed} failed"
         verdict = p.outcome + (f" ({p.message})" if p.message else "")
         lines.append(f"resync {p.audience_key} at {p.destination}: {done}, {counts}, {p.pending} pending: "

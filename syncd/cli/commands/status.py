@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from syncd.config import Config
+from syncd.model import PairOutcome
 from syncd.render import duration, maybe_iso, table
 from syncd.state import runs as state_runs
 from syncd.state.diff import PlanCounts, plan_counts
@@ -86,5 +87,5 @@ def format_status(rows: list[dict[str, Any]]) -> str:
         ["-" if row[field] is None else show(row[field]) for _, field, show in _COLUMNS] for row in rows
     ]
     notes = [f"  {r['audience']} -> {r['destination']}: {r['last_message']}"
-             for r in rows if r["last_message"] and r["last_outcome"] != "ok"]
+             for r in rows if r["last_message"] and r["last_outcome"] != PairOutcome.OK]
     return "\n".join([table(cells), *notes])
