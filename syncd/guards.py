@@ -69,7 +69,7 @@ class GuardVerdict:
 
 
 def judge(audience: AudienceConfig, guards: GuardConfig, destination: str, members: int, exits: int,
-          acknowledged: int, approval: Any = None) -> GuardVerdict:
+          acknowledged: int, approval: state_operator.Approval | None = None) -> GuardVerdict:
     """The guard's decision from the numbers (pure)."""
     limit = audience.max_exit_share
     tripped = (limit < 1 and exits > 0 and acknowledged >= max(guards.min_acknowledged, 1)

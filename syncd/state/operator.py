@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -94,7 +95,29 @@ def requeue_failures(engine: Engine, destination: str | None = None) -> dict[tup
     return {(key, dest): count for key, dest, count in pairs}
 
 
-def recent_runs(conn: Connection, limit: int) -> list[Any]:
+class RunSummary(NamedTuple):
+    """A run with its pairs' totals summed (model.RUN_TOTALS), for `history` and the page."""
+
+    id: int
+    started_at: datetime
+    snapshot_at: datetime
+    finished_at: datetime | None
+    outcome: str  # a RunOutcome's value
+    host: str
+    pid: int
+    entered: int
+    left: int
+    sent: int
+    acknowledged: int
+    skipped: int
+    failed: int
+    pending: int
+    pairs: int
+    held: int  # pairs whose exits a guard held
+    source_errors: int  # audiences whose query failed
+
+
+def recent_runs(conn: Connection, limit: int) -> list[RunSummary]:
     """The last `limit` runs, newest first, with their pairs' totals summed."""
     totals = (
         select(RUN_RESULT.c.run_id,
@@ -118,13 +141,25 @@ def recent_runs(conn: Connection, limit: int) -> list[Any]:
         .order_by(RUN.c.id.desc())
         .limit(limit)
     )
-    return list(conn.execute(query))
+    return [RunSummary(**row._mapping) for row in conn.execute(query)]
 
 
 
-def approval(conn: Connection, audience_key: str, destination: str) -> Any:
-    return conn.execute(select(APPROVAL).where(APPROVAL.c.audience_key == audience_key,
-                                               APPROVAL.c.destination == destination)).first()
+class Approval(NamedTuple):
+    """A row of `guard_approval`: `syncd approve` let up to `exits` held exits go."""
+
+    audience_key: str
+    destination: str
+    exits: int
+    acknowledged: int
+    approved_at: datetime
+    approved_by: str
+
+
+def approval(conn: Connection, audience_key: str, destination: str) -> Approval | None:
+    row = conn.execute(select(APPROVAL).where(APPROVAL.c.audience_key == audience_key,
+                                              APPROVAL.c.destination == destination)).first()
+    return Approval(**row._mapping) if row is not None else None
 
 
 def record_approval(engine: Engine, audience_key: str, destination: str, exits: int,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -154,11 +154,44 @@ def _settled_false(before: datetime) -> ColumnElement[bool]:
     )
 
 
-def last_run(conn: Connection) -> Any:
-    return conn.execute(select(RUN).order_by(RUN.c.id.desc()).limit(1)).first()
+class RunRecord(NamedTuple):
+    """A row of `run`."""
+
+    id: int
+    started_at: datetime
+    snapshot_at: datetime
+    finished_at: datetime | None
+    outcome: str  # a RunOutcome's value
+    host: str
+    pid: int
 
 
-def last_results(conn: Connection) -> Iterator[Any]:
+class PairResult(NamedTuple):
+    """A row of `run_result` (the counters are model.PAIR_COUNTERS), with its run's times."""
+
+    run_id: int
+    audience_key: str
+    destination: str
+    members: int
+    entered: int
+    left: int
+    sent: int
+    acknowledged: int
+    skipped: int
+    failed: int
+    pending: int
+    outcome: str  # a PairOutcome's value
+    message: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+def last_run(conn: Connection) -> RunRecord | None:
+    row = conn.execute(select(RUN).order_by(RUN.c.id.desc()).limit(1)).first()
+    return RunRecord(**row._mapping) if row is not None else None
+
+
+def last_results(conn: Connection) -> Iterator[PairResult]:
     """The latest run_result row of every (audience, destination) pair, with its run."""
     latest = (
         select(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination,
@@ -173,7 +206,8 @@ def last_results(conn: Connection) -> Iterator[Any]:
                            RUN_RESULT.c.destination == latest.c.destination))
         .join(RUN, RUN.c.id == RUN_RESULT.c.run_id)
     )
-    yield from conn.execute(query)
+    for row in conn.execute(query):
+        yield PairResult(**row._mapping)
 
 
 def last_snapshot_rows(conn: Connection, audience_key: str) -> int | None:

@@ -261,7 +261,7 @@ HISTORY_COLUMNS = ("run", "started", "duration", "outcome", *RUN_TOTALS, "held")
 def history(engine: Engine, limit: int) -> Output:
     with engine.connect() as conn:
         runs = recent_runs(conn, limit)
-    data = [{
+    data: list[dict[str, Any]] = [{
         "run_id": r.id, "started_at": maybe_iso(r.started_at), "finished_at": maybe_iso(r.finished_at),
         "duration_seconds": (r.finished_at - r.started_at).total_seconds() if r.finished_at else None,
         "outcome": r.outcome, "host": r.host, "pid": r.pid,
