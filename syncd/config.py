@@ -26,7 +26,7 @@ from syncd.dburl import parse_db_url, sqlite_file
 from syncd.delivery.destinations.facts import FACTS, Facts
 from syncd.errors import ConfigError
 from syncd.keys import audience_key
-from syncd.render import duration
+from syncd.render import spelled
 from syncd.reserved import is_reserved
 
 log = logging.getLogger("syncd")
@@ -310,8 +310,8 @@ class _Reader:
             raise self.error(f"{key}.{field}", str(exc)) from None
         low, high = bounds
         if not low <= value <= high:
-            raise self.error(f"{key}.{field}", f"must be between {duration(int(low.total_seconds()))} and "
-                                               f"{duration(int(high.total_seconds()))}, not {text!r}")
+            raise self.error(f"{key}.{field}", f"must be between {spelled(low)} and "
+                                               f"{spelled(high)}, not {text!r}")
         return value
 
     def number(self, data: dict[str, Any], key: str, field: str, kind: type, default: Any,

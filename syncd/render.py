@@ -7,7 +7,7 @@ the same thing.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
@@ -29,6 +29,11 @@ def duration(seconds: int, units: str = "dhms", most: int | None = None, pad: bo
         parts.pop(0)
     shown = parts[:most]
     return "".join(f"{v:02d}{u}" if pad and i and u in "ms" else f"{v}{u}" for i, (v, u) in enumerate(shown))
+
+
+def spelled(delta: timedelta, units: str = "dhms") -> str:
+    """A timedelta as config.toml spells it: '1h30m', '30d', '0s'."""
+    return duration(int(delta.total_seconds()), units)
 
 
 def iso(moment: datetime) -> str:

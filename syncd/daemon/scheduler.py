@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -33,7 +33,7 @@ from syncd.daemon.probes import PULSE, Cached, Liveness, readiness
 from syncd.daemon.signals import stop_on_signals
 from syncd.errors import RunInProgress
 from syncd.model import ScheduledOutcome
-from syncd.render import one_line, readable
+from syncd.render import one_line, readable, spelled
 from syncd.run.pipeline import Options, open_state, run_once
 from syncd.run.report import RunReport
 from syncd.state.runs import last_run
@@ -126,7 +126,7 @@ def _start_scheduler(config: Config, engine: Engine, job: Callable[[], None],
     first_text = readable(first)
     log.info("syncd started: %d audience(s), %d destination(s); first run at %s, then every %s + 0..%s",
              len(config.audiences), len(config.destinations), first_text,
-             _fmt(config.schedule.interval), _fmt(config.schedule.jitter))
+             spelled(config.schedule.interval, "hms"), spelled(config.schedule.jitter, "hms"))
     return scheduler, first_text
 
 
@@ -205,10 +205,3 @@ def _last_start(engine: Engine) -> datetime | None:
     with engine.connect() as conn:
         run = last_run(conn)
     return run.started_at if run is not None else None
-
-
-def _fmt(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return "".join(f"{v}{u}" for v, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if v) or "0s"

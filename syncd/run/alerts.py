@@ -38,7 +38,7 @@ from syncd import __version__
 from syncd.cli.commands import status
 from syncd.config import AlertsConfig, Config
 from syncd.model import PairOutcome, RunOutcome
-from syncd.render import duration, iso
+from syncd.render import iso, spelled
 from syncd.state import engine as state_engine
 from syncd.state.tables import RUN, AlertState
 
@@ -139,18 +139,18 @@ def _held_exits(report: RunReport) -> Iterator[Condition]:
 
 
 def _stale_backlogs(config: Config, conn: Connection, older_than: timedelta) -> Iterator[Condition]:
-    limit, spelled = state_engine.now() - older_than, duration(int(older_than.total_seconds()))
+    limit, longer = state_engine.now() - older_than, spelled(older_than)
     for key, name, counts in status.backlog(config, conn):
         pending, oldest = counts.entered + counts.left, counts.oldest_pending
         if pending and oldest is not None and oldest < limit:
             yield Condition("backlog_stale", key, name, True,
                             f"{pending} changes of {key} wait for {name}, the oldest since "
-                            f"{oldest:%Y-%m-%d %H:%M}Z (longer than {spelled}): "
+                            f"{oldest:%Y-%m-%d %H:%M}Z (longer than {longer}): "
                             "see `syncd status` and `syncd failures`.")
         else:
             yield Condition("backlog_stale", key, name, False,
                             f"no change of {key} has waited for {name} longer than "
-                            f"{spelled}")
+                            f"{longer}")
 
 
 def _undelivered_runs(conn: Connection, after: int) -> Condition:

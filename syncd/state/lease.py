@@ -1,4 +1,5 @@
-"""The run lease: one run at a time per state database, across processes and hosts."""
+"""The run lease: one run at a time per state database, across processes and hosts; the
+keeper thread renews it while a run lasts and stops the run if it was lost."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
 from syncd.model import RUN_TOTALS, PairOutcome
 from syncd.state.diff import still_work
 from syncd.state.engine import now, upsert
+from syncd.state.runs import RunRecord
 from syncd.state.tables import (
     APPROVAL,
     ATTRIBUTE,
@@ -95,16 +96,10 @@ def requeue_failures(engine: Engine, destination: str | None = None) -> dict[tup
     return {(key, dest): count for key, dest, count in pairs}
 
 
-class RunSummary(NamedTuple):
+@dataclass(frozen=True)
+class RunSummary(RunRecord):
     """A run with its pairs' totals summed (model.RUN_TOTALS), for `history` and the page."""
 
-    id: int
-    started_at: datetime
-    snapshot_at: datetime
-    finished_at: datetime | None
-    outcome: str  # a RunOutcome's value
-    host: str
-    pid: int
     entered: int
     left: int
     sent: int

@@ -154,7 +154,8 @@ def _settled_false(before: datetime) -> ColumnElement[bool]:
     )
 
 
-class RunRecord(NamedTuple):
+@dataclass(frozen=True)
+class RunRecord:
     """A row of `run`."""
 
     id: int
