@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +20,7 @@ from sqlalchemy import Connection, CursorResult, Engine, create_engine
 from sqlalchemy.exc import DBAPIError, ResourceClosedError, SQLAlchemyError
 
 from syncd.cli.progress import Task
+from syncd.config import AudienceConfig, Config
 from syncd.dburl import sqlite_file
 from syncd.errors import SourceError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
@@ -66,6 +67,27 @@ def open_source(url: str) -> Engine:
 def now_param(snapshot_at: datetime) -> str:
     """The run's snapshot time as bound to `:now`: UTC, ISO-8601."""
     return iso(snapshot_at)
+
+
+def take_snapshot(config: Config, audience: AudienceConfig, snapshot_at: datetime, counts: SnapshotCounts,
+                  load: Callable[[Iterator[SnapshotRow]], None], task: Task | None = None,
+                  stop: threading.Event | None = None) -> str | None:
+    """Run the audience's query on its source and hand the rows to `load` (a run merges them
+    into the ledger, `plan` into a scratch table). Returns the error that fails the audience
+    when its query cannot run; a stop request raises QueryStopped. `task` is closed once the
+    source was opened."""
+    try:
+        source = open_source(config.sources[audience.source].url)
+        try:
+            load(stream_members(source, audience.query, snapshot_at, counts, task,
+                                audience_key=audience.key, stop=stop))
+        finally:
+            source.dispose()
+            if task is not None:
+                task.close()
+    except SourceError as exc:
+        return f"query failed on source {audience.source!r}: {exc}"
+    return None
 
 
 def stream_members(

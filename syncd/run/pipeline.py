@@ -7,7 +7,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -19,12 +19,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncd.cli.progress import Null, Progress
 from syncd.config import AudienceConfig, Config
 from syncd.delivery.sender import RetryPolicy
-from syncd.errors import SourceError
-from syncd.model import PairOutcome
+from syncd.model import PairOutcome, SnapshotRow
 from syncd.run import alerts
 from syncd.run.deliver import PAIRS_AT_ONCE, deliver_all
 from syncd.run.report import PairReport, RunReport, summary_lines
-from syncd.source import QueryStopped, open_source, stream_members
+from syncd.source import QueryStopped, take_snapshot
 from syncd.state.engine import cancelled_on, create_state_engine, migrate, now
 from syncd.state.lease import LeaseKeeper, acquire_lease, release_lease
 from syncd.state.runs import finish_run, last_snapshot_rows, prune, record_audience, record_result, start_run
@@ -145,29 +144,25 @@ def _stopped(options: Options) -> bool:
 
 def _snapshot(config: Config, engine: Engine, report: RunReport, audience: AudienceConfig,
               options: Options) -> None:
-    counts, error = SnapshotCounts(), None
+    counts = SnapshotCounts()
     with engine.connect() as conn:  # the last run's row count is the best guess for an ETA
         expected = last_snapshot_rows(conn, audience.key)
     task = options.progress.task(f"{audience.key}:", expected or None, "rows read")
+
+    def merge(rows: Iterator[SnapshotRow]) -> None:
+        # A stop also cancels the staging and the merge (long at 10M members).
+        with cancelled_on(options.stop_event, engine):
+            replace_members(engine, audience.key, rows, counts)
+
     try:
-        source = open_source(config.sources[audience.source].url)
-        try:
-            rows = stream_members(source, audience.query, report.snapshot_at, counts, task,
-                                  audience_key=audience.key, stop=options.stop_event)
-            # A stop also cancels the staging and the merge (long at 10M members).
-            with cancelled_on(options.stop_event, engine):
-                replace_members(engine, audience.key, rows, counts)
-        finally:
-            source.dispose()
-            task.close()
+        error = take_snapshot(config, audience, report.snapshot_at, counts, merge, task, options.stop_event)
     except (QueryStopped, SQLAlchemyError) as exc:  # the merge is one transaction
         if not isinstance(exc, QueryStopped) and not _stopped(options):
             raise
         log.warning("audience %s: snapshot cancelled by the stop request; the ledger keeps the "
                     "last complete snapshot", audience.key, extra={"run_id": report.run_id})
         return
-    except SourceError as exc:
-        error = f"query failed on source {audience.source!r}: {exc}"
+    if error is not None:
         report.audience_errors[audience.key] = error
         log.error("audience %s: %s", audience.key, error)
     report.audiences[audience.key] = counts

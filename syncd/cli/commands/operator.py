@@ -12,19 +12,20 @@ import logging
 import socket
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table
 
 from syncd import guards
 from syncd.config import AudienceConfig, Config
-from syncd.errors import RunInProgress, SourceError, UsageError
+from syncd.errors import RunInProgress, UsageError
 from syncd.model import RUN_TOTALS, PairOutcome
 from syncd.render import duration, maybe_iso
 from syncd.render import table as render_table
 from syncd.run.pipeline import Options, run_once
 from syncd.run.report import RunReport
-from syncd.source import open_source, stream_members
+from syncd.source import take_snapshot
 from syncd.state import operator as state_operator
 from syncd.state.diff import WorkList, plan_counts
 from syncd.state.engine import now
@@ -93,15 +94,10 @@ def _plan_audience(config: Config, conn: Connection, scratch: Table, audience: A
                    snapshot_at: datetime) -> dict[str, Any]:
     counts = SnapshotCounts()
     result: dict[str, Any] = {"audience": audience.key, "error": None}
-    try:
-        source = open_source(config.sources[audience.source].url)
-        try:
-            rows = stream_members(source, audience.query, snapshot_at, counts, audience_key=audience.key)
-            load_scratch(conn, scratch, audience.key, rows, counts)
-        finally:
-            source.dispose()
-    except SourceError as exc:
-        result["error"] = f"query failed on source {audience.source!r}: {exc}"
+    # The run's snapshot step, loading a scratch table instead of `member`.
+    result["error"] = take_snapshot(config, audience, snapshot_at, counts,
+                                    partial(load_scratch, conn, scratch, audience.key, counts=counts))
+    if result["error"] is not None:
         return result
     result.update(rows=counts.rows, members=counts.members, skipped_rows=counts.skipped,
                   destinations=[_plan_pair(config, conn, scratch, audience, name)
