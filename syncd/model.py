@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -115,9 +115,21 @@ class ScheduledOutcome(StrEnum):
     ERROR = "error"  # the run raised: see the journal
 
 
+@dataclass(frozen=True)
+class Totals:
+    """What a pair did in a run, and what `history` sums over a run's pairs."""
+
+    entered: int  # changes to `true`
+    left: int  # changes to `false`
+    sent: int  # changes sent at least once
+    acknowledged: int  # 2xx answers
+    skipped: int  # members without the email the destination needs
+    failed: int  # changes the destination refused
+    pending: int  # changes left for the next run
+
+
 # The per-pair counters, in PairReport's and run_result's order (tests/test_model.py keeps
-# them in step): members at the snapshot, changes entered and left, sends, 2xx answers,
-# members skipped for lacking an email, refused changes, changes left for the next run.
-PAIR_COUNTERS = ("members", "entered", "left", "sent", "acknowledged", "skipped", "failed", "pending")
-# What `history` sums over a run's pairs (a member count summed over pairs means nothing).
-RUN_TOTALS = PAIR_COUNTERS[1:]
+# them in step): the members at the snapshot, then the Totals (a member count summed over
+# pairs means nothing, so `history` leaves it out).
+RUN_TOTALS = tuple(f.name for f in fields(Totals))
+PAIR_COUNTERS = ("members", *RUN_TOTALS)

@@ -18,7 +18,7 @@ from sqlalchemy import (
     update,
 )
 
-from syncd.model import RUN_TOTALS, PairOutcome
+from syncd.model import RUN_TOTALS, PairOutcome, Totals
 from syncd.state.diff import still_work
 from syncd.state.engine import now, upsert
 from syncd.state.runs import RunRecord
@@ -97,16 +97,9 @@ def requeue_failures(engine: Engine, destination: str | None = None) -> dict[tup
 
 
 @dataclass(frozen=True)
-class RunSummary(RunRecord):
-    """A run with its pairs' totals summed (model.RUN_TOTALS), for `history` and the page."""
+class RunSummary(RunRecord, Totals):
+    """A run with its pairs' Totals summed, for `history` and the page."""
 
-    entered: int
-    left: int
-    sent: int
-    acknowledged: int
-    skipped: int
-    failed: int
-    pending: int
     pairs: int
     held: int  # pairs whose exits a guard held
     source_errors: int  # audiences whose query failed

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -26,7 +26,7 @@ from sqlalchemy import (
     update,
 )
 
-from syncd.model import PairOutcome, RunOutcome
+from syncd.model import PairOutcome, RunOutcome, Totals
 from syncd.state.engine import now
 from syncd.state.snapshots import SnapshotCounts
 from syncd.state.tables import (
@@ -167,20 +167,14 @@ class RunRecord:
     pid: int
 
 
-class PairResult(NamedTuple):
-    """A row of `run_result` (the counters are model.PAIR_COUNTERS), with its run's times."""
+@dataclass(frozen=True)
+class PairResult(Totals):
+    """A row of `run_result`, with its run's times."""
 
     run_id: int
     audience_key: str
     destination: str
     members: int
-    entered: int
-    left: int
-    sent: int
-    acknowledged: int
-    skipped: int
-    failed: int
-    pending: int
     outcome: str  # a PairOutcome's value
     message: str | None
     started_at: datetime
