@@ -42,9 +42,10 @@ from syncd.errors import MetricsError
 from syncd.model import PairOutcome, RunOutcome, ScheduledOutcome
 from syncd.render import one_line
 from syncd.state import runs as state_runs
+from syncd.state.backlog import backlog
 from syncd.state.runs import last_results, last_successes
 
-if TYPE_CHECKING:  # cli imports MetricsError before the config is read: keep this module light
+if TYPE_CHECKING:  # annotations only
     from syncd.run.report import RunReport
 
 log = logging.getLogger("syncd")
@@ -108,8 +109,6 @@ class Metrics:
 
     def refresh(self, config: Config, engine: Engine) -> None:
         """Backlog gauges (and, at start-up, last successes) from the ledger."""
-        from syncd.cli.commands.status import backlog  # httpx: only once the daemon runs
-
         pending, oldest = {}, {}
         with engine.connect() as conn:
             successes = last_successes(conn)

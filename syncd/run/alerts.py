@@ -35,11 +35,11 @@ from sqlalchemy import Connection, Engine, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from syncd import __version__
-from syncd.cli.commands import status
 from syncd.config import AlertsConfig, Config
 from syncd.model import PairOutcome, RunOutcome
 from syncd.render import iso, spelled
 from syncd.state import engine as state_engine
+from syncd.state.backlog import backlog
 from syncd.state.tables import RUN, AlertState
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def _held_exits(report: RunReport) -> Iterator[Condition]:
 
 def _stale_backlogs(config: Config, conn: Connection, older_than: timedelta) -> Iterator[Condition]:
     limit, longer = state_engine.now() - older_than, spelled(older_than)
-    for key, name, counts in status.backlog(config, conn):
+    for key, name, counts in backlog(config, conn):
         pending, oldest = counts.entered + counts.left, counts.oldest_pending
         if pending and oldest is not None and oldest < limit:
             yield Condition("backlog_stale", key, name, True,

@@ -10,6 +10,7 @@ One module per job, in the order a run uses them:
 - runs       run records, retention, and the reads status and the daemon make of them
 - lease      one run at a time per state database
 - operator   resync marks, failures, history, guard approvals
+- backlog    per configured pair: what a run would send now, and since when (status, metrics, alerts)
 
 The names below are the store's public surface, re-exported for callers (tests, bench/)
 that want the whole store under one name; syncd's own modules import the job they use.
