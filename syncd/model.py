@@ -1,5 +1,6 @@
 """The words every layer shares: a snapshot row, a change (enter or leave) for one destination,
-the outcomes of runs and pairs, and the per-pair counters.
+the outcomes of runs and pairs, the per-pair counters, and the Progress interface a run
+reports long work through.
 
 Which changes exist is decided in SQL (state/diff.py: desired vs acknowledged); this
 module holds the pure parts: identities, and the deterministic messageId. Outcomes are
@@ -12,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 
 def subject_of(user_id: str | None, anonymous_id: str | None) -> str | None:
@@ -133,3 +134,31 @@ class Totals:
 # pairs means nothing, so `history` leaves it out).
 RUN_TOTALS = tuple(f.name for f in fields(Totals))
 PAIR_COUNTERS = ("members", *RUN_TOTALS)
+
+
+# --- progress: what a run reports long work through (cli/progress.py draws it) ----------
+
+
+class Task(Protocol):
+    def advance(self, n: int = 1) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Progress(Protocol):
+    def task(self, label: str, total: int | None, unit: str) -> Task: ...
+
+
+class Null:
+    """No output."""
+
+    def task(self, label: str, total: int | None, unit: str) -> Task:
+        return _NullTask()
+
+
+class _NullTask:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -19,12 +19,11 @@ from typing import Any
 from sqlalchemy import Connection, CursorResult, Engine, create_engine
 from sqlalchemy.exc import DBAPIError, ResourceClosedError, SQLAlchemyError
 
-from syncd.cli.progress import Task
 from syncd.config import AudienceConfig, Config
 from syncd.dburl import sqlite_file
 from syncd.errors import SourceError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
-from syncd.model import Change, SnapshotRow, traits_json
+from syncd.model import Change, SnapshotRow, Task, traits_json
 from syncd.render import iso, one_line
 from syncd.reserved import is_reserved
 from syncd.state.engine import cancelled_on

@@ -19,7 +19,7 @@ from syncd.errors import SyncdError, UsageError
 from syncd.render import one_line
 
 if TYPE_CHECKING:
-    from syncd.cli.progress import Progress
+    from syncd.model import Progress
     from syncd.run.pipeline import Options
 
 log = logging.getLogger("syncd")

@@ -1,11 +1,12 @@
 """Progress of long work: snapshot rows read, changes delivered per destination.
 
 A run only calls `progress.task(label, total, unit)` and then `advance()` /
-`close()` on what it returns. Who shows it is chosen at the edge (cli):
+`close()` on what it returns (the Progress and Task interfaces in model.py). Who shows it
+is chosen at the edge (cli):
 
     Bar        a terminal: one `\\r`-redrawn line with every active task, rate and ETA
     LogLines   no terminal (journald, files): a plain log line per task every `every` s
-    Null       libraries and tests that don't care
+    Null       libraries and tests that don't care (model.py)
 
 The clock is injectable so the rate/ETA maths and the pacing are tested without
 waiting or freezing time.
@@ -17,23 +18,14 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from typing import Protocol, TextIO
+from typing import TextIO
 
+from syncd.model import Progress, Task
 from syncd.render import duration
 
 log = logging.getLogger("syncd.progress")
 
 Clock = Callable[[], float]
-
-
-class Task(Protocol):
-    def advance(self, n: int = 1) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class Progress(Protocol):
-    def task(self, label: str, total: int | None, unit: str) -> Task: ...
 
 
 class Meter:
@@ -77,21 +69,6 @@ class Meter:
 def format_seconds(seconds: float) -> str:
     """3725 -> '1h2m5s'; 42.4 -> '42s'; 0 -> '0s'."""
     return duration(round(seconds), "hms", most=2)
-
-
-class Null:
-    """No output."""
-
-    def task(self, label: str, total: int | None, unit: str) -> Task:
-        return _NullTask()
-
-
-class _NullTask:
-    def advance(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class LogLines:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from syncd import __version__
+from syncd.cli.commands.status import status  # the page shows `syncd status --json`'s rows
 from syncd.config import Config
 from syncd.model import PairOutcome, RunOutcome
 from syncd.render import duration, readable
@@ -64,8 +65,6 @@ class PageData:
 
 def gather(config: Config, engine: Engine, limit: int = RUNS_SHOWN) -> PageData:
     """The page's numbers, from the same readings as `syncd status` and `syncd history`."""
-    from syncd.cli.commands.status import status  # httpx via the destinations: only once the daemon runs
-
     rows = status(config, engine)
     with engine.connect() as conn:
         held = {(r.audience_key, r.destination): int(r.left or 0)

@@ -24,7 +24,6 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd.cli.progress import Null, Progress
 from syncd.config import Config, ScheduleConfig
 from syncd.daemon.metrics import Endpoints, Metrics, MetricsServer
 from syncd.daemon.notify import Heartbeat, Notifier
@@ -32,7 +31,7 @@ from syncd.daemon.page import page_renderer
 from syncd.daemon.probes import PULSE, Cached, Liveness, readiness
 from syncd.daemon.signals import stop_on_signals
 from syncd.errors import RunInProgress
-from syncd.model import ScheduledOutcome
+from syncd.model import Null, Progress, ScheduledOutcome
 from syncd.render import one_line, readable, spelled
 from syncd.run.pipeline import Options, open_state, run_once
 from syncd.run.report import RunReport

@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING, TypeVar
 from sqlalchemy import Engine
 
 from syncd import guards
-from syncd.cli.progress import Task
 from syncd.config import AudienceConfig, Config, DestinationConfig, GuardConfig
 from syncd.delivery.destinations import make_destination
 from syncd.delivery.destinations.base import Destination
 from syncd.delivery.sender import Sender, Verdict
 from syncd.errors import DestinationError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
-from syncd.model import Change, PairOutcome
+from syncd.model import Change, PairOutcome, Task
 from syncd.run.report import PairReport, RunReport
 from syncd.state.diff import WorkList
 from syncd.state.operator import drop_approval

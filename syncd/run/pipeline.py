@@ -16,10 +16,9 @@ import httpx
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd.cli.progress import Null, Progress
 from syncd.config import AudienceConfig, Config
 from syncd.delivery.sender import RetryPolicy
-from syncd.model import PairOutcome, SnapshotRow
+from syncd.model import Null, PairOutcome, Progress, SnapshotRow
 from syncd.run import alerts
 from syncd.run.deliver import PAIRS_AT_ONCE, deliver_all
 from syncd.run.report import PairReport, RunReport, summary_lines
