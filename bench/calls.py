@@ -1,6 +1,6 @@
 """Calls per change and changes per second against the stand-ins, at a fixed rate_limit (issue 12).
 
-    .venv/bin/python bench/calls.py                      # small: 2,000 users, 20,000 members, 100/s
+    .venv/bin/python bench/calls.py                      # small: 1,000 users, 20,000 members, 100/s
     .venv/bin/python bench/calls.py --users 20000 --members 1000000 \\
         --rate-nat 20 --rate-usercom 10                  # the issue's sizes and rates (hours today)
 
@@ -241,7 +241,7 @@ def main() -> None:
         serve()
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=2_000, help="(a): users over 5 audiences")
+    parser.add_argument("--users", type=int, default=1_000, help="(a): users over 5 audiences")
     parser.add_argument("--members", type=int, default=20_000, help="(b): members of the audience")
     parser.add_argument("--churn", type=float, default=0.01, help="(b): share of members that change")
     parser.add_argument("--rate-nat", type=float, default=100.0)
