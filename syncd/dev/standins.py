@@ -62,6 +62,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
     def _dispatch(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -123,6 +126,7 @@ class StandIn:
         with self._lock:
             self.received: list[dict[str, Any]] = []
             self.requests = 0
+            self.routes: dict[str, int] = {}  # requests per "METHOD /path", faults and 429s included
             self.rate_limited = 0
             self._faults: list[Fault] = []
             self._tokens = 0.0
@@ -149,6 +153,8 @@ class StandIn:
             return 200, self.accepted(), {}
         with self._lock:
             self.requests += 1
+            route = f"{method} {urlsplit(path).path}"
+            self.routes[route] = self.routes.get(route, 0) + 1
             fault = self._faults.pop(0) if self._faults else None
         if self.down:
             return 503, "<html><body>Service Unavailable</body></html>", {}
@@ -256,6 +262,8 @@ class UserComStandIn(StandIn):
         super().__init__(api_key, port)
         self._attributes: list[dict[str, Any]] = []
         self._users: dict[str, dict[str, Any]] = {}
+        self._keys_by_id: dict[int, str] = {}
+        self._next_id = 1
 
     @property
     def base_url(self) -> str:
@@ -263,17 +271,24 @@ class UserComStandIn(StandIn):
 
     def reset(self) -> None:
         super().reset()
-        self._attributes, self._users = [], {}
+        self._attributes, self._users, self._keys_by_id, self._next_id = [], {}, {}, 1
 
     def attributes(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(a) for a in self._attributes]
 
     def users(self) -> dict[str, dict[str, Any]]:
-        """What User.com holds: per custom_id, the email and typed attributes."""
+        """What User.com holds: per custom_id, the internal id, email and typed attributes."""
         with self._lock:
-            return {k: {"email": u["email"], "attributes": dict(u["attributes"])}
+            return {k: {"id": u["id"], "email": u["email"], "attributes": dict(u["attributes"])}
                     for k, u in self._users.items()}
+
+    def delete_user(self, custom_id: str) -> int:
+        """Delete a user as User.com's dashboard would; returns its internal id (now unknown)."""
+        with self._lock:
+            user = self._users.pop(custom_id)
+            del self._keys_by_id[user["id"]]
+            return int(user["id"])
 
     def route(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
         if headers.get("Authorization") is None:
@@ -287,6 +302,7 @@ class UserComStandIn(StandIn):
             ("GET", "/api/public/attributes/"): self._list_attributes,
             ("POST", "/api/public/attributes/"): self._create_attribute,
             ("POST", "/api/public/users/update_or_create/"): self._update_or_create,
+            ("PUT", "/api/public/users/mass_update_custom_attributes/"): self._mass_update,
         }
         handler = handlers.get((method, parts.path))
         if handler is None:
@@ -327,9 +343,13 @@ class UserComStandIn(StandIn):
             return 400, {"custom_id": ["This field is required."]}, {}
         with self._lock:
             key = str(body.get("custom_id") or body["email"])
-            user: dict[str, Any] = self._users.setdefault(
-                key, {"id": len(self._users) + 1, "custom_id": body.get("custom_id"), "email": None,
-                      "attributes": {}})
+            user = self._users.get(key)
+            if user is None:
+                # Ids are never reused, also after a deletion, as in a real database.
+                user = {"id": self._next_id, "custom_id": body.get("custom_id"), "email": None,
+                        "attributes": {}}
+                self._users[key], self._keys_by_id[self._next_id] = user, key
+                self._next_id += 1
             if body.get("email"):
                 user["email"] = body["email"]
             for name, value in body.items():
@@ -339,9 +359,35 @@ class UserComStandIn(StandIn):
         self._accept(body)
         return 200, reply, {}
 
+    def _mass_update(self, body: Any, _query: str) -> Reply:
+        """`{"ids": [...], "attribute": name, "value": v}`: all or nothing, like the real API."""
+        if not isinstance(body, dict):
+            return 400, {"non_field_errors": ["Invalid data. Expected a dictionary."]}, {}
+        ids = body.get("ids")
+        if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids):
+            return 400, {"ids": ["A non-empty list of user ids (integers) is required."]}, {}
+        with self._lock:
+            unknown = [i for i in ids if i not in self._keys_by_id]
+            if unknown:
+                return 400, {"ids": [f"Users with these ids do not exist: {unknown}."]}, {}
+            attribute = self._find_attribute(str(body.get("attribute") or ""))
+            if attribute is None:
+                return 400, {"attribute": [f"Attribute \"{body.get('attribute')}\" does not exist."]}, {}
+            if "value" not in body or not _matches(attribute["value_type"], body["value"]):
+                return 400, {"value": [f"A valid {attribute['value_type']} is required."]}, {}
+            for user_id in ids:
+                user = self._users[self._keys_by_id[user_id]]
+                self._set_attribute(user, attribute["name"], body["value"])
+        self._accept(body)
+        return 200, {"status": "ok"}, {}
+
+    def _find_attribute(self, name: str) -> dict[str, Any] | None:
+        std = _name_std(name)
+        return next((a for a in self._attributes if a["name_std"] == std), None)
+
     def _set_attribute(self, user: dict[str, Any], name: str, value: Any) -> None:
         std = _name_std(name)
-        attribute = next((a for a in self._attributes if a["name_std"] == std), None)
+        attribute = self._find_attribute(name)
         if attribute is None:  # documented: an undeclared trait becomes a *string* attribute
             attribute = self._new_attribute(name, "string")
         if attribute["value_type"] == "boolean":
@@ -354,6 +400,17 @@ class UserComStandIn(StandIn):
 
 def _name_std(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _matches(value_type: str, value: Any) -> bool:
+    """Whether a JSON value fits an attribute's type (mass updates do not convert)."""
+    if value_type == "boolean":
+        return isinstance(value, bool)
+    if value_type == "integer":
+        return type(value) is int
+    if value_type == "float":
+        return type(value) in (int, float)
+    return isinstance(value, str)
 
 
 def _to_bool(value: Any) -> bool | None:
