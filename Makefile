@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv  ## the real pipeline against local stand-ins of Nat and User.com
-	$(BIN)/python -m syncd.demo
+	$(BIN)/python -m syncd.dev.demo
 
 test: venv  ## the test suite (PostgreSQL tests run when SYNCD_TEST_POSTGRES_URL is set)
 	$(BIN)/pytest -q

@@ -49,8 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fresh_state, table
 
 from syncd.config import load_config
-from syncd.standins import NatStandIn, StandIn, UserComStandIn
-from syncd.sync import Options, RunReport, open_state, run_once
+from syncd.dev.standins import NatStandIn, StandIn, UserComStandIn
+from syncd.run.pipeline import Options, open_state, run_once
+from syncd.run.report import RunReport
 
 KEYS = {"NAT_API_KEY": "bench-nat-key", "USERCOM_API_KEY": "bench-usercom-key"}
 AUDIENCES = 5

@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table
 
 from syncd.config import DestinationConfig, Secret
-from syncd.delivery import Sender, Verdict
-from syncd.destinations.nat import Nat
+from syncd.delivery.destinations.nat import Nat
+from syncd.delivery.sender import Sender, Verdict
+from syncd.dev.standins import NatStandIn
 from syncd.identify import identify
-from syncd.plan import Enter
-from syncd.standins import NatStandIn
+from syncd.model import Enter
 
 KEY = "bench-nat-key"
 

@@ -30,11 +30,13 @@ from sqlalchemy import Engine, func, select
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fresh_state, table
 
-from syncd import ledger
+from syncd import state as ledger
 from syncd.config import parse_duration
-from syncd.db import create_state_engine, migrate
-from syncd.ledger import RUN, L, Outcome, SnapshotCounts
-from syncd.plan import SnapshotRow
+from syncd.model import SnapshotRow
+from syncd.state.engine import create_state_engine, migrate
+from syncd.state.sends import Outcome
+from syncd.state.snapshots import SnapshotCounts
+from syncd.state.tables import RUN, L
 
 KEY, DEST, PAGE = "growth", "nat", 500
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/paced.py                     # 2,500 members (about 50 s)
     .venv/bin/python bench/paced.py --members 5000      # the figure (about 100 s)
 
-The whole pipeline runs (`sync.run_once`: snapshot, plan, identify, delivery) with a
+The whole pipeline runs (`run/pipeline.py: run_once`: snapshot, plan, identify, delivery) with a
 SQLite source and state in a temporary directory. The stand-in answers 429 with
 `Retry-After: 1` whenever its token bucket (rate per second, burst of one second) is
 empty. Reported: calls accepted, the achieved rate between the first and the last
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table
 
 from syncd.config import load_config
-from syncd.standins import NatStandIn
-from syncd.sync import Options, open_state, run_once
+from syncd.dev.standins import NatStandIn
+from syncd.run.pipeline import Options, open_state, run_once
 
 KEY = "bench-nat-key"
 

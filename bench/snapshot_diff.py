@@ -30,11 +30,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, fresh_state, peak_rss_mb, run_step, table
 
-from syncd import commands, ledger
+from syncd import state as ledger
+from syncd.cli.commands import operator as commands
 from syncd.config import AudienceConfig, Config, DestinationConfig, ScheduleConfig, Secret, SourceConfig
-from syncd.db import create_state_engine, migrate
-from syncd.ledger import SnapshotCounts
 from syncd.source import open_source, stream_members
+from syncd.state.engine import create_state_engine, migrate
+from syncd.state.snapshots import SnapshotCounts
 
 KEY, DEST = "bench_audience", "nat"
 QUERY = "SELECT id AS user_id, email FROM customers"

@@ -12,8 +12,8 @@ from alembic import context
 from sqlalchemy import Engine
 from sqlmodel import SQLModel
 
-import syncd.models  # noqa: F401  (registers the tables)
-from syncd.db import create_state_engine
+import syncd.state.tables  # noqa: F401  (registers the tables)
+from syncd.state.engine import create_state_engine
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import syncd.models
+import syncd.state.tables
 ${imports if imports else ""}
 
 revision: str = ${repr(up_revision)}

@@ -22,21 +22,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
-from syncd.db import sqlite_file
+from syncd.dburl import parse_db_url, sqlite_file
+from syncd.delivery.destinations.facts import FACTS, Facts
+from syncd.errors import ConfigError
 from syncd.keys import audience_key
+from syncd.render import spelled
 from syncd.reserved import is_reserved
 
 log = logging.getLogger("syncd")
 
 DEFAULT_STATE_URL = "sqlite:///syncd-state.db"
-DESTINATION_TYPES = ("nat", "usercom")
-# Per type: (rate_limit in requests per second, concurrency). Neither Nat nor User.com
-# publishes a rate limit we could confirm, so these stay well under what such APIs
-# commonly allow; a destination that still answers 429 is slowed by its Retry-After.
-DESTINATION_DEFAULTS: dict[str, tuple[float, int]] = {"nat": (20.0, 8), "usercom": (10.0, 4)}
 DEFAULT_RETENTION = timedelta(days=30)
 # Bounds of the numbers in the file (README, Configuration). A value outside them is a config
 # error at start, never a scheduler thread that dies inside a live daemon (datetime overflow)
@@ -54,18 +49,6 @@ AFTER_FAILED_RUNS_BOUNDS = (1, 1000)
 _KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})$")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
-class ConfigError(Exception):
-    """A mistake in the configuration: the process exits 2."""
-
-    def __init__(self, path: str | Path, key: str, problem: str) -> None:
-        self.path, self.key, self.problem = str(path), key, problem
-        super().__init__(f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
-
-
-class UsageError(Exception):
-    """A command-line argument that does not fit the config (unknown audience...): exit 2."""
 
 
 class Secret:
@@ -162,6 +145,11 @@ class DestinationConfig:
     timeout: float  # seconds per request
 
     @property
+    def facts(self) -> Facts:
+        """What syncd knows about this destination's type (delivery/destinations/facts.py)."""
+        return FACTS[self.type]
+
+    @property
     def resolved_key(self) -> Secret:
         """The API key, for the code that sends: Config.with_secrets() resolved it first."""
         if not isinstance(self.api_key, Secret):
@@ -203,7 +191,7 @@ ALERT_FORMATS = ("json", "slack")
 
 @dataclass(frozen=True)
 class AlertsConfig:
-    """[alerts]: where and when to push alerts (see alerts.py)."""
+    """[alerts]: where and when to push alerts (see run/alerts.py)."""
 
     # A Slack webhook URL is a credential: never logged, shown or stored. A SecretSource until
     # Config.with_secrets() resolves it, as the destinations' keys.
@@ -275,16 +263,6 @@ def _number(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else f"{value:_}"
 
 
-def _fmt_duration(value: timedelta) -> str:
-    """timedelta -> the shortest config spelling: '1m', '30d', '1h30m', '0s'."""
-    seconds = int(value.total_seconds())
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "".join(parts) or "0s"
-
 
 class _Reader:
     """Walks the TOML tree, remembering the file for error messages."""
@@ -332,8 +310,8 @@ class _Reader:
             raise self.error(f"{key}.{field}", str(exc)) from None
         low, high = bounds
         if not low <= value <= high:
-            raise self.error(f"{key}.{field}", f"must be between {_fmt_duration(low)} and "
-                                               f"{_fmt_duration(high)}, not {text!r}")
+            raise self.error(f"{key}.{field}", f"must be between {spelled(low)} and "
+                                               f"{spelled(high)}, not {text!r}")
         return value
 
     def number(self, data: dict[str, Any], key: str, field: str, kind: type, default: Any,
@@ -368,10 +346,8 @@ class _Reader:
         url = self.get(data, key, "url", str, default)
         if url is None:
             raise self.error(f"{key}.url", "is required")
-        try:
-            make_url(url)
-        except ArgumentError:
-            raise self.error(f"{key}.url", f"{_redact_url(url)!r} is not a database URL") from None
+        if parse_db_url(url) is None:
+            raise self.error(f"{key}.url", f"{_redact_url(url)!r} is not a database URL")
         return str(url)
 
 
@@ -409,7 +385,8 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 
 def _state_url(reader: _Reader, state: dict[str, Any]) -> str:
     url = reader.db_url(state, "state", DEFAULT_STATE_URL)
-    if make_url(url).get_backend_name() == "sqlite" and sqlite_file(url) is None:
+    parsed = parse_db_url(url)
+    if parsed is not None and parsed.backend == "sqlite" and sqlite_file(url) is None:
         raise reader.error("state.url", "an in-memory database keeps nothing between runs "
                                         "(every run would be a full initial send): use a file")
     return url
@@ -508,7 +485,6 @@ def _sources(reader: _Reader, data: Any) -> dict[str, SourceConfig]:
 _DESTINATION_KEYS = {
     "type", "api_key_env", "api_key_file", "rate_limit", "concurrency", "timeout",
 }
-_URL_FIELD = {"nat": "endpoint", "usercom": "base_url"}
 
 
 def _destinations(reader: _Reader, data: Any) -> dict[str, DestinationConfig]:
@@ -519,22 +495,21 @@ def _destinations(reader: _Reader, data: Any) -> dict[str, DestinationConfig]:
         if not isinstance(value, dict):
             raise reader.error(key, f"must be a table, not {_kind(value)}")
         kind = reader.required_str(value, key, "type")
-        if kind not in DESTINATION_TYPES:
-            raise reader.error(f"{key}.type", f"unknown type {kind!r} (known: nat, usercom)")
-        url_field = _URL_FIELD[kind]
-        table = reader.table(value, key, _DESTINATION_KEYS | {url_field})
-        url = _http_url(reader, table, key, url_field)
-        if kind == "usercom" and not url.endswith("/"):
+        facts = FACTS.get(kind)
+        if facts is None:
+            raise reader.error(f"{key}.type", f"unknown type {kind!r} (known: {', '.join(FACTS)})")
+        table = reader.table(value, key, _DESTINATION_KEYS | {facts.url_field})
+        url = _http_url(reader, table, key, facts.url_field)
+        if facts.base_url and not url.endswith("/"):
             url += "/"
-        default_rate, default_concurrency = DESTINATION_DEFAULTS[kind]
         api_key = reader.secret_source(table, key, "api_key")
         if api_key is None:
             raise reader.error(key, "set one of api_key_env or api_key_file")
         timeout = reader.duration(table, key, "timeout", timedelta(seconds=10), TIMEOUT_BOUNDS)
         result[name] = DestinationConfig(
             name=name, type=kind, url=url, api_key=api_key,
-            rate_limit=reader.number(table, key, "rate_limit", float, default_rate, RATE_LIMIT_BOUNDS),
-            concurrency=reader.number(table, key, "concurrency", int, default_concurrency,
+            rate_limit=reader.number(table, key, "rate_limit", float, facts.rate_limit, RATE_LIMIT_BOUNDS),
+            concurrency=reader.number(table, key, "concurrency", int, facts.concurrency,
                                       CONCURRENCY_BOUNDS),
             timeout=timeout.total_seconds(),
         )

@@ -22,8 +22,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from syncd import ledger
 from syncd.config import AudienceConfig, GuardConfig
+from syncd.state import operator as state_operator
+from syncd.state.runs import acked_true_count
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class GuardVerdict:
 
 
 def judge(audience: AudienceConfig, guards: GuardConfig, destination: str, members: int, exits: int,
-          acknowledged: int, approval: Any = None) -> GuardVerdict:
+          acknowledged: int, approval: state_operator.Approval | None = None) -> GuardVerdict:
     """The guard's decision from the numbers (pure)."""
     limit = audience.max_exit_share
     tripped = (limit < 1 and exits > 0 and acknowledged >= max(guards.min_acknowledged, 1)
@@ -85,5 +86,5 @@ def check(conn: Connection, audience: AudienceConfig, guards: GuardConfig, desti
           members: int, exits: int) -> GuardVerdict:
     """The guard's decision for a pair, reading what the destination holds and any approval."""
     return judge(audience, guards, destination, members, exits,
-                 ledger.acked_true_count(conn, audience.key, destination),
-                 ledger.approval(conn, audience.key, destination))
+                 acked_true_count(conn, audience.key, destination),
+                 state_operator.approval(conn, audience.key, destination))

@@ -10,15 +10,11 @@ from decimal import Decimal
 from typing import Any
 
 from syncd import __version__
-from syncd.plan import Change
+from syncd.model import Change
+from syncd.render import iso_millis
 
 MAX_MESSAGE_BYTES = 32 * 1024  # Segment's limit for one call
 
-
-def iso_millis(moment: datetime) -> str:
-    """2026-11-22T09:00:00.000Z"""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def computation_id(audience_key: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -19,12 +19,15 @@ from typing import Any
 from sqlalchemy import Connection, CursorResult, Engine, create_engine
 from sqlalchemy.exc import DBAPIError, ResourceClosedError, SQLAlchemyError
 
-from syncd.db import cancelled_on, sqlite_file
+from syncd.config import AudienceConfig, Config
+from syncd.dburl import sqlite_file
+from syncd.errors import SourceError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
-from syncd.ledger import SnapshotCounts
-from syncd.plan import Change, SnapshotRow, traits_json
-from syncd.progress import Task
+from syncd.model import Change, SnapshotRow, Task, traits_json
+from syncd.render import iso, one_line
 from syncd.reserved import is_reserved
+from syncd.state.engine import cancelled_on
+from syncd.state.snapshots import SnapshotCounts
 
 IDENTITY_COLUMNS = ("user_id", "anonymous_id")
 KNOWN_COLUMNS = (*IDENTITY_COLUMNS, "email", "url")
@@ -45,10 +48,6 @@ _EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
 LARGE_ROW = 8 * 1024  # rows smaller than this cannot make a 32 KB message
 
 
-class SourceError(Exception):
-    """The audience's query could not be run: this audience fails, the others go on."""
-
-
 class QueryStopped(Exception):
     """The run was asked to stop while the query ran: the query was cancelled."""
 
@@ -66,7 +65,28 @@ def open_source(url: str) -> Engine:
 
 def now_param(snapshot_at: datetime) -> str:
     """The run's snapshot time as bound to `:now`: UTC, ISO-8601."""
-    return snapshot_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(snapshot_at)
+
+
+def take_snapshot(config: Config, audience: AudienceConfig, snapshot_at: datetime, counts: SnapshotCounts,
+                  load: Callable[[Iterator[SnapshotRow]], None], task: Task | None = None,
+                  stop: threading.Event | None = None) -> str | None:
+    """Run the audience's query on its source and hand the rows to `load` (a run merges them
+    into the ledger, `plan` into a scratch table). Returns the error that fails the audience
+    when its query cannot run; a stop request raises QueryStopped. `task` is closed once the
+    source was opened."""
+    try:
+        source = open_source(config.sources[audience.source].url)
+        try:
+            load(stream_members(source, audience.query, snapshot_at, counts, task,
+                                audience_key=audience.key, stop=stop))
+        finally:
+            source.dispose()
+            if task is not None:
+                task.close()
+    except SourceError as exc:
+        return f"query failed on source {audience.source!r}: {exc}"
+    return None
 
 
 def stream_members(
@@ -259,7 +279,7 @@ def _one_line(exc: SQLAlchemyError) -> str:
             message += f" ({hint})"
     else:
         message = _DECORATION.sub("", str(exc)).strip()
-    return " ".join(message.split())[:300]
+    return one_line(message, 300)
 
 
 _DECORATION = re.compile(r"\[SQL: .*|\(Background on this error at: [^)]*\)", re.DOTALL)

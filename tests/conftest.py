@@ -22,9 +22,10 @@ from sqlalchemy import MetaData, create_engine, text
 from sqlalchemy.engine import make_url
 
 from syncd.config import Config, load_config
-from syncd.delivery import RetryPolicy
-from syncd.standins import NatStandIn, UserComStandIn
-from syncd.sync import Options, RunReport, open_state, run_once
+from syncd.delivery.sender import RetryPolicy
+from syncd.dev.standins import NatStandIn, UserComStandIn
+from syncd.run.pipeline import Options, open_state, run_once
+from syncd.run.report import RunReport
 
 NAT_KEY = "nat-test-key-SECRET-1f2e3d"
 USERCOM_KEY = "usercom-test-key-SECRET-9a8b7c"

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from syncd.alerts import ALERT_TIME_LIMIT
-from syncd.config import ConfigError, load_config
+from syncd.config import load_config
+from syncd.errors import ConfigError
+from syncd.run.alerts import ALERT_TIME_LIMIT
 
 from conftest import HOOK_SECRET, KEYS_ENV, Env, audience_toml, dump_state, free_port, wait_for
 
@@ -233,9 +234,9 @@ def test_no_duplicate_after_restart(env: Env, hook: Hook) -> None:
 
 TELL = """
 import sys
-from syncd.alerts import Condition, deliver
+from syncd.run.alerts import Condition, deliver
 from syncd.config import load_config
-from syncd.db import create_state_engine
+from syncd.state.engine import create_state_engine
 config = load_config(sys.argv[1]).with_secrets()
 engine = create_state_engine(config.state_url)
 print(deliver(config.alerts, engine, [Condition("key_refused", None, "nat", True, "refused")], 1))

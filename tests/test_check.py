@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from syncd.standins import NatStandIn, UserComStandIn
+from syncd.dev.standins import NatStandIn, UserComStandIn
 
 from conftest import POSTGRES_URL, _fresh_postgres_database, free_port, run_cli
 

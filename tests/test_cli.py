@@ -8,9 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from syncd import ledger
-from syncd.db import create_state_engine, migrate
+from syncd import state as ledger
+from syncd.state.engine import create_state_engine, migrate
 
 from conftest import KEYS_ENV, NAT_KEY, USERCOM_KEY, Env, run_cli
 
@@ -200,3 +201,49 @@ def test_usage_errors_follow_the_log_format(sqlite_env: Env) -> None:
     assert text.returncode == 2
     assert text.stderr.startswith("usage: syncd history")
     assert "syncd history: error: argument --limit: '0' is not a positive whole number" in text.stderr
+
+
+
+# Runs main() in a fresh interpreter, then names the heavy libraries it loaded.
+_LOADED_AFTER = """
+import sys
+from syncd.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = ("sqlalchemy", "sqlmodel", "alembic", "httpx")
+print("LOADED", sorted({name.split(".")[0] for name in sys.modules} & set(heavy)), file=sys.stderr)
+"""
+_CONFIG = """
+[state]
+url = "sqlite:///state.db"
+[sources.shop]
+url = "sqlite:///shop.db"
+[destinations.nat]
+type = "nat"
+endpoint = "http://127.0.0.1:9/segment"
+api_key_env = "NAT_API_KEY"
+[[audiences]]
+name = "Buyers"
+source = "shop"
+destinations = ["%s"]
+query = "SELECT 1 AS user_id"
+"""
+
+
+def _loaded_after(tmp_path: Path, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-c", _LOADED_AFTER, *args], cwd=tmp_path, env=_env(),
+                            capture_output=True, text=True, timeout=60, check=False)
+    return [line for line in result.stderr.splitlines() if line.startswith("LOADED")][-1]
+
+
+def test_help_and_config_errors_do_not_load_the_database_or_http_libraries(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(_CONFIG % "nat", encoding="utf-8")
+    # A mistake found late (after the state and source URLs were read) loads them no more than --help.
+    bad.write_text(_CONFIG % "nowhere", encoding="utf-8")
+    assert _loaded_after(tmp_path, "--help") == "LOADED []"
+    assert _loaded_after(tmp_path, "status", "--config", str(bad)) == "LOADED []"
+    # The probe sees them when they are loaded: a command that opens the state database.
+    assert "'sqlalchemy'" in _loaded_after(tmp_path, "migrate", "--config", str(good))

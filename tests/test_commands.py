@@ -8,11 +8,11 @@ from typing import Any
 
 from sqlalchemy import MetaData, select
 
-from syncd import ledger
-from syncd.db import create_state_engine
-from syncd.ledger import SnapshotCounts
-from syncd.plan import SnapshotRow
-from syncd.standins import Fault
+from syncd import state as ledger
+from syncd.dev.standins import Fault
+from syncd.model import SnapshotRow
+from syncd.state.engine import create_state_engine
+from syncd.state.snapshots import SnapshotCounts
 
 from conftest import NAT_KEY, USERCOM_KEY, Env, audience_toml
 

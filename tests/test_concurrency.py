@@ -7,8 +7,8 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from syncd import ledger
-from syncd.db import create_state_engine, migrate
+from syncd import state as ledger
+from syncd.state.engine import create_state_engine, migrate
 
 from checks import assert_no_stale_values, view
 from conftest import Env, wait_for

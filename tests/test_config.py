@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from syncd.config import ConfigError, SecretSource, load_config, parse_duration
+from syncd.config import SecretSource, load_config, parse_duration
+from syncd.errors import ConfigError
 from syncd.keys import audience_key
 
 from conftest import KEYS_ENV, run_cli

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, note, seed, settings
 from hypothesis import strategies as st
 
 from syncd.config import Config
-from syncd.standins import Fault, NatStandIn, StandIn, UserComStandIn
+from syncd.dev.standins import Fault, NatStandIn, StandIn, UserComStandIn
 
 from checks import assert_message_ids_unique, assert_no_stale_values, nat_flags, view
 from conftest import NAT_KEY, USERCOM_KEY, Env, Shop

@@ -12,12 +12,12 @@ import pytest
 from test_daemon import start_daemon, stop_daemon, wait_for
 
 from syncd.config import MetricsConfig
-from syncd.db import create_state_engine, migrate
-from syncd.metrics import Endpoints, Metrics, MetricsServer
-from syncd.page import PageData, PairRow, RunRow, render
-from syncd.probes import Cached, Liveness, readiness
-from syncd.scheduler import _start_scheduler
-from syncd.sync import open_state
+from syncd.daemon.metrics import Endpoints, Metrics, MetricsServer
+from syncd.daemon.page import PageData, PairRow, RunRow, render
+from syncd.daemon.probes import Cached, Liveness, readiness
+from syncd.daemon.scheduler import _start_scheduler
+from syncd.run.pipeline import open_state
+from syncd.state.engine import create_state_engine, migrate
 
 from conftest import Env, audience_toml, free_port, samples
 from conftest import wait_for as wait_for_condition

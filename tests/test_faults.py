@@ -15,7 +15,7 @@ import subprocess
 import pytest
 from freezegun import freeze_time
 
-from syncd.standins import Fault
+from syncd.dev.standins import Fault
 
 from checks import assert_no_stale_values, flags, view
 from conftest import Env, audience_toml, dump_state, wait_for

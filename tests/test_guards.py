@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from syncd import ledger
+from syncd import state as ledger
 from syncd.config import AudienceConfig, GuardConfig
-from syncd.db import create_state_engine
 from syncd.guards import judge
+from syncd.state.engine import create_state_engine
 
 from conftest import Env, audience_toml
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from syncd.config import DestinationConfig, Secret
-from syncd.destinations import make_destination
-from syncd.identify import identify, iso_millis
-from syncd.plan import Change
+from syncd.delivery.destinations import make_destination
+from syncd.identify import identify
+from syncd.model import Change
+from syncd.render import iso_millis
 
 GOLDEN = Path(__file__).parent / "golden"
 AT = datetime(2026, 11, 22, 9, 0, 0, 123456, tzinfo=UTC)

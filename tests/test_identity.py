@@ -12,9 +12,9 @@ import subprocess
 from alembic import command
 from sqlalchemy import select, text
 
-from syncd.db import alembic_config, create_state_engine
-from syncd.ledger import L
-from syncd.plan import Enter
+from syncd.model import Enter
+from syncd.state.engine import alembic_config, create_state_engine
+from syncd.state.tables import L
 
 from checks import assert_message_ids_unique, nat_flags
 from conftest import Env, audience_toml

@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine, select
 
-from syncd import ledger
+from syncd import state as ledger
 from syncd.config import Config, ScheduleConfig
-from syncd.ledger import L, M, SnapshotCounts
-from syncd.plan import Change, SnapshotRow
-from syncd.sync import open_state
+from syncd.model import Change, SnapshotRow
+from syncd.run.pipeline import open_state
+from syncd.state.snapshots import SnapshotCounts
+from syncd.state.tables import L, M
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from syncd.logs import JsonFormatter
+from syncd.cli.logs import JsonFormatter
 
 from conftest import NAT_KEY, USERCOM_KEY, Env
 

@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from syncd.config import MetricsConfig
-from syncd.metrics import Metrics, MetricsError, MetricsServer
-from syncd.sync import PairReport, RunReport
+from syncd.daemon.metrics import Metrics, MetricsServer
+from syncd.errors import MetricsError
+from syncd.run.report import PairReport, RunReport
 
 from conftest import free_port, samples
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from syncd.metrics import Metrics
-from syncd.sync import Options, open_state, run_once
+from syncd.daemon.metrics import Metrics
+from syncd.run.pipeline import Options, open_state, run_once
 
 from conftest import Env
 

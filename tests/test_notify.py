@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.notify import Heartbeat, Notifier
+from syncd.daemon.notify import Heartbeat, Notifier
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from syncd.progress import Bar, LogLines, Meter, for_stream, format_seconds
-from syncd.sync import Options, open_state, run_once
+from syncd.cli.progress import Bar, LogLines, Meter, for_stream, format_seconds
+from syncd.run.pipeline import Options, open_state, run_once
 
 from conftest import FAST, Env
 

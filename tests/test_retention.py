@@ -6,8 +6,8 @@ from __future__ import annotations
 from freezegun import freeze_time
 from sqlalchemy import select
 
-from syncd.db import create_state_engine
-from syncd.ledger import RUN, RUN_AUDIENCE, L
+from syncd.state.engine import create_state_engine
+from syncd.state.tables import RUN, RUN_AUDIENCE, L
 
 from conftest import Env, audience_toml
 

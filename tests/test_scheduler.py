@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from freezegun import freeze_time
 
 from syncd.config import ScheduleConfig
-from syncd.scheduler import first_run_time, make_trigger
+from syncd.daemon.scheduler import first_run_time, make_trigger
 
 START = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 

@@ -8,9 +8,11 @@ import threading
 from dataclasses import replace
 from datetime import timedelta
 
-from syncd import ledger, scheduler
+from syncd import state as ledger
 from syncd.config import Config
-from syncd.sync import PAGE_SIZE, open_state
+from syncd.daemon import scheduler
+from syncd.run.deliver import PAGE_SIZE
+from syncd.run.pipeline import open_state
 
 from checks import assert_no_stale_values, flags
 from conftest import Env, audience_toml, wait_for

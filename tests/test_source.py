@@ -19,9 +19,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from syncd.db import cancelled_on
 from syncd.identify import json_value
 from syncd.source import bind_now
+from syncd.state.engine import cancelled_on
 
 from checks import flags
 from conftest import POSTGRES_URL, Env, _fresh_postgres_database, audience_toml, dump_state, wait_for

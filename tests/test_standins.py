@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from syncd.standins import Fault, UserComStandIn
+from syncd.dev.standins import Fault, UserComStandIn
 
 from conftest import USERCOM_KEY
 

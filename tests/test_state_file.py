@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.sync import open_state
+from syncd.run.pipeline import open_state
 
 from conftest import KEYS_ENV, Env
 

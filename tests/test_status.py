@@ -11,10 +11,10 @@ import httpx
 import pytest
 from freezegun import freeze_time
 
-from syncd import status
-from syncd.metrics import Metrics
-from syncd.standins import Fault
-from syncd.sync import open_state
+from syncd.cli.commands import status
+from syncd.daemon.metrics import Metrics
+from syncd.dev.standins import Fault
+from syncd.run.pipeline import open_state
 
 from conftest import USERCOM_KEY, Env, audience_toml, samples
 

@@ -7,7 +7,7 @@ import time
 
 from freezegun import freeze_time
 
-from syncd.standins import Fault
+from syncd.dev.standins import Fault
 
 from checks import flags
 from conftest import Env, audience_toml

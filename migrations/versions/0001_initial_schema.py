@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import syncd.models
+import syncd.state.tables
 
 
 revision: str = '0001'
@@ -24,7 +24,7 @@ def upgrade() -> None:
     op.create_table('attribute',
     sa.Column('destination', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('audience_key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('ensured_at', syncd.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('ensured_at', syncd.state.tables.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('destination', 'audience_key')
     )
     op.create_table('lease',
@@ -32,8 +32,8 @@ def upgrade() -> None:
     sa.Column('holder', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('host', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('pid', sa.Integer(), nullable=False),
-    sa.Column('acquired_at', syncd.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', syncd.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('acquired_at', syncd.state.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', syncd.state.tables.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('name')
     )
     op.create_table('ledger',
@@ -45,7 +45,7 @@ def upgrade() -> None:
     sa.Column('email', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('acked', sa.Boolean(), nullable=True),
     sa.Column('seq', sa.Integer(), nullable=False),
-    sa.Column('acked_at', syncd.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('acked_at', syncd.state.tables.UTCDateTime(timezone=True), nullable=True),
     sa.Column('pending', sa.Boolean(), nullable=True),
     sa.Column('in_flight', sa.Boolean(), nullable=True),
     sa.Column('maybe_true', sa.Boolean(), nullable=False),
@@ -54,7 +54,7 @@ def upgrade() -> None:
     sa.Column('failed', sa.Boolean(), nullable=False),
     sa.Column('last_status', sa.Integer(), nullable=True),
     sa.Column('last_error', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('pending_since', syncd.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('pending_since', syncd.state.tables.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('audience_key', 'destination', 'subject')
     )
     with op.batch_alter_table('ledger', schema=None) as batch_op:
@@ -72,9 +72,9 @@ def upgrade() -> None:
     )
     op.create_table('run',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('started_at', syncd.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('snapshot_at', syncd.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('finished_at', syncd.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', syncd.state.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('snapshot_at', syncd.state.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', syncd.state.tables.UTCDateTime(timezone=True), nullable=True),
     sa.Column('outcome', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('host', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('pid', sa.Integer(), nullable=False),

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import syncd.models
+import syncd.state.tables
 
 
 revision: str = '0002'
@@ -26,7 +26,7 @@ def upgrade() -> None:
     sa.Column('destination', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('exits', sa.Integer(), nullable=False),
     sa.Column('acknowledged', sa.Integer(), nullable=False),
-    sa.Column('approved_at', syncd.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('approved_at', syncd.state.tables.UTCDateTime(timezone=True), nullable=False),
     sa.Column('approved_by', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.PrimaryKeyConstraint('audience_key', 'destination')
     )

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import syncd.models
+import syncd.state.tables
 
 
 revision: str = '0003'
@@ -25,9 +25,9 @@ def upgrade() -> None:
     sa.Column('audience', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('destination', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
-    sa.Column('changed_at', syncd.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('changed_at', syncd.state.tables.UTCDateTime(timezone=True), nullable=True),
     sa.Column('claimed_by', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('claimed_until', syncd.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('claimed_until', syncd.state.tables.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('event', 'audience', 'destination')
     )
 

@@ -19,7 +19,7 @@ import sqlmodel
 from alembic import op
 from alembic.operations import BatchOperations
 
-import syncd.models
+import syncd.state.tables
 
 
 revision: str = '0004'

@@ -1,0 +1,230 @@
+"""The read-only status page `syncd run` serves at `/` (with `[metrics] listen`).
+
+`gather()` reads what `syncd status` and `syncd history` read (status.status, the ledger's
+recent_runs and last_results); `render()` turns that into one self-contained HTML page:
+inline CSS and an inline SVG chart, no script, no external request (the server's
+Content-Security-Policy forbids them anyway), escaped text, a viewport for phones, and a
+refresh every 30 seconds. Only counts and config names appear: no user ids, e-mails or keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+
+from sqlalchemy import Engine
+
+from syncd import __version__
+from syncd.cli.commands.status import status  # the page shows `syncd status --json`'s rows
+from syncd.config import Config
+from syncd.model import PairOutcome, RunOutcome
+from syncd.render import duration, readable
+from syncd.state import engine as state_engine
+from syncd.state.operator import recent_runs
+from syncd.state.runs import last_results
+
+RUNS_SHOWN = 20
+REFRESH_SECONDS = 30
+CHART_SERIES = (("sent", "#4c78a8"), ("acknowledged", "#54a24b"), ("failed", "#e45756"))
+
+
+@dataclass(frozen=True)
+class PairRow:
+    audience: str
+    destination: str
+    members: int
+    acknowledged: int
+    pending: int
+    oldest_pending: datetime | None
+    failed: int
+    held_exits: int
+    last_outcome: str | None
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run: int
+    started_at: datetime
+    outcome: str
+    sent: int
+    acknowledged: int
+    failed: int
+    pending: int
+    held: int  # pairs whose exits were held
+
+
+@dataclass(frozen=True)
+class PageData:
+    pairs: list[PairRow]
+    runs: list[RunRow]  # newest first
+    now: datetime
+
+
+def gather(config: Config, engine: Engine, limit: int = RUNS_SHOWN) -> PageData:
+    """The page's numbers, from the same readings as `syncd status` and `syncd history`."""
+    rows = status(config, engine)
+    with engine.connect() as conn:
+        held = {(r.audience_key, r.destination): int(r.left or 0)
+                for r in last_results(conn) if r.outcome == PairOutcome.HELD}
+        runs = recent_runs(conn, limit)
+    pairs = [PairRow(
+        r["audience"], r["destination"], r["members"], r["acknowledged"], r["pending"],
+        _parse_iso(r["oldest_pending_at"]), r["failed"], held.get((r["audience"], r["destination"]), 0),
+        r["last_outcome"],
+    ) for r in rows]
+    return PageData(pairs, [_run_row(r) for r in runs], state_engine.now())
+
+
+def _run_row(r: Any) -> RunRow:
+    return RunRow(int(r.id), r.started_at, str(r.outcome or RunOutcome.RUNNING), int(r.sent),
+                  int(r.acknowledged), int(r.failed), int(r.pending), int(r.held))
+
+
+def _parse_iso(text: str | None) -> datetime | None:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if text else None
+
+
+def page_renderer(config: Config, engine: Engine) -> Callable[[], str]:
+    return lambda: render(gather(config, engine))
+
+
+# --- rendering (pure) --------------------------------------------------------------------
+
+_CSS = """
+body{font:15px/1.4 system-ui,sans-serif;margin:0 auto;padding:12px;max-width:1100px;
+color:#1d1d1f;background:#fff}
+h1{font-size:1.3em;margin:0 0 4px}h2{font-size:1.1em;margin:20px 0 6px}
+.meta{color:#666;font-size:.85em;margin:0}
+.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
+table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
+th,td{padding:5px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
+th:first-child,td:first-child,th.l,td.l{text-align:left}
+th{background:#f4f4f6;font-weight:600}
+@media (max-width:600px){
+#pairs thead{display:none}
+#pairs,#pairs tbody,#pairs tr{display:block}
+#pairs tr{border:1px solid #ddd;border-radius:6px;margin:0 0 10px;padding:4px 0}
+#pairs td{display:flex;justify-content:space-between;gap:12px;border:0;padding:3px 10px;
+white-space:normal;overflow-wrap:anywhere;text-align:right}
+#pairs td::before{content:attr(data-label);color:#666;font-weight:400;text-align:left;white-space:nowrap}
+}
+.ok{color:#1e7b34}.bad{color:#b42318;font-weight:600}.warn{color:#a15c00;font-weight:600}
+svg{width:100%;height:auto;max-height:240px;display:block}
+.legend span{display:inline-block;margin-right:12px;font-size:.85em}
+.legend i{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}
+"""
+
+
+def render(data: PageData) -> str:
+    """The whole page as one HTML string (UTF-8)."""
+    stamp = readable(data.now)
+    return "".join([
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">',
+        '<link rel="icon" href="data:,">',  # no /favicon.ico request
+        f"<title>syncd status</title><style>{_CSS}</style></head><body>",
+        "<h1>syncd status</h1>",
+        f'<p class="meta">syncd {escape(__version__)} &middot; {stamp} &middot; refreshes every '
+        f"{REFRESH_SECONDS} s</p>",
+        "<h2>Audiences &times; destinations</h2>",
+        _pairs_table(data),
+        f"<h2>Last {len(data.runs)} run(s)</h2>" if data.runs else "<h2>Runs</h2>",
+        _chart(data.runs) if data.runs else "<p>No runs yet.</p>",
+        _runs_table(data.runs) if data.runs else "",
+        "</body></html>\n",
+    ])
+
+
+def _table(headers: list[str], rows: Iterator[list[str]], table_id: str) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(rows_cells) + "</tr>" for rows_cells in rows)
+    return (f'<div class="scroll"><table id="{table_id}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def _pairs_table(data: PageData) -> str:
+    if not data.pairs:
+        return "<p>No audiences configured.</p>"
+    headers = ["Audience", "Destination", "Members", "Acknowledged", "Pending", "Oldest pending",
+               "Failed", "Held exits", "Last run"]
+
+    def rows() -> Iterator[list[str]]:
+        for p in data.pairs:
+            age = _age(data.now, p.oldest_pending) if p.pending and p.oldest_pending else "-"
+            cells = [_td(p.audience, "l"), _td(p.destination, "l"), _td(p.members), _td(p.acknowledged),
+                     _count(p.pending, "warn"), _td(age), _count(p.failed, "bad"),
+                     _count(p.held_exits, "bad"), _outcome(p.last_outcome)]
+            # On a phone each pair becomes a card: the cell's header shows beside its value.
+            yield [cell.replace("<td", f'<td data-label="{escape(h)}"', 1) for cell, h in zip(cells, headers,
+                                                                                                 strict=True)]
+
+    return _table(headers, rows(), "pairs")
+
+
+def _runs_table(runs: list[RunRow]) -> str:
+    headers = ["Run", "Started", "Outcome", "Sent", "Acknowledged", "Failed", "Pending", "Held pairs"]
+
+    def rows() -> Iterator[list[str]]:
+        for r in runs:
+            yield [_td(r.run), _td(r.started_at.strftime("%d %b %H:%MZ"), "l"), _outcome(r.outcome),
+                   _td(r.sent), _td(r.acknowledged), _count(r.failed, "bad"),
+                   _td(r.pending), _td(r.held)]
+
+    return _table(headers, rows(), "runs")
+
+
+def _td(value: object, css: str = "") -> str:
+    cls = f' class="{css}"' if css else ""
+    return f"<td{cls}>{escape(str(value))}</td>"
+
+
+def _count(value: int, css: str) -> str:
+    """A count, highlighted when not zero."""
+    return _td(value, css if value else "")
+
+
+def _outcome(outcome: str | None) -> str:
+    if outcome is None:
+        return _td("-", "l")
+    return _td(outcome, "l " + ("ok" if outcome == "ok" else "bad"))
+
+
+_LABEL = 'font-size="16" text-anchor="end" fill="#666"'
+
+
+def _chart(runs: list[RunRow]) -> str:
+    """Grouped bars per run, oldest on the left: sent, acknowledged, failed."""
+    ordered = list(reversed(runs))
+    bar, gap, height, top, axis = 6, 8, 160, 10, 44
+    group = bar * len(CHART_SERIES) + gap
+    slots = max(len(ordered), RUNS_SHOWN)  # fixed slots, newest on the right: bars keep their width
+    width = axis + group * slots
+    peak = max((max(r.sent, r.acknowledged, r.failed) for r in ordered), default=0) or 1
+    parts = [f'<svg id="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height + top + 4}" '
+             'role="img" aria-label="sent, acknowledged and failed changes per run">',
+             f'<line x1="{axis}" y1="{height + top}" x2="{width}" y2="{height + top}" stroke="#999"/>',
+             f'<line x1="{axis}" y1="{top}" x2="{width}" y2="{top}" stroke="#eee"/>',
+             f'<text x="{axis - 4}" y="{top + 12}" {_LABEL}>{peak}</text>',
+             f'<text x="{axis - 4}" y="{height + top}" {_LABEL}>0</text>']
+    for i, run in enumerate(ordered):
+        x = axis + (slots - len(ordered) + i) * group + gap / 2
+        parts.append(f"<g><title>run {run.run}: {run.sent} sent, {run.acknowledged} acknowledged, "
+                     f"{run.failed} failed</title>")
+        for j, (name, colour) in enumerate(CHART_SERIES):
+            value = int(getattr(run, name))
+            h = round(value / peak * height, 1)
+            parts.append(f'<rect class="{name}" x="{x + j * bar}" y="{round(height + top - h, 1)}" '
+                         f'width="{bar - 1}" height="{h}" fill="{colour}"/>')
+        parts.append("</g>")
+    parts.append("</svg>")
+    legend = "".join(f'<span><i style="background:{c}"></i>{n}</span>' for n, c in CHART_SERIES)
+    return "".join(parts) + f'<p class="legend">{legend}</p>'
+
+
+
+def _age(now: datetime, since: datetime) -> str:
+    return duration(max(0, int((now - since).total_seconds())), most=2, pad=True)

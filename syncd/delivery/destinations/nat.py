@@ -1,0 +1,24 @@
+"""Nat (nat.app): Segment-format Identify events, POSTed to the endpoint Nat gives."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from syncd.delivery.destinations.base import Destination
+from syncd.delivery.destinations.facts import NAT
+from syncd.delivery.sender import Request
+
+
+class Nat(Destination):
+    facts = NAT
+
+    def headers(self) -> dict[str, str]:
+        token = base64.b64encode(f"{self.config.resolved_key.reveal()}:".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    def request(self, message: dict[str, Any], audience_key: str) -> Request:
+        page = message["context"].get("page")
+        if page:  # Nat shows page.url as the timeline entry's description
+            message = {**message, "page": page}
+        return Request("POST", self.config.url, message)

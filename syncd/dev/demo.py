@@ -1,0 +1,149 @@
+"""`make demo`: the real pipeline, end to end, with no accounts.
+
+Seeds a sample shop database, starts the local stand-ins of Nat and User.com that
+ship with syncd, runs `syncd run-once` (the real command) for the full initial
+send, changes the shop data, runs it again for the increment, and shows what each
+destination received and holds.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+
+from syncd.config import Config, load_config
+from syncd.dev.standins import NatStandIn, UserComStandIn
+from syncd.errors import ConfigError
+
+DEMO_KEYS = {"NAT_API_KEY": "demo-nat-key", "USERCOM_API_KEY": "demo-usercom-key"}
+
+
+def main() -> int:
+    config_path = Path(os.environ.get("SYNCD_CONFIG", "config.toml"))
+    env = {**os.environ, **{k: os.environ.get(k) or v for k, v in DEMO_KEYS.items()}}
+    try:
+        config = load_config(config_path, env)
+    except ConfigError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    nat_cfg, usercom_cfg = config.destinations["nat"], config.destinations["usercom"]
+    if not all(urlsplit(d.url).hostname == "127.0.0.1" for d in (nat_cfg, usercom_cfg)):
+        print(f"demo: {config_path} no longer points at the local stand-ins; the demo only "
+              "runs against them (it resets the state database)", file=sys.stderr)
+        return 2
+    shop = _sqlite_path(config.sources["shop"].url)
+    _reset(config, shop)
+    nat = NatStandIn(env["NAT_API_KEY"], port=urlsplit(nat_cfg.url).port or 0)
+    usercom = UserComStandIn(env["USERCOM_API_KEY"], port=urlsplit(usercom_cfg.url).port or 0)
+    with nat, usercom:
+        print("== 1. initial full send ==", flush=True)
+        first = _run_once(config_path, env)
+        _show(nat, usercom)
+        _change_shop(shop)
+        before_nat, before_usercom = len(nat.accepted()), len(usercom.accepted())
+        print("\n== 2. shop data changed: 3 new orders, 2 customers' last order now 40 days old ==",
+              flush=True)
+        second = _run_once(config_path, env)
+        _show_increment(nat, usercom, before_nat, before_usercom)
+        print("\n== 3. nothing changed: a no-op run ==", flush=True)
+        before = len(nat.accepted()) + len(usercom.accepted())
+        third = _run_once(config_path, env)
+        print(f"   requests accepted in this run: {len(nat.accepted()) + len(usercom.accepted()) - before}")
+        print("\n== syncd status ==", flush=True)
+        subprocess.run([sys.executable, "-m", "syncd", "status", "--config", str(config_path)],
+                       env=env, check=False)
+    ok = first == second == third == 0
+    print("\ndemo " + ("finished: every change delivered" if ok else "FAILED: see the log above"))
+    return 0 if ok else 1
+
+
+def _run_once(config_path: Path, env: dict[str, str]) -> int:
+    command = [sys.executable, "-m", "syncd", "run-once", "--config", str(config_path)]
+    print("$ syncd run-once --config", config_path, flush=True)
+    code = subprocess.run(command, env=env, check=False).returncode
+    print(f"   exit status {code}")
+    return code
+
+
+def _sqlite_path(url: str) -> Path:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        raise SystemExit(f"demo: the shop source must be a SQLite file, not {url}")
+    return Path(parsed.database)
+
+
+def _reset(config: Config, shop: Path) -> None:
+    state = make_url(config.state_url)
+    if state.get_backend_name() == "sqlite" and state.database:
+        for suffix in ("", "-wal", "-shm"):
+            Path(state.database + suffix).unlink(missing_ok=True)
+    shop.parent.mkdir(parents=True, exist_ok=True)
+    shop.unlink(missing_ok=True)
+    rng = random.Random(7)
+    now = datetime.now(UTC)
+    with sqlite3.connect(shop) as db:
+        db.execute("CREATE TABLE customers (id TEXT PRIMARY KEY, email TEXT, plan TEXT, region TEXT, "
+                   "lifetime_value REAL, last_order_at TEXT)")
+        for n in range(1, 41):
+            email = None if n % 13 == 0 else f"customer{n}@example.com"
+            days = rng.choice([2, 5, 12, 20, 28, 45, 60, 90])
+            db.execute("INSERT INTO customers VALUES (?, ?, ?, ?, ?, ?)", (
+                f"u_{n:03d}", email, rng.choice(["free", "pro", "team"]),
+                rng.choice(["EU", "US", "APAC"]), rng.choice([50, 120, 480, 750, 1200]),
+                _sql_time(now - timedelta(days=days, hours=rng.randint(0, 23))),
+            ))
+    print(f"seeded {shop} with 40 customers; state reset")
+
+
+def _change_shop(shop: Path) -> None:
+    now = datetime.now(UTC)
+    with sqlite3.connect(shop) as db:
+        recent = f"last_order_at >= '{_sql_time(now - timedelta(days=30))}'"
+        old = [r[0] for r in db.execute(f"SELECT id FROM customers WHERE NOT ({recent}) "
+                                        "AND email IS NOT NULL ORDER BY id LIMIT 3")]
+        gone = [r[0] for r in db.execute(f"SELECT id FROM customers WHERE {recent} ORDER BY id LIMIT 2")]
+        for cid in old:
+            db.execute("UPDATE customers SET last_order_at = ? WHERE id = ?", (_sql_time(now), cid))
+        for cid in gone:
+            db.execute("UPDATE customers SET last_order_at = ? WHERE id = ?",
+                       (_sql_time(now - timedelta(days=40)), cid))
+    print(f"   entered: {', '.join(old)}; left: {', '.join(gone)}")
+
+
+def _sql_time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _show(nat: NatStandIn, usercom: UserComStandIn) -> None:
+    nat_calls = nat.accepted()
+    print(f"   Nat accepted {len(nat_calls)} Identify calls; it now holds {len(nat.contacts())} contacts")
+    if nat_calls:
+        sample = nat_calls[0]
+        print(f"     e.g. {sample['traits']}  (messageId {sample['messageId']})")
+    users = usercom.users()
+    print(f"   User.com accepted {len(usercom.accepted())} calls; it now holds {len(users)} users")
+    for attribute in usercom.attributes():
+        print(f"     attribute {attribute['name_std']} ({attribute['value_type']})")
+
+
+def _show_increment(nat: NatStandIn, usercom: UserComStandIn, nat_before: int, usercom_before: int) -> None:
+    news = (("Nat", nat.accepted()[nat_before:]), ("User.com", usercom.accepted()[usercom_before:]))
+    for label, calls in news:
+        print(f"   {label} received {len(calls)} calls in this run:")
+        for call in calls:
+            traits = call.get("traits", call)
+            who = call.get("userId") or call.get("custom_id")
+            flags = {k: v for k, v in traits.items() if isinstance(v, bool)}
+            print(f"     {who}: {flags}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""[alerts]: after each run, push one webhook message per change of state.
+
+Conditions, and the events they raise (the same event with severity "resolved" when it clears):
+
+    key_refused       per destination      it answered 401/403              critical
+    query_failed      per audience         its query failed                 critical
+    runs_undelivered  (whole daemon)       `after_failed_runs` runs in a
+                                           row ended undelivered            critical
+    exits_held        per (audience, dest) the mass-exit guard holds exits  warning
+    backlog_stale     per (audience, dest) the oldest pending change is
+                                           older than `pending_older_than`  warning
+
+The state database remembers, per condition, what the webhook last acknowledged (table
+alert_state), so a restart does not alert again. A change of state is sent by the one
+process that claims it (a conditional UPDATE), so daemons sharing a PostgreSQL ledger alert
+once. The state moves only after a 2xx: a failing webhook is logged in one line (never
+with its URL, a credential) and the change is sent again after the next run. Alerting
+never fails a run and takes at most ALERT_TIME_LIMIT seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from syncd import __version__
+from syncd.config import AlertsConfig, Config
+from syncd.model import PairOutcome, RunOutcome
+from syncd.render import iso, spelled
+from syncd.state import engine as state_engine
+from syncd.state.backlog import backlog
+from syncd.state.tables import RUN, AlertState
+
+if TYPE_CHECKING:
+    from syncd.run.report import RunReport
+
+# The run outcomes that say how delivery went (interrupted and crashed runs say nothing).
+_DELIVERY_OUTCOMES = (RunOutcome.OK.value, RunOutcome.HELD.value, RunOutcome.UNDELIVERED.value)
+log = logging.getLogger("syncd")
+
+ALERTS = AlertState.__table__  # type: ignore[attr-defined]
+ALERT_TIME_LIMIT = 5.0  # seconds all webhook calls of one evaluation may take together
+CLAIM_TTL = timedelta(minutes=2)  # a claim left by a process that died lapses after this
+RESOLVED = "resolved"
+SEVERITY = {"key_refused": "critical", "query_failed": "critical", "runs_undelivered": "critical",
+            "exits_held": "warning", "backlog_stale": "warning"}
+TITLE = {"key_refused": "API key refused", "query_failed": "audience query failed",
+         "runs_undelivered": "runs ending undelivered", "exits_held": "exits held by the guard",
+         "backlog_stale": "changes waiting too long"}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One condition as this run found it: active or cleared, and what to tell a person."""
+
+    event: str
+    audience: str | None
+    destination: str | None
+    active: bool
+    message: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.event, self.audience or "", self.destination or ""
+
+    @property
+    def severity(self) -> str:
+        return SEVERITY[self.event] if self.active else RESOLVED
+
+
+def evaluate(config: Config, engine: Engine, report: RunReport) -> None:
+    """After a run: send what changed since the webhook last heard. Never raises."""
+    if config.alerts is None:
+        return
+    try:
+        found = conditions(config, engine, report)
+        deliver(config.alerts, engine, found, report.run_id)
+    except Exception as exc:  # an alert problem must never fail or stop a sync
+        log.warning("alerts were not evaluated after run %d (%s); they are after the next run",
+                    report.run_id, type(exc).__name__, extra={"run_id": report.run_id})
+
+
+# --- what the run found -----------------------------------------------------------------
+
+
+def conditions(config: Config, engine: Engine, report: RunReport) -> list[Condition]:
+    """Every condition this run can tell the state of (one it cannot judge is left out)."""
+    assert config.alerts is not None
+    found = [*_query_failures(report), *_refused_keys(report), *_held_exits(report)]
+    with engine.connect() as conn:
+        found += _stale_backlogs(config, conn, config.alerts.pending_older_than)
+        found.append(_undelivered_runs(conn, config.alerts.after_failed_runs))
+    return found
+
+
+def _query_failures(report: RunReport) -> Iterator[Condition]:
+    for key in report.audiences:
+        error = report.audience_errors.get(key)
+        message = (f"{error}. Fix the query or the source database; the other audiences go on."
+                   if error else f"the query of audience {key} works again")
+        yield Condition("query_failed", key, None, error is not None, message)
+
+
+def _refused_keys(report: RunReport) -> Iterator[Condition]:
+    by_destination: dict[str, list[Any]] = {}
+    for pair in report.pairs:
+        by_destination.setdefault(pair.destination, []).append(pair)
+    for name, pairs in by_destination.items():
+        refused = next((p for p in pairs if p.outcome == PairOutcome.STOPPED), None)
+        if refused is not None:
+            yield Condition("key_refused", None, name, True,
+                            f"{refused.message or name + ' refused the API key'}. Changes to {name} "
+                            f"wait: check the key named in [destinations.{name}] "
+                            "(api_key_env / api_key_file); every run tries again.")
+        # Cleared only once the key is known to work: something acknowledged, or all sent.
+        elif any(p.acknowledged for p in pairs) or all(p.outcome == PairOutcome.OK for p in pairs):
+            yield Condition("key_refused", None, name, False, f"{name} accepts the API key again")
+
+
+def _held_exits(report: RunReport) -> Iterator[Condition]:
+    for pair in report.pairs:
+        if pair.outcome == PairOutcome.HELD:
+            yield Condition("exits_held", pair.audience_key, pair.destination, True,
+                            pair.message or "exits are held by the guard")
+        elif pair.outcome in (PairOutcome.OK, PairOutcome.UNDELIVERED):  # the guard judged it and let it go
+            yield Condition("exits_held", pair.audience_key, pair.destination, False,
+                            f"exits of {pair.audience_key} to {pair.destination} are no longer held")
+
+
+def _stale_backlogs(config: Config, conn: Connection, older_than: timedelta) -> Iterator[Condition]:
+    limit, longer = state_engine.now() - older_than, spelled(older_than)
+    for key, name, counts in backlog(config, conn):
+        pending, oldest = counts.entered + counts.left, counts.oldest_pending
+        if pending and oldest is not None and oldest < limit:
+            yield Condition("backlog_stale", key, name, True,
+                            f"{pending} changes of {key} wait for {name}, the oldest since "
+                            f"{oldest:%Y-%m-%d %H:%M}Z (longer than {longer}): "
+                            "see `syncd status` and `syncd failures`.")
+        else:
+            yield Condition("backlog_stale", key, name, False,
+                            f"no change of {key} has waited for {name} longer than "
+                            f"{longer}")
+
+
+def _undelivered_runs(conn: Connection, after: int) -> Condition:
+    run = RUN
+    # Interrupted and crashed runs say nothing about delivery: they neither count nor break a streak.
+    outcomes = list(conn.scalars(select(run.c.outcome)
+                                 .where(run.c.outcome.in_(_DELIVERY_OUTCOMES))
+                                 .order_by(run.c.id.desc()).limit(after)))
+    if len(outcomes) == after and all(o == RunOutcome.UNDELIVERED for o in outcomes):
+        return Condition("runs_undelivered", None, None, True,
+                         f"the last {after} runs ended with changes undelivered (kept for the next "
+                         "run): see `syncd status` and `syncd history`.")
+    return Condition("runs_undelivered", None, None, False, "the last run delivered everything")
+
+
+
+# --- telling the webhook ----------------------------------------------------------------
+
+
+def deliver(alerts: AlertsConfig, engine: Engine, found: Iterable[Condition], run_id: int | None) -> int:
+    """Send every condition whose state differs from what the webhook last acknowledged;
+    returns how many it acknowledged. Stops at the first failure: the rest waits a run."""
+    with engine.connect() as conn:
+        told = {(r.event, r.audience, r.destination): r.active for r in conn.execute(select(ALERTS))}
+    changed = [c for c in found if told.get(c.key, False) != c.active]
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline, sent = time.monotonic() + ALERT_TIME_LIMIT, 0
+    with httpx.Client(headers={"User-Agent": f"syncd/{__version__}"}, follow_redirects=False) as client:
+        for index, condition in enumerate(changed):
+            left = deadline - time.monotonic()
+            if left <= 0.1:
+                log.warning("alert webhook: out of time; %d alerts wait for the next run",
+                            len(changed) - index)
+                break
+            if not _claim(engine, condition, holder):
+                continue  # another process is telling the webhook, or already has
+            ok = _post(client, alerts, condition, body(alerts.format, condition, run_id), left)
+            _settle(engine, condition, holder, ok)
+            if not ok:
+                break
+            sent += 1
+    return sent
+
+
+def body(kind: str, condition: Condition, run_id: int | None) -> dict[str, Any]:
+    """The webhook's JSON body: format "json" or "slack"."""
+    at = iso(state_engine.now())
+    if kind == "slack":
+        return {"text": slack_text(condition)}
+    return {"event": condition.event, "severity": condition.severity, "audience": condition.audience,
+            "destination": condition.destination, "message": condition.message, "run_id": run_id,
+            "at": at}
+
+
+def slack_text(condition: Condition) -> str:
+    """Short, for a phone: '[CRITICAL] syncd: API key refused (destination nat)' and the message."""
+    where = ", ".join(f"{label} {value}" for label, value in
+                      (("audience", condition.audience), ("destination", condition.destination)) if value)
+    head = f"[{condition.severity.upper()}] syncd: {TITLE[condition.event]}"
+    return f"{head} ({where})\n{condition.message}" if where else f"{head}\n{condition.message}"
+
+
+def _claim(engine: Engine, condition: Condition, holder: str) -> bool:
+    """Take the right to tell this change; False if another process has it or already told it."""
+    event, audience, destination = condition.key
+    now = state_engine.now()
+    where = and_(ALERTS.c.event == event, ALERTS.c.audience == audience,
+                 ALERTS.c.destination == destination)
+    with engine.begin() as conn:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        conn.execute(dialect.insert(ALERTS).values(event=event, audience=audience,
+                                                   destination=destination, active=False)
+                     .on_conflict_do_nothing())
+        claimed = conn.execute(
+            update(ALERTS)
+            .where(where, ALERTS.c.active == (not condition.active),
+                   or_(ALERTS.c.claimed_until.is_(None), ALERTS.c.claimed_until < now))
+            .values(claimed_by=holder, claimed_until=now + CLAIM_TTL)
+        ).rowcount
+    return bool(claimed == 1)
+
+
+def _settle(engine: Engine, condition: Condition, holder: str, acknowledged: bool) -> None:
+    event, audience, destination = condition.key
+    values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
+    if acknowledged:
+        values.update(active=condition.active, changed_at=state_engine.now())
+    with engine.begin() as conn:
+        conn.execute(update(ALERTS).where(
+            ALERTS.c.event == event, ALERTS.c.audience == audience,
+            ALERTS.c.destination == destination, ALERTS.c.claimed_by == holder,
+        ).values(**values))
+
+
+def _post(client: httpx.Client, alerts: AlertsConfig, condition: Condition, payload: dict[str, Any],
+          seconds: float) -> bool:
+    """POST one alert; True on a 2xx. Failures are logged without the URL (a credential)."""
+    try:
+        response = client.post(alerts.resolved_url.reveal(), json=payload, timeout=min(seconds, 5.0))
+    except httpx.HTTPError as exc:
+        log.warning("alert webhook unreachable (%s): the %s alert is sent again after the next run",
+                    type(exc).__name__, f"{condition.event} {condition.severity}")
+        return False
+    if not response.is_success:
+        log.warning("alert webhook answered HTTP %d: the %s alert is sent again after the next run",
+                    response.status_code, f"{condition.event} {condition.severity}")
+        return False
+    return True
+

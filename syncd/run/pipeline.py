@@ -1,0 +1,174 @@
+"""One run, start to end: take the lease, snapshot each audience, deliver every pair
+(run/deliver.py), record the run, prune, evaluate alerts. The daemon and `run-once` share it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+
+import httpx
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from syncd.config import AudienceConfig, Config
+from syncd.delivery.sender import RetryPolicy
+from syncd.model import Null, PairOutcome, Progress, SnapshotRow
+from syncd.run import alerts
+from syncd.run.deliver import PAIRS_AT_ONCE, deliver_all
+from syncd.run.report import PairReport, RunReport, summary_lines
+from syncd.source import QueryStopped, take_snapshot
+from syncd.state.engine import cancelled_on, create_state_engine, migrate, now
+from syncd.state.lease import LeaseKeeper, acquire_lease, release_lease
+from syncd.state.runs import finish_run, last_snapshot_rows, prune, record_audience, record_result, start_run
+from syncd.state.sends import adopt_idents, recover_in_flight
+from syncd.state.snapshots import SnapshotCounts, replace_members
+
+log = logging.getLogger("syncd")
+
+
+@dataclass
+class Options:
+    """How a run behaves, beyond the config: tests shorten the waits, the daemon passes a stop
+    flag, the CLI a progress display, the daemon's metrics a latency observer."""
+
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    stop_event: threading.Event | None = None
+    transport: Callable[[], httpx.AsyncBaseTransport] | None = None
+    progress: Progress = field(default_factory=Null)
+    latency: Callable[[str, float], None] | None = None  # (destination, seconds per response)
+    # The lines a run ends with (logged once); `resync` words its own.
+    summary: Callable[[RunReport], list[str]] | None = None
+
+
+def open_state(config: Config) -> Engine:
+    engine = create_state_engine(config.state_url, pool_size=5 + PAIRS_AT_ONCE * len(config.destinations))
+    migrate(engine)
+    adopt_idents(engine, _email_pairs(config))
+    return engine
+
+
+def _email_pairs(config: Config) -> list[tuple[str, str]]:
+    """The (audience, destination) pairs whose destination keys its users by email (Nat)."""
+    keyed = {name for name, dest in config.destinations.items() if dest.facts.needs_email}
+    return [(a.key, name) for a in config.audiences for name in a.destinations if name in keyed]
+
+
+def run_once(config: Config, options: Options | None = None, engine: Engine | None = None) -> RunReport:
+    """One sync of every audience to every destination; RunInProgress if another run holds the lease."""
+    config = config.with_secrets()  # a no-op when the caller (cli, scheduler) has resolved them
+    options = options or Options()
+    if options.stop_event is None:  # the lease keeper must be able to stop the run
+        options = replace(options, stop_event=threading.Event())
+    own_engine = engine is None
+    engine = engine or open_state(config)
+    try:
+        lease = acquire_lease(engine)
+        keeper = LeaseKeeper(engine, lease, options.stop_event)
+        keeper.start()
+        try:
+            report = _run(config, options, engine)
+            alerts.evaluate(config, engine, report)  # still under the lease: one process at a time
+            return report
+        finally:
+            keeper.finish()
+            release_lease(engine, lease)
+    finally:
+        if own_engine:
+            engine.dispose()
+
+
+def _run(config: Config, options: Options, engine: Engine) -> RunReport:
+    recovered = recover_in_flight(engine)
+    if recovered:
+        log.warning("%d changes were in flight when the last run stopped; they will be re-sent "
+                    "with the same messageId where still needed", recovered)
+    snapshot_at = now()
+    report = RunReport(start_run(engine, snapshot_at), snapshot_at)
+    log.info("run %d started (snapshot time %s)", report.run_id, snapshot_at.isoformat(),
+             extra={"run_id": report.run_id})
+    for audience in config.audiences:
+        if _stopped(options):
+            break
+        _off_main_thread(partial(_snapshot, config, engine, report, audience, options))
+    # Stopped while taking snapshots: nothing is sent (not even the diffs are worked out).
+    ready = [] if _stopped(options) else [a for a in config.audiences
+                                           if a.key not in report.audience_errors]
+    # The send time limit counts from here: however long the snapshots took, a run sends.
+    deadline = time.monotonic() + config.schedule.send_limit.total_seconds()
+    report.pairs = asyncio.run(deliver_all(config, options, engine, report, ready, deadline))
+    for audience in config.audiences:
+        if audience.key in report.audience_errors:
+            for name in audience.destinations:
+                report.pairs.append(PairReport(audience.key, name, outcome=PairOutcome.SOURCE_FAILED,
+                                               message=report.audience_errors[audience.key]))
+    report.interrupted = options.stop_event is not None and options.stop_event.is_set()
+    for pair in report.pairs:
+        record_result(engine, report.run_id, asdict(pair))
+    finish_run(engine, report.run_id, report.outcome)
+    _prune(config, engine)
+    for line in (options.summary or summary_lines)(report):
+        log.log(logging.INFO if line.endswith(": ok") else logging.WARNING, "%s", line,
+                extra={"run_id": report.run_id, "outcome": report.outcome})
+    return report
+
+
+def _prune(config: Config, engine: Engine) -> None:
+    pruned = prune(engine, now() - config.retention)
+    if pruned.total:
+        log.info("retention %s: deleted %d runs (%d audience and %d destination records) and %d "
+                 "settled ledger rows", config.retention, pruned.runs, pruned.run_audiences,
+                 pruned.run_results, pruned.ledger_rows)
+
+
+def _off_main_thread(call: Callable[[], None]) -> None:
+    """`call()` in a worker thread, waited for. Python runs signal handlers in the main thread
+    between bytecodes: a query running there (SQLite computes inside one C call) would hold
+    back SIGTERM's stop flag, and with it the query's cancellation, until the query ended."""
+    if threading.current_thread() is not threading.main_thread():
+        call()
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="syncd-snapshot") as pool:
+        pool.submit(call).result()
+
+
+def _stopped(options: Options) -> bool:
+    return options.stop_event is not None and options.stop_event.is_set()
+
+
+def _snapshot(config: Config, engine: Engine, report: RunReport, audience: AudienceConfig,
+              options: Options) -> None:
+    counts = SnapshotCounts()
+    with engine.connect() as conn:  # the last run's row count is the best guess for an ETA
+        expected = last_snapshot_rows(conn, audience.key)
+    task = options.progress.task(f"{audience.key}:", expected or None, "rows read")
+
+    def merge(rows: Iterator[SnapshotRow]) -> None:
+        # A stop also cancels the staging and the merge (long at 10M members).
+        with cancelled_on(options.stop_event, engine):
+            replace_members(engine, audience.key, rows, counts)
+
+    try:
+        error = take_snapshot(config, audience, report.snapshot_at, counts, merge, task, options.stop_event)
+    except (QueryStopped, SQLAlchemyError) as exc:  # the merge is one transaction
+        if not isinstance(exc, QueryStopped) and not _stopped(options):
+            raise
+        log.warning("audience %s: snapshot cancelled by the stop request; the ledger keeps the "
+                    "last complete snapshot", audience.key, extra={"run_id": report.run_id})
+        return
+    if error is not None:
+        report.audience_errors[audience.key] = error
+        log.error("audience %s: %s", audience.key, error)
+    report.audiences[audience.key] = counts
+    record_audience(engine, report.run_id, audience.key, counts, error)
+    if error is None:
+        log.log(logging.WARNING if counts.skipped or counts.invalid_email else logging.INFO,
+                "audience %s: %d rows, %d members; skipped: %d without identifier, %d duplicates, "
+                "%d too large (32 KB); %d invalid emails dropped", audience.key, counts.rows,
+                counts.members, counts.no_identifier, counts.duplicates, counts.too_large,
+                counts.invalid_email)

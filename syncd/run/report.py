@@ -1,0 +1,82 @@
+"""What a run did: one PairReport per (audience, destination), the RunReport, and the
+summary lines a run ends with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from syncd.model import PairOutcome, RunOutcome
+from syncd.state.snapshots import SnapshotCounts
+
+
+@dataclass
+class PairReport:
+    """One (audience, destination) pair in one run."""
+
+    audience_key: str
+    destination: str
+    members: int = 0
+    entered: int = 0
+    left: int = 0
+    sent: int = 0
+    acknowledged: int = 0
+    skipped: int = 0
+    failed: int = 0
+    pending: int = 0
+    outcome: PairOutcome = PairOutcome.OK
+    message: str | None = None
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    snapshot_at: datetime
+    audiences: dict[str, SnapshotCounts] = field(default_factory=dict)
+    audience_errors: dict[str, str] = field(default_factory=dict)
+    pairs: list[PairReport] = field(default_factory=list)
+    interrupted: bool = False
+    out_of_time: bool = False  # sending stopped at [schedule] max_send_time with changes left
+
+    @property
+    def delivered(self) -> bool:
+        return not self.audience_errors and not self.interrupted and all(
+            p.outcome == PairOutcome.OK for p in self.pairs
+        )
+
+    @property
+    def outcome(self) -> RunOutcome:
+        if self.interrupted:
+            return RunOutcome.INTERRUPTED
+        if self.delivered:
+            return RunOutcome.OK
+        held_only = not self.audience_errors and all(
+            p.outcome in (PairOutcome.OK, PairOutcome.HELD) for p in self.pairs
+        )
+        return RunOutcome.HELD if held_only else RunOutcome.UNDELIVERED
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.delivered else 1
+
+
+def summary_lines(report: RunReport) -> list[str]:
+    """One human line per destination, then one per audience that failed."""
+    lines = []
+    by_destination: dict[str, list[PairReport]] = {}
+    for pair in report.pairs:
+        by_destination.setdefault(pair.destination, []).append(pair)
+    for name, pairs in by_destination.items():
+        def total(attr: str, pairs: list[PairReport] = pairs) -> int:
+            return sum(int(getattr(p, attr)) for p in pairs)
+        bad = [p for p in pairs if p.outcome != PairOutcome.OK]
+        verdict = "ok" if not bad else "; ".join(
+            f"{p.audience_key}: {p.outcome}" + (f" ({p.message})" if p.message else "") for p in bad
+        )
+        lines.append(
+            f"{name}: {len(pairs)} audience(s), {total('entered')} entered, {total('left')} left, "
+            f"{total('sent')} sent, {total('acknowledged')} acknowledged, "
+            f"{total('skipped')} skipped (no email), {total('failed')} failed, "
+            f"{total('pending')} pending: {verdict}"
+        )
+    return lines

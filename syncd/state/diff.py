@@ -1,0 +1,267 @@
+"""The diff: desired (is a member now) vs acknowledged (what the destination holds), per
+(audience, destination, user); PlanCounts, and the WorkList a run pages through."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    ColumnElement,
+    Connection,
+    MetaData,
+    Table,
+    Text,
+    and_,
+    case,
+    exists,
+    false,
+    func,
+    insert,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+    tuple_,
+    union_all,
+)
+from sqlalchemy.exc import SQLAlchemyError
+
+from syncd.model import Change, Enter, Leave
+from syncd.state.snapshots import member_count
+from syncd.state.tables import (
+    L,
+    M,
+    UTCDateTime,
+)
+
+
+def _is_member(audience_key: str | ColumnElement[str], members: Table = M) -> ColumnElement[bool]:
+    return exists().where(members.c.audience_key == audience_key, members.c.subject == L.c.subject)
+
+
+def _enter_condition() -> ColumnElement[bool]:
+    # A member needs `true` unless the destination surely holds `true`.
+    return or_(L.c.acked.is_(None), L.c.acked == false(), L.c.maybe_false == true())
+
+
+def _leave_condition() -> ColumnElement[bool]:
+    # A non-member needs `false` if the destination holds, or may hold, `true`.
+    return or_(L.c.acked == true(), L.c.maybe_true == true())
+
+
+def _has_email(members: Table = M) -> ColumnElement[bool]:
+    return and_(members.c.email.is_not(None), members.c.email != "")
+
+
+def _ident(needs_email: bool, members: Table = M) -> ColumnElement[str]:
+    """A member's key at the destination, as the ledger's `ident`: the email where the
+    destination keys by it (Nat), else "" (the subject is the key)."""
+    return func.coalesce(members.c.email, "") if needs_email else literal("")
+
+
+def _current(members: Table = M) -> ColumnElement[bool]:
+    """The ledger row is the one a member's value goes to: the member's subject, and its
+    current email at a destination keyed by email ("" rows: keyed by the subject). Rows of
+    a member's earlier emails are not: they keep what they hold until the user leaves."""
+    m = members.c
+    return exists().where(m.audience_key == L.c.audience_key, m.subject == L.c.subject,
+                          or_(L.c.ident == "", L.c.ident == m.email))
+
+
+def _changes(audience_key: str, destination: str, needs_email: bool, members: Table = M) -> Any:
+    """The diff of one pair, one row per change a run would make: (subject, ident, value,
+    sendable, failed, tried, pending_since). `value` is true for an enter, false for a leave;
+    an enter is not sendable to a destination that needs an email the member lacks (skipped).
+
+    Both sides read their whole table once, in key order: members joined to the ledger row
+    of their current ident for the enters, the pair's ledger rows anti-joined to the members
+    for the leaves: a user who left gets `false` at every ident (email) that may hold `true`."""
+    m = members.c
+    failed = func.coalesce(L.c.failed, false())
+    tried = or_(L.c.pending.is_not(None), failed)
+    ident = _ident(needs_email, members)
+    enters = (
+        select(m.subject, ident.label("ident"), true().label("value"),
+               (_has_email(members) if needs_email else true()).label("sendable"),
+               failed.label("failed"), tried.label("tried"), L.c.pending_since)
+        .select_from(members.outerjoin(L, and_(L.c.audience_key == m.audience_key,
+                                               L.c.destination == destination,
+                                               L.c.ident == ident,
+                                               L.c.subject == m.subject)))
+        .where(m.audience_key == audience_key, _enter_condition())
+    )
+    leaves = (
+        select(L.c.subject, L.c.ident, false(), true(), failed, tried, L.c.pending_since)
+        .where(L.c.audience_key == audience_key, L.c.destination == destination, _leave_condition(),
+               not_(_is_member(audience_key, members)))
+    )
+    return union_all(enters, leaves)
+
+
+@dataclass
+class PlanCounts:
+    members: int
+    entered: int
+    left: int
+    skipped: int  # would enter, but the destination needs an email they lack
+    failed: int  # of the work, how many were rejected last time
+    retries: int = 0  # of the work, how many were attempted before and not acknowledged
+    oldest_pending: datetime | None = None  # since when the oldest of those has been tried
+
+
+def _count(conn: Connection, changes: Any, members: int) -> PlanCounts:
+    c = changes.c
+    enter, sendable = c.value == true(), c.sendable == true()
+    row = conn.execute(select(
+        _count_if(and_(enter, sendable)), _count_if(and_(enter, not_(sendable))), _count_if(not_(enter)),
+        _count_if(and_(sendable, c.failed == true())), _count_if(and_(sendable, c.tried == true())),
+        func.min(c.pending_since),
+    ).select_from(changes)).one()
+    entered, skipped, left, failed, retries = (int(n or 0) for n in row[:5])
+    return PlanCounts(members, entered, left, skipped, failed, retries,
+                      row[5] if isinstance(row[5], datetime) else None)
+
+
+def _count_if(condition: ColumnElement[bool]) -> Any:
+    return func.sum(case((condition, 1), else_=0))
+
+
+def plan_counts(conn: Connection, audience_key: str, destination: str, needs_email: bool,
+                members: Table = M) -> PlanCounts:
+    """What a run would do for the pair now, counted without keeping the changes (status,
+    metrics, approve): one pass over each side of the diff."""
+    changes = _changes(audience_key, destination, needs_email, members).subquery()
+    return _count(conn, changes, member_count(conn, audience_key, members))
+
+
+WORK = Table(
+    "syncd_work", MetaData(),
+    Column("value", Boolean, primary_key=True), Column("subject", Text, primary_key=True),
+    Column("ident", Text, primary_key=True),
+    Column("sendable", Boolean, nullable=False), Column("failed", Boolean, nullable=False),
+    Column("tried", Boolean, nullable=False), Column("pending_since", UTCDateTime()),
+    prefixes=["TEMPORARY"],
+)
+
+
+class WorkList:
+    """One pair's diff, computed once: `make()` puts every change into a temporary table
+    private to `conn` (no lock, no WAL) and counts them; `page()` reads it back, 500 key
+    lookups a page; `drop()` removes it. Computing the diff per page instead re-read the
+    whole audience for every page; with 1% churn that was most of an incremental run.
+
+    `make()` commits `conn` once the list is made and `page()` after each page, so no
+    transaction stays open while changes are sent. As a context manager: make, then drop."""
+
+    counts: PlanCounts
+
+    def __init__(self, conn: Connection, audience_key: str, destination: str, needs_email: bool,
+                 members: Table = M) -> None:
+        self.conn, self.audience_key, self.destination = conn, audience_key, destination
+        self.needs_email, self.members = needs_email, members
+
+    def make(self) -> PlanCounts:
+        conn = self.conn
+        WORK.drop(conn, checkfirst=True)  # left over on a pooled connection
+        WORK.create(conn)
+        conn.execute(insert(WORK).from_select(
+            ["subject", "ident", "value", "sendable", "failed", "tried", "pending_since"],
+            _changes(self.audience_key, self.destination, self.needs_email, self.members)))
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"ANALYZE {WORK.name}")  # temporary tables get no statistics otherwise
+        self.counts = _count(conn, WORK, member_count(conn, self.audience_key, self.members))
+        conn.commit()
+        return self.counts
+
+    def drop(self) -> None:
+        with suppress(SQLAlchemyError):  # an aborted transaction: its error matters, not this one
+            WORK.drop(self.conn, checkfirst=True)
+            self.conn.commit()  # a rollback would keep the table in a pooled PostgreSQL session
+
+    def __enter__(self) -> WorkList:
+        try:
+            self.make()
+            return self
+        except BaseException:
+            self.drop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.drop()
+
+    def page(self, value: bool, after: tuple[str, str] | str, limit: int) -> list[Change]:
+        """The next changes (by subject and ident, after `after`: "" or the last page's
+        last `Change.cursor`): enters (`value` true) that can be sent, or leaves; at most
+        `limit`, with each user's data and messageId seq and nonce. An enter without a
+        ledger row yet gets a new nonce here; mark_in_flight stores it with the row."""
+        w = WORK.c
+        ledger_row = and_(L.c.audience_key == self.audience_key, L.c.destination == self.destination,
+                          L.c.ident == w.ident, L.c.subject == w.subject)
+        cursor = (after, "") if isinstance(after, str) else after
+        page = and_(w.value == value, tuple_(w.subject, w.ident) > tuple_(*cursor))
+        order = (w.subject, w.ident)
+        if value:
+            m = self.members.c
+            members = and_(m.audience_key == self.audience_key, m.subject == w.subject)
+            enters = (
+                select(m.subject, m.user_id, m.anonymous_id, m.email, m.url, m.traits, _change_seq(True),
+                       w.ident, L.c.nonce)
+                .select_from(WORK.join(self.members, members).outerjoin(L, ledger_row))
+                .where(page, w.sendable == true())
+            )
+            rows = self._read(enters.order_by(*order).limit(limit))
+            return [Enter(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], url=r[4],
+                          traits=json.loads(r[5]) if r[5] else {}, seq=r[6], ident=r[7],
+                          nonce=r[8] if r[8] is not None else new_nonce()) for r in rows]
+        leaves = (
+            select(L.c.subject, L.c.user_id, L.c.anonymous_id, L.c.email, _change_seq(False),
+                   L.c.ident, L.c.nonce)
+            .select_from(WORK.join(L, ledger_row))
+            .where(page)
+        )
+        rows = self._read(leaves.order_by(*order).limit(limit))
+        return [Leave(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], seq=r[4], ident=r[5],
+                      nonce=r[6]) for r in rows]
+
+    def leaves_left(self) -> int:
+        """Leaves of the list the destination has still not acknowledged."""
+        query = select(func.count()).select_from(WORK.join(L, and_(
+            L.c.audience_key == self.audience_key, L.c.destination == self.destination,
+            L.c.ident == WORK.c.ident, L.c.subject == WORK.c.subject,
+        ))).where(WORK.c.value == false(), _leave_condition())
+        return self.conn.scalar(query) or 0
+
+    def _read(self, query: Any) -> list[Any]:
+        """All rows, then the read transaction ends (sends must not hold one open)."""
+        rows = list(self.conn.execute(query))
+        self.conn.commit()
+        return rows
+
+
+def new_nonce() -> str:
+    """A ledger row's random token (64 bits): two rows of one subject never share one."""
+    return secrets.token_hex(8)
+
+
+def _change_seq(value: bool) -> Any:
+    """The number in a change's messageId. It moves on every acknowledgement, and also when
+    this change replaces an outstanding one of the other value: that one may have landed
+    (a crash, a timeout), and a destination deduplicating by messageId must not drop this
+    one as a repeat of an older change with the same number."""
+    replaces = and_(L.c.pending.is_not(None), L.c.pending == (false() if value else true()))
+    return func.coalesce(L.c.seq, 0) + case((replaces, 1), else_=0)
+
+
+def still_work(audience_key: str | ColumnElement[str]) -> ColumnElement[bool]:
+    """A ledger row a run would still send: an enter for a member (at its current email, where
+    the destination keys by email), a leave for a non-member."""
+    return or_(and_(_current(), _enter_condition()),
+               and_(not_(_is_member(audience_key)), _leave_condition()))
