@@ -58,7 +58,9 @@ def identify(
     traits of the entering audiences merged in key order, the personas of `audience_key`."""
     carried = sorted([(audience_key, change), *riders], key=lambda item: item[0])
     traits: dict[str, Any] = {}
-    email = change.email or next((c.email for _, c in carried if c.email), None)
+    # An entering change has the member's current email; a leave's is the one last sent.
+    email = next((c.email for c in (change, *(c for _, c in carried)) if c.value and c.email),
+                 change.email or next((c.email for _, c in carried if c.email), None))
     if email:
         traits["email"] = email
     for _, each in carried:

@@ -5,13 +5,15 @@ outcome is every carried change's outcome, its messageId is deterministic for th
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 
 from syncd.config import Config
 from syncd.dev.standins import Fault
-from syncd.model import Change, call_message_id
+from syncd.identify import identify
+from syncd.model import Change, Enter, Leave, call_message_id
 from syncd.run.report import RunReport, summary_lines
 from syncd.state.engine import create_state_engine
 from syncd.state.tables import L
@@ -169,3 +171,20 @@ def test_exits_a_guard_holds_never_ride_along(env: Env) -> None:
     assert _pair(report, "all_buyers").outcome == "held"
     assert _keys(_nat_calls(env, "u1")[-1]) == {"pro_buyers": False, "vip_buyers": False}
     assert (_pair(report, "pro_buyers").acknowledged, _pair(report, "vip_buyers").acknowledged) == (1, 1)
+
+
+def test_a_grouped_identify_carries_every_key_and_the_current_email() -> None:
+    at = datetime(2026, 11, 22, 9, tzinfo=UTC)
+    leave = Leave(subject="u:u1", user_id="u1", anonymous_id=None, email="old@example.com", seq=3)
+    enter = Enter(subject="u:u1", user_id="u1", anonymous_id=None, email="new@example.com", seq=0,
+                  traits={"plan": "pro"}, url="https://shop.example/u1")
+    message = identify(leave, "b_key", "usercom", "User.com", at, riders=[("a_key", enter)])
+    # A leave's email is the one last sent; the entering audience's is the member's now.
+    assert message["traits"] == {"email": "new@example.com", "plan": "pro", "a_key": True, "b_key": False}
+    assert message["context"]["personas"]["computation_key"] == "b_key"
+    assert message["context"]["page"] == {"url": "https://shop.example/u1"}
+    assert message["messageId"] == call_message_id([leave.message_id("b_key", "usercom"),
+                                                    enter.message_id("a_key", "usercom")])
+    alone = identify(leave, "b_key", "usercom", "User.com", at)
+    assert alone["messageId"] == leave.message_id("b_key", "usercom")
+    assert alone["traits"] == {"email": "old@example.com", "b_key": False}
