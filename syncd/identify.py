@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 from syncd import __version__
-from syncd.model import Change
+from syncd.model import Change, call_message_id
 from syncd.render import iso_millis
 
 MAX_MESSAGE_BYTES = 32 * 1024  # Segment's limit for one call
@@ -49,14 +50,24 @@ def json_value(value: Any) -> Any:
 
 
 def identify(
-    change: Change, audience_key: str, destination: str, integration: str, timestamp: datetime
+    change: Change, audience_key: str, destination: str, integration: str, timestamp: datetime,
+    riders: Sequence[tuple[str, Change]] = (),
 ) -> dict[str, Any]:
+    """The Identify of `change` of `audience_key`, carrying too the same user's `riders`
+    (changes of other audiences, as (key, change)): every changed key in `traits`, the extra
+    traits of the entering audiences merged in key order, the personas of `audience_key`."""
+    carried = sorted([(audience_key, change), *riders], key=lambda item: item[0])
     traits: dict[str, Any] = {}
-    if change.email:
-        traits["email"] = change.email
-    if change.value:
-        traits.update({k: json_value(v) for k, v in change.traits.items()})
-    traits[audience_key] = change.value
+    # An entering change has the member's current email; a leave's is the one last sent.
+    email = next((c.email for c in (change, *(c for _, c in carried)) if c.value and c.email),
+                 change.email or next((c.email for _, c in carried if c.email), None))
+    if email:
+        traits["email"] = email
+    for _, each in carried:
+        if each.value:
+            traits.update({k: json_value(v) for k, v in each.traits.items()})
+    for key, each in carried:
+        traits[key] = each.value
     context: dict[str, Any] = {
         "personas": {
             "computation_class": "audience",
@@ -65,13 +76,15 @@ def identify(
         },
         "library": {"name": "syncd", "version": __version__},
     }
-    if change.url and change.value:
-        context["page"] = {"url": change.url}
+    url = change.url if change.value else None
+    url = url or next((c.url for _, c in carried if c.value and c.url), None)
+    if url:
+        context["page"] = {"url": url}
     return {
         "type": "identify",
         "userId": change.user_id,
         "anonymousId": change.anonymous_id,
-        "messageId": change.message_id(audience_key, destination),
+        "messageId": call_message_id([c.message_id(key, destination) for key, c in carried]),
         "timestamp": iso_millis(timestamp),
         "traits": traits,
         "context": context,

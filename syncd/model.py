@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
@@ -78,6 +79,16 @@ class Change:
             parts += [self.ident, self.nonce]
         material = "\x1f".join(parts)
         return "syncd-" + hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def call_message_id(change_ids: Sequence[str]) -> str:
+    """The messageId of one call: a single change's own id (as before calls carried several);
+    for several, one derived from their sorted ids, so the same set is the same id on every
+    retry and never the id of any one change."""
+    if len(change_ids) == 1:
+        return change_ids[0]
+    material = "\x1f".join(["call", *sorted(change_ids)])
+    return "syncd-" + hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
 def Enter(**kwargs: Any) -> Change:

@@ -5,6 +5,8 @@ healthy run:
 - Nat (keyed by email) holds `true` at every member's current email, and `false` last at
   every email that ever got `true` for a user who is no longer a member;
 - User.com (keyed by custom_id) holds exactly the source's membership;
+- the same for a second audience at both destinations (a subset of the first: users move
+  in and out of both at once, and their changes of both go out in one call);
 - Nat never saw a stale value after a newer one, and no messageId carried two contents.
 
 Replayable: the examples come from a fixed seed, `SYNCD_CONVERGENCE_SEED` (printed with a
@@ -25,18 +27,23 @@ from syncd.config import Config
 from syncd.dev.standins import Fault, NatStandIn, StandIn, UserComStandIn
 
 from checks import assert_message_ids_unique, assert_no_stale_values, nat_flags, view
-from conftest import NAT_KEY, USERCOM_KEY, Env, Shop
+from conftest import NAT_KEY, USERCOM_KEY, Env, Shop, audience_toml
 
 SEED = int(os.environ.get("SYNCD_CONVERGENCE_SEED", "20261128"))
 EXAMPLES = int(os.environ.get("SYNCD_CONVERGENCE_EXAMPLES", "12"))
 USERS = ("u1", "u2", "u3", "u4", "u5")
 BEHAVIOURS = ("ok", "5xx", "429", "timeout", "crash")
-KEY = "buyers"
+KEY, PRO = "buyers", "pro_buyers"
+AUDIENCES = (audience_toml("Buyers", ["nat", "usercom"], query="SELECT id AS user_id, email FROM customers")
+             + audience_toml("Pro buyers", ["nat", "usercom"], key=PRO,
+                             query="SELECT id AS user_id, email FROM customers WHERE plan = 'pro'"))
 
-# A snapshot: who is a member, and each user's email (one of three addresses per user).
-Snapshot = tuple[frozenset[str], tuple[int, ...]]
+# A snapshot: who is a member, each user's email (one of three addresses per user), and
+# who of the members is on the `pro` plan (the second audience).
+Snapshot = tuple[frozenset[str], tuple[int, ...], frozenset[str]]
 snapshots = st.tuples(st.frozensets(st.sampled_from(USERS)),
-                      st.tuples(*(st.integers(0, 2) for _ in USERS)))
+                      st.tuples(*(st.integers(0, 2) for _ in USERS)),
+                      st.frozensets(st.sampled_from(USERS)))
 step = st.tuples(snapshots, st.sampled_from(BEHAVIOURS), st.sampled_from(BEHAVIOURS), st.integers(1, 4))
 
 
@@ -44,12 +51,13 @@ def _email(user: str, version: int) -> str:
     return f"{user}.{version}@example.com"
 
 
-def _load(shop: Shop, snapshot: Snapshot) -> dict[str, str]:
-    """The snapshot into the shop; its members' current emails."""
-    members, versions = snapshot
+def _load(shop: Shop, snapshot: Snapshot) -> tuple[dict[str, str], dict[str, str]]:
+    """The snapshot into the shop; the current emails of each audience's members."""
+    members, versions, pros = snapshot
     emails = {user: _email(user, v) for user, v in zip(USERS, versions, strict=True) if user in members}
-    shop.set(*sorted(emails.items()))
-    return emails
+    shop.set(*((user, email, "2026-11-20 10:00:00", None, None, "pro" if user in pros else "free")
+               for user, email in sorted(emails.items())))
+    return emails, {user: email for user, email in emails.items() if user in pros}
 
 
 def _misbehave(server: StandIn, behaviour: str) -> None:
@@ -77,15 +85,15 @@ def _with_short_timeouts(config: Config) -> Config:
     return replace(config, destinations=fast)
 
 
-def _assert_nat_converged(nat: NatStandIn, members: dict[str, str]) -> None:
-    held = nat_flags(nat.contacts(), KEY)
+def _assert_nat_converged(nat: NatStandIn, members: dict[str, str], key: str) -> None:
+    held = nat_flags(nat.contacts(), key)
     for user, email in members.items():
-        assert held.get(email) is True, f"{user} is a member: Nat must hold true at {email}"
+        assert held.get(email) is True, f"{user} is a member of {key}: Nat must hold true at {email}"
     ever_true = {(c.get("userId"), c["traits"]["email"])
-                 for c in nat.accepted() if c["traits"].get(KEY) is True}
+                 for c in nat.accepted() if c["traits"].get(key) is True}
     for user, email in sorted(ever_true):
         if user not in members:
-            assert held[email] is False, f"{user} left: Nat still holds true at {email}"
+            assert held[email] is False, f"{user} left {key}: Nat still holds true at {email}"
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -99,7 +107,7 @@ def test_destinations_converge_to_the_source(tmp_path_factory: pytest.TempPathFa
     tmp: Path = tmp_path_factory.mktemp("convergence")
     with NatStandIn(NAT_KEY) as nat, UserComStandIn(USERCOM_KEY) as usercom:
         env = Env(tmp, f"sqlite:///{tmp / 'state.db'}", Shop(tmp / "shop.db"), nat, usercom)
-        config = _with_short_timeouts(env.config())
+        config = _with_short_timeouts(env.config(audiences=AUDIENCES))
         for snapshot, nat_does, usercom_does, crash_after in steps:
             _load(env.shop, snapshot)
             _misbehave(nat, nat_does)
@@ -110,10 +118,11 @@ def test_destinations_converge_to_the_source(tmp_path_factory: pytest.TempPathFa
                 env.run(config)
             nat.heal()
             usercom.heal()
-        members = _load(env.shop, final)
+        members, pros = _load(env.shop, final)
 
         assert env.run(config).exit_code == 0
-        _assert_nat_converged(nat, members)
-        assert view(usercom.accepted(), set(USERS)) == set(members)
+        for key, expected in ((KEY, members), (PRO, pros)):
+            _assert_nat_converged(nat, expected, key)
+            assert view(usercom.accepted(), set(USERS), key) == set(expected)
         assert_no_stale_values(nat.accepted())
         assert_message_ids_unique(nat.accepted())

@@ -1,17 +1,23 @@
 """Delivery of one destination's work: page through each pair's WorkList, identify, send,
-record each outcome in the ledger; guards, the send time limit and the report's counters."""
+record each outcome in the ledger; guards, the send time limit and the report's counters.
+
+A page goes out as calls, one per user: page -> `_calls` (the user's changes of the other
+audiences ride along) -> `_send_call` each -> an outcome per change carried, recorded for
+its own pair. Fairness stays per pair: each pages its own list; a rider is only taken."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from syncd import guards
 from syncd.config import AudienceConfig, Config, DestinationConfig, GuardConfig
@@ -22,7 +28,7 @@ from syncd.errors import DestinationError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
 from syncd.model import Change, PairOutcome, Task
 from syncd.run.report import PairReport, RunReport
-from syncd.state.diff import WorkList
+from syncd.state.diff import WorkList, create_work, drop_work
 from syncd.state.operator import drop_approval
 from syncd.state.sends import Outcome, attribute_ensured, mark_in_flight, record_attribute, record_outcomes
 
@@ -33,7 +39,7 @@ log = logging.getLogger("syncd")
 T = TypeVar("T")
 
 PAGE_SIZE = 500
-PAIRS_AT_ONCE = 4  # audiences one destination sends at the same time (each holds a connection)
+PAIRS_AT_ONCE = 4  # audiences one destination sends at the same time (one connection holds their lists)
 
 
 async def deliver_all(config: Config, options: Options, engine: Engine, report: RunReport,
@@ -46,6 +52,7 @@ async def deliver_all(config: Config, options: Options, engine: Engine, report: 
                                          config.path, deadline), connected))
     results = await asyncio.gather(*(delivery.run(connected) for delivery, connected in deliveries))
     report.out_of_time = any(delivery.out_of_time for delivery, _ in deliveries)
+    report.calls = {delivery.name: delivery.calls for delivery, _ in deliveries}
     return [pair for pairs in results for pair in pairs]
 
 
@@ -62,6 +69,8 @@ class Delivery:
         self.engine, self.snapshot_at, self.progress = engine, snapshot_at, options.progress
         self.guard_config, self.config_path = guard_config, config_path
         self.deadline, self.out_of_time = deadline, False
+        self.pairs: dict[str, _Pair] = {}
+        self.calls = 0  # calls sent (each carries one or more changes)
         latency = options.latency
         self.sender = Sender(
             name=self.destination.integration, headers=self.destination.headers(),
@@ -72,65 +81,85 @@ class Delivery:
         )
 
     async def run(self, audiences: Sequence[AudienceConfig]) -> list[PairReport]:
+        # One connection holds every pair's work list, in one table: a page of one pair can
+        # then take the same users' changes of the other pairs along (one call per user).
+        with self.engine.connect() as conn:
+            create_work(conn)
+            pairs: list[_Pair] = []
+            try:
+                for audience in audiences:
+                    pairs.append(await self._make(conn, audience))
+                await self._prepare_all(pairs)
+                await self._send_pairs(pairs)
+                return [self._finish(pair) for pair in pairs]
+            finally:
+                for pair in pairs:
+                    if pair.task is not None:
+                        pair.task.close()
+                drop_work(conn)
+                await self.sender.aclose()
+
+    async def _make(self, conn: Connection, audience: AudienceConfig) -> _Pair:
+        work = WorkList(conn, audience.key, self.name, self.destination.needs_email)
+        # A run's biggest query, in a thread: requests the other destinations have in flight
+        # are answered meanwhile instead of timing out behind a blocked event loop.
+        counts = await _in_thread(partial(work.make, fresh=False))
+        guard = guards.check(conn, audience, self.guard_config, self.name, counts.members, counts.left)
+        conn.commit()
+        self._log_guard(guard)
+        report = PairReport(audience.key, self.name, members=counts.members, entered=counts.entered,
+                            left=counts.left, skipped=counts.skipped)
+        return _Pair(work, guard, report)
+
+    async def _prepare_all(self, pairs: Sequence[_Pair]) -> None:
+        """Each pair with work gets its progress task, and its destination set up (User.com's
+        attribute) before any page is sent: another pair's page may carry its changes."""
+        for pair in pairs:
+            if not pair.total or self.sender.interrupted():
+                continue
+            pair.task = self.progress.task(f"{self.name}: {pair.key}", pair.total, "delivered")
+            try:
+                await self._prepare(pair.key)
+                pair.ready = True
+            except DestinationError as exc:
+                pair.report.message = str(exc)
+        self.pairs = {pair.key: pair for pair in pairs}
+
+    async def _send_pairs(self, pairs: Sequence[_Pair]) -> None:
         slots = asyncio.Semaphore(PAIRS_AT_ONCE)
 
-        async def in_turn(audience: AudienceConfig) -> PairReport:
+        async def in_turn(pair: _Pair) -> None:
             async with slots:
-                return await self._pair(audience)
+                try:
+                    await self._send_all(pair)
+                except DestinationError as exc:
+                    pair.report.message = str(exc)
 
-        tasks = [asyncio.create_task(in_turn(audience)) for audience in audiences]
+        tasks = [asyncio.create_task(in_turn(pair)) for pair in pairs if pair.ready]
         try:
-            return list(await asyncio.gather(*tasks))
+            await asyncio.gather(*tasks)
         except BaseException:  # one pair failed: stop the others at their next await
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        finally:
-            await self.sender.aclose()
 
-    async def _pair(self, audience: AudienceConfig) -> PairReport:
-        with self.engine.connect() as conn:  # holds the pair's work list until the pair is done
-            work = WorkList(conn, audience.key, self.name, self.destination.needs_email)
-            try:
-                # A run's biggest query, in a thread: requests the other pairs have in flight
-                # are answered meanwhile instead of timing out behind a blocked event loop.
-                counts = await _in_thread(work.make)
-                guard = guards.check(conn, audience, self.guard_config, self.name, counts.members,
-                                     counts.left)
-                conn.commit()
-                pair = await self._send_work(work, guard)
-                # An approval lasts until no exit of the pair is left to send.
-                if guard.approved_exits is not None and not guard.held and not work.leaves_left():
-                    drop_approval(self.engine, audience.key, self.name)
-            finally:
-                work.drop()
-        return pair
-
-    async def _send_work(self, work: WorkList, guard: guards.GuardVerdict) -> PairReport:
-        key, counts = work.audience_key, work.counts
-        pair = PairReport(key, self.name, members=counts.members, entered=counts.entered,
-                          left=counts.left, skipped=counts.skipped)
-        self._log_guard(guard)
-        total = counts.entered + counts.left
-        if total and not self.sender.interrupted():
-            task = self.progress.task(f"{self.name}: {key}", total, "delivered")
-            try:
-                await self._prepare(key)
-                await self._send_all(work, pair, task, leaves=not guard.held)
-            except DestinationError as exc:
-                pair.message = str(exc)
-            finally:
-                task.close()
-        pair.pending = total - pair.acknowledged
-        if pair.pending and guard.held and not self.sender.refused:
-            pair.outcome, pair.message = PairOutcome.HELD, guard.hold_message(self.config_path)
-        elif pair.pending:
-            pair.outcome = PairOutcome.STOPPED if self.sender.refused else PairOutcome.UNDELIVERED
-            pair.message = self.sender.stopped or pair.message or _interrupted(self.sender) or (
-                f"the run reached its send time limit ([schedule] max_send_time); {pair.pending} "
+    def _finish(self, pair: _Pair) -> PairReport:
+        """The pair's outcome, once every pair is done (its changes may have gone out in
+        another pair's calls)."""
+        report, guard = pair.report, pair.guard
+        report.pending = pair.total - report.acknowledged
+        if report.pending and guard.held and not self.sender.refused:
+            report.outcome, report.message = PairOutcome.HELD, guard.hold_message(self.config_path)
+        elif report.pending:
+            report.outcome = PairOutcome.STOPPED if self.sender.refused else PairOutcome.UNDELIVERED
+            report.message = self.sender.stopped or report.message or _interrupted(self.sender) or (
+                f"the run reached its send time limit ([schedule] max_send_time); {report.pending} "
                 "changes wait for the next run" if self.out_of_time else None)
-        return pair
+        # An approval lasts until no exit of the pair is left to send.
+        if guard.approved_exits is not None and not guard.held and not pair.work.leaves_left():
+            drop_approval(self.engine, pair.key, self.name)
+        return report
 
     def _out_of_time(self) -> bool:
         """Asked only with work left: past the run's send time limit? (Remembered for the report.)"""
@@ -152,45 +181,113 @@ class Delivery:
         await self.destination.prepare(self.sender, key)
         record_attribute(self.engine, self.name, key)
 
-    async def _send_all(self, work: WorkList, pair: PairReport, task: Task,
-                        leaves: bool = True) -> None:
-        """Every change of the work list: the enters, then (unless held) the leaves. Past the
-        send time limit no new page starts, but every pair sends its first page in every run:
-        audiences waiting for a turn behind long initial sends still move, and so does a run
-        whose snapshots took longer than the limit."""
-        key, first = work.audience_key, True
-        for value in (True, False) if leaves else (True,):
+    async def _send_all(self, pair: _Pair) -> None:
+        """Every change of the pair's work list not taken by another pair's page: the
+        enters, then (unless held) the leaves. Past the send time limit no new page starts,
+        but every pair sends its first page in every run: audiences waiting for a turn
+        behind long initial sends still move, and so does a run whose snapshots took longer
+        than the limit."""
+        first = True
+        for value in (True, False) if not pair.guard.held else (True,):
             after: tuple[str, str] | str = ""
             while not self.sender.interrupted():
-                page = work.page(value, after, PAGE_SIZE)
+                page = pair.work.page(value, after, PAGE_SIZE)
                 if not page or (not first and self._out_of_time()):
                     break
                 first = False
                 after = page[-1].cursor
-                mark_in_flight(self.engine, key, self.name, page)
-                outcomes = await asyncio.gather(*(self._send(key, change, task) for change in page))
-                record_outcomes(self.engine, key, self.name, outcomes)
-                _tally(pair, outcomes)
+                await self._send_page(pair, page)
 
-    async def _send(self, key: str, change: Change, task: Task) -> Outcome:
+    async def _send_page(self, pair: _Pair, page: Sequence[Change]) -> None:
+        """One page of `pair`: each user's call carries the user's changes of the other
+        ready audiences too (not the exits a guard holds); every change carried is marked
+        in flight before, and its outcome recorded after, for its own pair."""
+        held = [key for key, other in self.pairs.items() if other.guard.held]
+        ready = [key for key, other in self.pairs.items() if other.ready]
+        riders = pair.work.riders(page, ready, enters_only=held)
+        calls = _calls(pair.key, page, riders)
+        for key, changes in _by_audience(c for call in calls for c in call.carried()).items():
+            mark_in_flight(self.engine, key, self.name, changes)
+        answers = await asyncio.gather(*(self._send(call) for call in calls))
+        self.calls += sum(1 for answer in answers if answer[0][1].attempts)
+        outcomes = [outcome for answer in answers for outcome in answer]
+        for key, keyed in _by_audience(outcomes).items():
+            record_outcomes(self.engine, key, self.name, keyed)
+            _tally(self.pairs[key].report, keyed)
+
+    async def _send(self, call: Call) -> list[tuple[str, Outcome]]:
         try:
-            return await self._send_one(key, change)
+            return await self._send_call(call)
         finally:
-            task.advance()
+            for key, _ in call.carried():
+                task = self.pairs[key].task
+                if task is not None:
+                    task.advance()
 
-    async def _send_one(self, key: str, change: Change) -> Outcome:
-        message = identify(change, key, self.name, self.destination.integration, self.snapshot_at)
+    async def _send_call(self, call: Call) -> list[tuple[str, Outcome]]:
+        """One user's call; the same outcome for every change it carries."""
+        change = call.change
+        message = identify(change, call.key, self.name, self.destination.integration, self.snapshot_at,
+                           call.riders)
         size = size_of(message)
         if size > MAX_MESSAGE_BYTES:
-            return Outcome(change.subject, change.value, ident=change.ident, rejected=True,
-                           error=f"message is {size} bytes, over the 32 KB limit: not sent")
-        result = await self.sender.call(self.destination.request(message, key))
-        return Outcome(
-            subject=change.subject, value=change.value, ident=change.ident,
+            error = f"message is {size} bytes, over the 32 KB limit: not sent"
+            return [(key, Outcome(c.subject, c.value, ident=c.ident, rejected=True, error=error))
+                    for key, c in call.carried()]
+        result = await self.sender.call(self.destination.request(message, call.key))
+        return [(key, Outcome(
+            subject=c.subject, value=c.value, ident=c.ident,
             acked=result.verdict is Verdict.ACK,
             attempts=result.attempts, rejected=result.verdict is Verdict.REJECT,
             uncertain=result.uncertain, status=result.status, error=result.error,
-        )
+        )) for key, c in call.carried()]
+
+
+@dataclass
+class _Pair:
+    """One (audience, destination) pair of a run: its work list, guard, report, progress."""
+
+    work: WorkList
+    guard: guards.GuardVerdict
+    report: PairReport
+    task: Task | None = None
+    ready: bool = False  # set up at the destination: its changes may be sent
+
+    @property
+    def key(self) -> str:
+        return self.work.audience_key
+
+    @property
+    def total(self) -> int:
+        return self.report.entered + self.report.left
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call to the destination: a change of the page's audience `key`, and the same
+    user's changes of other audiences riding along, as (audience key, change)."""
+
+    key: str
+    change: Change
+    riders: tuple[tuple[str, Change], ...] = ()
+
+    def carried(self) -> list[tuple[str, Change]]:
+        return [(self.key, self.change), *self.riders]
+
+
+def _calls(key: str, page: Sequence[Change], riders: Sequence[tuple[str, Change]]) -> list[Call]:
+    """The page's changes as calls, one per user (subject and ident), with its riders."""
+    by_user: dict[tuple[str, str], list[tuple[str, Change]]] = {}
+    for rider in riders:
+        by_user.setdefault(rider[1].cursor, []).append(rider)
+    return [Call(key, change, tuple(by_user.get(change.cursor, ()))) for change in page]
+
+
+def _by_audience(items: Iterable[tuple[str, T]]) -> dict[str, list[T]]:
+    grouped: dict[str, list[T]] = {}
+    for key, item in items:
+        grouped.setdefault(key, []).append(item)
+    return grouped
 
 
 async def _in_thread(call: Callable[[], T]) -> T:

@@ -37,6 +37,7 @@ class RunReport:
     pairs: list[PairReport] = field(default_factory=list)
     interrupted: bool = False
     out_of_time: bool = False  # sending stopped at [schedule] max_send_time with changes left
+    calls: dict[str, int] = field(default_factory=dict)  # per destination: calls sent (one per user)
 
     @property
     def delivered(self) -> bool:
@@ -75,7 +76,8 @@ def summary_lines(report: RunReport) -> list[str]:
         )
         lines.append(
             f"{name}: {len(pairs)} audience(s), {total('entered')} entered, {total('left')} left, "
-            f"{total('sent')} sent, {total('acknowledged')} acknowledged, "
+            f"{total('sent')} changes in {report.calls.get(name, 0)} calls, "
+            f"{total('acknowledged')} acknowledged, "
             f"{total('skipped')} skipped (no email), {total('failed')} failed, "
             f"{total('pending')} pending: {verdict}"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Collection, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,10 +16,12 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
+    Index,
     MetaData,
     Table,
     Text,
     and_,
+    bindparam,
     case,
     exists,
     false,
@@ -31,6 +34,7 @@ from sqlalchemy import (
     true,
     tuple_,
     union_all,
+    update,
 )
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -144,12 +148,28 @@ def plan_counts(conn: Connection, audience_key: str, destination: str, needs_ema
 
 WORK = Table(
     "syncd_work", MetaData(),
+    Column("audience_key", Text, primary_key=True),
     Column("value", Boolean, primary_key=True), Column("subject", Text, primary_key=True),
     Column("ident", Text, primary_key=True),
     Column("sendable", Boolean, nullable=False), Column("failed", Boolean, nullable=False),
     Column("tried", Boolean, nullable=False), Column("pending_since", UTCDateTime()),
+    # Read by a page (its own audience's, or another's riding along): not read again.
+    Column("taken", Boolean, nullable=False, default=False),
+    Index("syncd_work_user", "subject", "ident"),  # a page's users' changes in other audiences
     prefixes=["TEMPORARY"],
 )
+
+
+def create_work(conn: Connection) -> None:
+    """The (empty) work table of one destination's lists, private to `conn`."""
+    WORK.drop(conn, checkfirst=True)  # left over on a pooled connection
+    WORK.create(conn)
+
+
+def drop_work(conn: Connection) -> None:
+    with suppress(SQLAlchemyError):  # an aborted transaction: its error matters, not this one
+        WORK.drop(conn, checkfirst=True)
+        conn.commit()  # a rollback would keep the table in a pooled PostgreSQL session
 
 
 class WorkList:
@@ -157,6 +177,10 @@ class WorkList:
     private to `conn` (no lock, no WAL) and counts them; `page()` reads it back, 500 key
     lookups a page; `drop()` removes it. Computing the diff per page instead re-read the
     whole audience for every page; with 1% churn that was most of an incremental run.
+
+    The lists of one destination's pairs can share the table (`make(fresh=False)` after
+    `create_work`): a page then also takes the same users' changes of the other audiences
+    (`riders`), so a user whose audiences changed together gets one call.
 
     `make()` commits `conn` once the list is made and `page()` after each page, so no
     transaction stays open while changes are sent. As a context manager: make, then drop."""
@@ -168,23 +192,26 @@ class WorkList:
         self.conn, self.audience_key, self.destination = conn, audience_key, destination
         self.needs_email, self.members = needs_email, members
 
-    def make(self) -> PlanCounts:
+    def make(self, fresh: bool = True) -> PlanCounts:
         conn = self.conn
-        WORK.drop(conn, checkfirst=True)  # left over on a pooled connection
-        WORK.create(conn)
+        if fresh:
+            create_work(conn)
+        changes = _changes(self.audience_key, self.destination, self.needs_email, self.members).subquery()
         conn.execute(insert(WORK).from_select(
-            ["subject", "ident", "value", "sendable", "failed", "tried", "pending_since"],
-            _changes(self.audience_key, self.destination, self.needs_email, self.members)))
+            ["audience_key", "subject", "ident", "value", "sendable", "failed", "tried", "pending_since",
+             "taken"],
+            select(literal(self.audience_key), changes.c.subject, changes.c.ident, changes.c.value,
+                   changes.c.sendable, changes.c.failed, changes.c.tried, changes.c.pending_since,
+                   false())))
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"ANALYZE {WORK.name}")  # temporary tables get no statistics otherwise
-        self.counts = _count(conn, WORK, member_count(conn, self.audience_key, self.members))
+        mine = select(WORK).where(WORK.c.audience_key == self.audience_key).subquery()
+        self.counts = _count(conn, mine, member_count(conn, self.audience_key, self.members))
         conn.commit()
         return self.counts
 
     def drop(self) -> None:
-        with suppress(SQLAlchemyError):  # an aborted transaction: its error matters, not this one
-            WORK.drop(self.conn, checkfirst=True)
-            self.conn.commit()  # a rollback would keep the table in a pooled PostgreSQL session
+        drop_work(self.conn)
 
     def __enter__(self) -> WorkList:
         try:
@@ -199,51 +226,84 @@ class WorkList:
 
     def page(self, value: bool, after: tuple[str, str] | str, limit: int) -> list[Change]:
         """The next changes (by subject and ident, after `after`: "" or the last page's
-        last `Change.cursor`): enters (`value` true) that can be sent, or leaves; at most
-        `limit`, with each user's data and messageId seq and nonce. An enter without a
-        ledger row yet gets a new nonce here; mark_in_flight stores it with the row."""
+        last `Change.cursor`) not taken yet: enters (`value` true) that can be sent, or
+        leaves; at most `limit`, with each user's data and messageId seq and nonce. An enter
+        without a ledger row yet gets a new nonce here; mark_in_flight stores it with the
+        row. The page's changes are taken: no other page carries them."""
         w = WORK.c
-        ledger_row = and_(L.c.audience_key == self.audience_key, L.c.destination == self.destination,
-                          L.c.ident == w.ident, L.c.subject == w.subject)
         cursor = (after, "") if isinstance(after, str) else after
-        page = and_(w.value == value, tuple_(w.subject, w.ident) > tuple_(*cursor))
-        order = (w.subject, w.ident)
+        mine = and_(w.audience_key == self.audience_key, w.value == value, w.taken == false(),
+                    tuple_(w.subject, w.ident) > tuple_(*cursor))
+        if value:
+            mine = and_(mine, w.sendable == true())
+        changes = [change for _, change in self._changes(mine, value, (w.subject, w.ident), limit)]
+        if changes:
+            upto = tuple_(w.subject, w.ident) <= tuple_(*changes[-1].cursor)
+            self.conn.execute(update(WORK).where(mine, upto).values(taken=True))
+        self.conn.commit()
+        return changes
+
+    def riders(self, page: Sequence[Change], audiences: Collection[str],
+               enters_only: Collection[str] = ()) -> list[tuple[str, Change]]:
+        """The changes of other `audiences` for the users (subject and ident) of `page`,
+        not taken yet, as (audience key, change), now taken: they go out in the same calls
+        as the page's. Audiences in `enters_only` give only their enters (their exits are
+        held by a guard)."""
+        others = [key for key in audiences if key != self.audience_key]
+        if not page or not others:
+            return []
+        w = WORK.c
+        in_page = tuple_(w.subject, w.ident).in_([c.cursor for c in page])
+        rides = and_(w.audience_key.in_(others), w.taken == false(), w.sendable == true(), in_page)
+        if enters_only:
+            rides = and_(rides, or_(w.value == true(), w.audience_key.not_in(list(enters_only))))
+        found = [*self._changes(and_(rides, w.value == true()), True, (w.audience_key, w.subject, w.ident)),
+                 *self._changes(and_(rides, w.value == false()), False, (w.audience_key, w.subject, w.ident))]
+        if found:
+            self.conn.execute(update(WORK).where(
+                w.audience_key == bindparam("b_key"), w.value == bindparam("b_value"),
+                w.subject == bindparam("b_subject"), w.ident == bindparam("b_ident"),
+            ).values(taken=True), [{"b_key": key, "b_value": c.value, "b_subject": c.subject,
+                                    "b_ident": c.ident} for key, c in found])
+        self.conn.commit()
+        return found
+
+    def _changes(self, where: ColumnElement[bool], value: bool, order: tuple[Any, ...],
+                 limit: int | None = None) -> list[tuple[str, Change]]:
+        """The work rows `where` (all of one `value`) as (audience key, change)."""
+        w = WORK.c
+        ledger_row = and_(L.c.audience_key == w.audience_key, L.c.destination == self.destination,
+                          L.c.ident == w.ident, L.c.subject == w.subject)
         if value:
             m = self.members.c
-            members = and_(m.audience_key == self.audience_key, m.subject == w.subject)
+            members = and_(m.audience_key == w.audience_key, m.subject == w.subject)
             enters = (
                 select(m.subject, m.user_id, m.anonymous_id, m.email, m.url, m.traits, _change_seq(True),
-                       w.ident, L.c.nonce)
+                       w.ident, L.c.nonce, w.audience_key)
                 .select_from(WORK.join(self.members, members).outerjoin(L, ledger_row))
-                .where(page, w.sendable == true())
+                .where(where)
             )
-            rows = self._read(enters.order_by(*order).limit(limit))
-            return [Enter(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], url=r[4],
-                          traits=json.loads(r[5]) if r[5] else {}, seq=r[6], ident=r[7],
-                          nonce=r[8] if r[8] is not None else new_nonce()) for r in rows]
+            rows = list(self.conn.execute(enters.order_by(*order).limit(limit)))
+            return [(r[9], Enter(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], url=r[4],
+                                 traits=json.loads(r[5]) if r[5] else {}, seq=r[6], ident=r[7],
+                                 nonce=r[8] if r[8] is not None else new_nonce())) for r in rows]
         leaves = (
             select(L.c.subject, L.c.user_id, L.c.anonymous_id, L.c.email, _change_seq(False),
-                   L.c.ident, L.c.nonce)
+                   L.c.ident, L.c.nonce, w.audience_key)
             .select_from(WORK.join(L, ledger_row))
-            .where(page)
+            .where(where)
         )
-        rows = self._read(leaves.order_by(*order).limit(limit))
-        return [Leave(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], seq=r[4], ident=r[5],
-                      nonce=r[6]) for r in rows]
+        rows = list(self.conn.execute(leaves.order_by(*order).limit(limit)))
+        return [(r[7], Leave(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], seq=r[4],
+                             ident=r[5], nonce=r[6])) for r in rows]
 
     def leaves_left(self) -> int:
         """Leaves of the list the destination has still not acknowledged."""
         query = select(func.count()).select_from(WORK.join(L, and_(
-            L.c.audience_key == self.audience_key, L.c.destination == self.destination,
+            L.c.audience_key == WORK.c.audience_key, L.c.destination == self.destination,
             L.c.ident == WORK.c.ident, L.c.subject == WORK.c.subject,
-        ))).where(WORK.c.value == false(), _leave_condition())
+        ))).where(WORK.c.audience_key == self.audience_key, WORK.c.value == false(), _leave_condition())
         return self.conn.scalar(query) or 0
-
-    def _read(self, query: Any) -> list[Any]:
-        """All rows, then the read transaction ends (sends must not hold one open)."""
-        rows = list(self.conn.execute(query))
-        self.conn.commit()
-        return rows
 
 
 def new_nonce() -> str:
