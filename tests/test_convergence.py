@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from syncd.config import Config
 from syncd.dev.standins import Fault, NatStandIn, StandIn, UserComStandIn
 
-from checks import assert_message_ids_unique, assert_no_stale_values, nat_flags, view
+from checks import assert_message_ids_unique, assert_no_stale_values, nat_flags, usercom_view
 from conftest import NAT_KEY, USERCOM_KEY, Env, Shop
 
 SEED = int(os.environ.get("SYNCD_CONVERGENCE_SEED", "20261128"))
@@ -114,6 +114,6 @@ def test_destinations_converge_to_the_source(tmp_path_factory: pytest.TempPathFa
 
         assert env.run(config).exit_code == 0
         _assert_nat_converged(nat, members)
-        assert view(usercom.accepted(), set(USERS)) == set(members)
+        assert usercom_view(usercom, set(USERS)) == set(members)
         assert_no_stale_values(nat.accepted())
         assert_message_ids_unique(nat.accepted())

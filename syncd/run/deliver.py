@@ -17,13 +17,14 @@ from syncd import guards
 from syncd.config import AudienceConfig, Config, DestinationConfig, GuardConfig
 from syncd.delivery.destinations import make_destination
 from syncd.delivery.destinations.base import Destination
-from syncd.delivery.sender import Sender, Verdict
+from syncd.delivery.sender import Result, Sender, Verdict
 from syncd.errors import DestinationError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
 from syncd.model import Change, PairOutcome, Task
 from syncd.run.report import PairReport, RunReport
 from syncd.state.diff import WorkList
 from syncd.state.operator import drop_approval
+from syncd.state.remote_ids import forget_ids, known_ids, learn_ids
 from syncd.state.sends import Outcome, attribute_ensured, mark_in_flight, record_attribute, record_outcomes
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class Delivery:
         self.engine, self.snapshot_at, self.progress = engine, snapshot_at, options.progress
         self.guard_config, self.config_path = guard_config, config_path
         self.deadline, self.out_of_time = deadline, False
+        self.learned: dict[str, int] = {}  # subject -> the destination's id, not yet stored
         latency = options.latency
         self.sender = Sender(
             name=self.destination.integration, headers=self.destination.headers(),
@@ -80,7 +82,9 @@ class Delivery:
 
         tasks = [asyncio.create_task(in_turn(audience)) for audience in audiences]
         try:
-            return list(await asyncio.gather(*tasks))
+            pairs = list(await asyncio.gather(*tasks))
+            self._store_ids()
+            return pairs
         except BaseException:  # one pair failed: stop the others at their next await
             for task in tasks:
                 task.cancel()
@@ -167,6 +171,8 @@ class Delivery:
                     break
                 first = False
                 after = page[-1].cursor
+                done, page = await self._send_in_bulk(key, value, page, task)
+                _tally(pair, done)
                 mark_in_flight(self.engine, key, self.name, page)
                 outcomes = await asyncio.gather(*(self._send(key, change, task) for change in page))
                 record_outcomes(self.engine, key, self.name, outcomes)
@@ -185,12 +191,71 @@ class Delivery:
             return Outcome(change.subject, change.value, ident=change.ident, rejected=True,
                            error=f"message is {size} bytes, over the 32 KB limit: not sent")
         result = await self.sender.call(self.destination.request(message, key))
+        self._learn(change.subject, result)
         return Outcome(
             subject=change.subject, value=change.value, ident=change.ident,
             acked=result.verdict is Verdict.ACK,
             attempts=result.attempts, rejected=result.verdict is Verdict.REJECT,
             uncertain=result.uncertain, status=result.status, error=result.error,
         )
+
+    async def _send_in_bulk(self, key: str, value: bool, changes: Sequence[Change],
+                            task: Task) -> tuple[list[Outcome], list[Change]]:
+        """Mass updates (User.com): of a page of one audience and one value, the users whose id
+        the destination gave us and who have nothing else to send (an enter's extra traits
+        need a call of the user's own; leaves carry none) go in chunks of `bulk_size`, one
+        request each. Marked in flight before the chunks leave and recorded after, like any
+        page. Returns their outcomes, and the rest of the page for the per-change path."""
+        size = self.destination.config.bulk_size
+        if not size or not changes or self.sender.interrupted():
+            return [], list(changes)
+        self._store_ids()  # ids learned from the previous pages' answers
+        ids = known_ids(self.engine, self.name, (c.subject for c in changes if not c.traits))
+        bulk = [c for c in changes if c.subject in ids and not c.traits]
+        if not bulk:
+            return [], list(changes)
+        mark_in_flight(self.engine, key, self.name, bulk)
+        chunks = [bulk[start:start + size] for start in range(0, len(bulk), size)]
+        sent = await asyncio.gather(*(self._send_chunk(key, value, chunk, ids, task) for chunk in chunks))
+        outcomes = [outcome for chunk in sent for outcome in chunk]
+        record_outcomes(self.engine, key, self.name, outcomes)
+        return outcomes, [c for c in changes if c.subject not in ids or c.traits]
+
+    async def _send_chunk(self, key: str, value: bool, chunk: Sequence[Change], ids: dict[str, int],
+                          task: Task) -> list[Outcome]:
+        """One mass update; its 2xx acknowledges every change of the chunk, a transient failure
+        leaves each as one failed call would. A refusal (4xx: e.g. a user deleted at User.com,
+        whose id no longer exists there) falls back to one call per user, whose answers teach
+        the ids again (and re-create a deleted user)."""
+        request = self.destination.mass_update(key, value, [ids[c.subject] for c in chunk])
+        result = await self.sender.call(request)
+        if result.verdict is not Verdict.REJECT:
+            task.advance(len(chunk))
+            return [_outcome_of(change, result) for change in chunk]
+        log.warning("%s refused a mass update of %d users of %s (%s): sending them one by one",
+                    self.name, len(chunk), key, result.error)
+        forget_ids(self.engine, self.name, [c.subject for c in chunk])
+        return list(await asyncio.gather(*(self._send(key, change, task) for change in chunk)))
+
+    def _learn(self, subject: str, result: Result) -> None:
+        """Keep the destination's id for the user from its answer (stored with the next page)."""
+        remote_id = self.destination.remote_id(result.body) if result.verdict is Verdict.ACK else None
+        if remote_id is not None:
+            self.learned[subject] = remote_id
+
+    def _store_ids(self) -> None:
+        learned, self.learned = self.learned, {}
+        learn_ids(self.engine, self.name, learned)
+
+
+def _outcome_of(change: Change, result: Result) -> Outcome:
+    """A change's outcome from the answer to the request that carried it."""
+    return Outcome(
+        subject=change.subject, value=change.value, ident=change.ident,
+        acked=result.verdict is Verdict.ACK,
+        attempts=result.attempts, rejected=result.verdict is Verdict.REJECT,
+        uncertain=result.uncertain, status=result.status, error=result.error,
+    )
 
 
 async def _in_thread(call: Callable[[], T]) -> T:
