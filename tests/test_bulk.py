@@ -156,6 +156,23 @@ def test_a_chunk_failing_until_the_run_gives_up_acknowledges_nothing(env: Env) -
     _expect(env, {"u1", "u2"})
 
 
+def test_a_refused_key_on_a_chunk_stops_user_com_for_the_run(env: Env) -> None:
+    _initial(env)
+    env.shop.members("u1")
+    revoked = env.config(audiences=PLAIN, extra="bulk_size = 2\n", keys={"USERCOM_API_KEY": "revoked"})
+
+    report = env.run(revoked)
+
+    [pair] = report.pairs
+    assert (pair.outcome, pair.acknowledged, pair.pending) == ("stopped", 0, 5)
+    assert "refused the API key" in (pair.message or "")
+    calls = _calls(env)
+    assert set(calls) == {MASS} and 1 <= calls[MASS] <= 3  # no fallback, no retry
+    assert all(row[0] is True for user, row in _ledger(env).items() if user != "u1")
+    assert env.run(env.config(audiences=PLAIN, extra="bulk_size = 2\n")).exit_code == 0
+    _expect(env, {"u1"})
+
+
 def test_a_chunk_that_timed_out_may_have_been_applied(env: Env) -> None:
     """An uncertain chunk is like one uncertain call: each of its changes may hold."""
     _initial(env)
