@@ -43,6 +43,7 @@ MAX_SEND_TIME_BOUNDS = (timedelta(minutes=1), timedelta(days=30))
 TIMEOUT_BOUNDS = (timedelta(seconds=1), timedelta(minutes=5))
 RATE_LIMIT_BOUNDS = (0.1, 1000.0)  # requests per second
 CONCURRENCY_BOUNDS = (1, 256)  # requests in flight
+BULK_SIZE_BOUNDS = (1, 1000)  # users per mass update (User.com)
 MIN_ACKNOWLEDGED_BOUNDS = (0, 1_000_000_000)
 PENDING_OLDER_THAN_BOUNDS = (timedelta(minutes=1), timedelta(days=365))
 AFTER_FAILED_RUNS_BOUNDS = (1, 1000)
@@ -143,6 +144,7 @@ class DestinationConfig:
     rate_limit: float | None  # requests per second (config: per-type default); None = unpaced
     concurrency: int
     timeout: float  # seconds per request
+    bulk_size: int | None = None  # users per mass update; None: the type has none (Nat)
 
     @property
     def facts(self) -> Facts:
@@ -498,7 +500,8 @@ def _destinations(reader: _Reader, data: Any) -> dict[str, DestinationConfig]:
         facts = FACTS.get(kind)
         if facts is None:
             raise reader.error(f"{key}.type", f"unknown type {kind!r} (known: {', '.join(FACTS)})")
-        table = reader.table(value, key, _DESTINATION_KEYS | {facts.url_field})
+        allowed = _DESTINATION_KEYS | {facts.url_field} | ({"bulk_size"} if facts.bulk_size else set())
+        table = reader.table(value, key, allowed)
         url = _http_url(reader, table, key, facts.url_field)
         if facts.base_url and not url.endswith("/"):
             url += "/"
@@ -512,6 +515,8 @@ def _destinations(reader: _Reader, data: Any) -> dict[str, DestinationConfig]:
             concurrency=reader.number(table, key, "concurrency", int, facts.concurrency,
                                       CONCURRENCY_BOUNDS),
             timeout=timeout.total_seconds(),
+            bulk_size=reader.number(table, key, "bulk_size", int, facts.bulk_size, BULK_SIZE_BOUNDS)
+            if facts.bulk_size else None,
         )
     return result
 

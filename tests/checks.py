@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from syncd.dev.standins import UserComStandIn
+
 
 def flags(calls: list[dict[str, Any]], key: str = "buyers") -> dict[str, bool]:
     """userId/custom_id -> the audience flag, in arrival order (later wins)."""
@@ -18,6 +20,13 @@ def flags(calls: list[dict[str, Any]], key: str = "buyers") -> dict[str, bool]:
 def view(calls: list[dict[str, Any]], universe: set[str], key: str = "buyers") -> set[str]:
     """The users the destination holds as members (a user it never heard of is not one)."""
     held = flags(calls, key)
+    return {user for user in universe if held.get(user) is True}
+
+
+def usercom_view(usercom: UserComStandIn, universe: set[str], key: str = "buyers") -> set[str]:
+    """The users User.com holds as members, from its own records: a value can arrive in a
+    call of the user's own or in a mass update naming the user's internal id."""
+    held = {user: data["attributes"].get(key) for user, data in usercom.users().items()}
     return {user for user in universe if held.get(user) is True}
 
 

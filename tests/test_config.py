@@ -80,6 +80,13 @@ def test_retention_and_per_type_pacing_defaults(tmp_path: Path) -> None:
     assert (config.retention, usercom.rate_limit, usercom.concurrency) == (timedelta(days=7), 10.0, 4)
 
 
+def test_bulk_size_is_a_user_com_key_with_a_conservative_default(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), KEYS_ENV)
+    assert (config.destinations["usercom"].bulk_size, config.destinations["nat"].bulk_size) == (100, None)
+    config = load_config(write(tmp_path, GOOD.replace("concurrency = 4", "bulk_size = 500")), KEYS_ENV)
+    assert config.destinations["usercom"].bulk_size == 500
+
+
 def test_a_run_may_send_for_one_interval_unless_told_otherwise(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, GOOD), KEYS_ENV).schedule.send_limit == timedelta(hours=2)
     text = GOOD.replace('jitter = "1h"', 'jitter = "1h"\nmax_send_time = "45m"')
@@ -262,6 +269,14 @@ MISTAKES += [
      "state.retention", "must be between 1d and 3650d"),
     ("exit share nan", ("[sources.shop]", "[guards]\nmax_exit_share = nan\n[sources.shop]"),
      "guards.max_exit_share", "must be between 0 and 1 (a share), not nan"),
+    ("bulk size at Nat", ('type = "nat"', 'type = "nat"\nbulk_size = 10'), "destinations.nat.bulk_size",
+     "unknown key"),
+    ("zero bulk size", ("concurrency = 4", "bulk_size = 0"), "destinations.usercom.bulk_size",
+     "must be between 1 and 1_000, not 0"),
+    ("huge bulk size", ("concurrency = 4", "bulk_size = 5000"), "destinations.usercom.bulk_size",
+     "must be between 1 and 1_000, not 5_000"),
+    ("bulk size not an integer", ("concurrency = 4", "bulk_size = 1.5"), "destinations.usercom.bulk_size",
+     "must be int"),
     ("huge minimum", ("[sources.shop]", "[guards]\nmin_acknowledged = 99999999999999999999\n[sources.shop]"),
      "guards.min_acknowledged", "must be between 0 and 1_000_000_000"),
 ]

@@ -1,12 +1,15 @@
 """Property: whatever sequence of snapshots (members join, leave, change their email) and
-destination behaviour (success, 5xx, 429, timeouts, a SIGKILL mid-delivery), after a final
+destination behaviour (success, 5xx, 429, timeouts, a SIGKILL mid-delivery; at User.com also
+a user deleted in its dashboard, so a mass update naming its id is refused), after a final
 healthy run:
 
 - Nat (keyed by email) holds `true` at every member's current email, and `false` last at
   every email that ever got `true` for a user who is no longer a member;
-- User.com (keyed by custom_id) holds exactly the source's membership;
+- User.com (keyed by custom_id) holds exactly the source's membership, but for users deleted
+  there that no later change re-created (syncd cannot know of a deletion); once their ids
+  are learned, users go in mass updates of `bulk_size` 2, so the faults hit chunks too;
 - the same for a second audience at both destinations (a subset of the first: users move
-  in and out of both at once, and their changes of both go out in one call);
+  in and out of both at once, and their changes of both go out in one call, or in chunks);
 - Nat never saw a stale value after a newer one, and no messageId carried two contents.
 
 Replayable: the examples come from a fixed seed, `SYNCD_CONVERGENCE_SEED` (printed with a
@@ -20,19 +23,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, note, seed, settings
+from hypothesis import HealthCheck, example, given, note, seed, settings
 from hypothesis import strategies as st
 
 from syncd.config import Config
 from syncd.dev.standins import Fault, NatStandIn, StandIn, UserComStandIn
 
-from checks import assert_message_ids_unique, assert_no_stale_values, nat_flags, view
+from checks import assert_message_ids_unique, assert_no_stale_values, nat_flags, usercom_view
 from conftest import NAT_KEY, USERCOM_KEY, Env, Shop, audience_toml
 
 SEED = int(os.environ.get("SYNCD_CONVERGENCE_SEED", "20261128"))
 EXAMPLES = int(os.environ.get("SYNCD_CONVERGENCE_EXAMPLES", "12"))
 USERS = ("u1", "u2", "u3", "u4", "u5")
 BEHAVIOURS = ("ok", "5xx", "429", "timeout", "crash")
+USERCOM_BEHAVIOURS = (*BEHAVIOURS, "deleted")
+# No extra columns: members have nothing to send but their memberships, so known users go in
+# mass updates at User.com.
 KEY, PRO = "buyers", "pro_buyers"
 AUDIENCES = (audience_toml("Buyers", ["nat", "usercom"], query="SELECT id AS user_id, email FROM customers")
              + audience_toml("Pro buyers", ["nat", "usercom"], key=PRO,
@@ -44,7 +50,8 @@ Snapshot = tuple[frozenset[str], tuple[int, ...], frozenset[str]]
 snapshots = st.tuples(st.frozensets(st.sampled_from(USERS)),
                       st.tuples(*(st.integers(0, 2) for _ in USERS)),
                       st.frozensets(st.sampled_from(USERS)))
-step = st.tuples(snapshots, st.sampled_from(BEHAVIOURS), st.sampled_from(BEHAVIOURS), st.integers(1, 4))
+step = st.tuples(snapshots, st.sampled_from(BEHAVIOURS), st.sampled_from(USERCOM_BEHAVIOURS),
+                 st.integers(1, 4))
 
 
 def _email(user: str, version: int) -> str:
@@ -67,6 +74,18 @@ def _misbehave(server: StandIn, behaviour: str) -> None:
         server.fail_next(1_000, Fault(429))
     elif behaviour == "timeout":
         server.delay = 0.3  # applied, answered after the 0.2 s timeout
+
+
+def _delete_one(usercom: UserComStandIn, members: dict[str, str], pick: int) -> str | None:
+    """Delete, as User.com's dashboard would, a user this run is about to send a change (so a
+    chunk naming its id is refused); the user, or None if there is none."""
+    held = {user: data["attributes"].get(KEY) for user, data in usercom.users().items()}
+    changing = [u for u in sorted(held) if (held[u] is True) != (u in members)] or sorted(held)
+    if not changing:
+        return None
+    user = changing[pick % len(changing)]
+    usercom.delete_user(user)
+    return user
 
 
 def _crash_after(env: Env, server: StandIn, calls: int) -> None:
@@ -99,17 +118,28 @@ def _assert_nat_converged(nat: NatStandIn, members: dict[str, str], key: str) ->
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @seed(SEED)
 @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-@given(steps=st.lists(step, min_size=1, max_size=4), final=snapshots)
-def test_destinations_converge_to_the_source(tmp_path_factory: pytest.TempPathFactory,
+@example(  # every new path at least once: a refused chunk, a chunk failing all run, a kill mid-chunk
+    first=(frozenset(USERS), (0,) * 5, frozenset({"u1", "u2"})),
+    steps=[((frozenset({"u1"}), (0,) * 5, frozenset({"u1"})), "ok", "deleted", 2),
+           ((frozenset({"u1", "u2", "u3"}), (0,) * 5, frozenset({"u2", "u3"})), "ok", "5xx", 1),
+           ((frozenset({"u1", "u2", "u3", "u4"}), (1,) * 5, frozenset({"u4"})), "ok", "crash", 1)],
+    final=(frozenset({"u2", "u5"}), (1,) * 5, frozenset({"u5"})))
+@given(first=snapshots, steps=st.lists(step, min_size=1, max_size=4), final=snapshots)
+def test_destinations_converge_to_the_source(tmp_path_factory: pytest.TempPathFactory, first: Snapshot,
                                              steps: list[tuple[Snapshot, str, str, int]],
                                              final: Snapshot) -> None:
     note(f"replay with SYNCD_CONVERGENCE_SEED={SEED}")
     tmp: Path = tmp_path_factory.mktemp("convergence")
     with NatStandIn(NAT_KEY) as nat, UserComStandIn(USERCOM_KEY) as usercom:
         env = Env(tmp, f"sqlite:///{tmp / 'state.db'}", Shop(tmp / "shop.db"), nat, usercom)
-        config = _with_short_timeouts(env.config(audiences=AUDIENCES))
+        config = _with_short_timeouts(env.config(audiences=AUDIENCES, extra="bulk_size = 2\n"))
+        _load(env.shop, first)
+        env.run(config)  # healthy: User.com's answers teach the first members' ids
+        deleted: set[str] = set()
         for snapshot, nat_does, usercom_does, crash_after in steps:
-            _load(env.shop, snapshot)
+            emails, _ = _load(env.shop, snapshot)
+            if usercom_does == "deleted":
+                deleted |= {_delete_one(usercom, emails, crash_after)} - {None}
             _misbehave(nat, nat_does)
             _misbehave(usercom, usercom_does)
             if "crash" in (nat_does, usercom_does):
@@ -121,8 +151,11 @@ def test_destinations_converge_to_the_source(tmp_path_factory: pytest.TempPathFa
         members, pros = _load(env.shop, final)
 
         assert env.run(config).exit_code == 0
+        gone = {user for user in deleted if user not in usercom.users()}
         for key, expected in ((KEY, members), (PRO, pros)):
             _assert_nat_converged(nat, expected, key)
-            assert view(usercom.accepted(), set(USERS), key) == set(expected)
+            assert usercom_view(usercom, set(USERS), key) == set(expected) - gone
+            assert all(data["attributes"].get(key) is (user in expected)
+                       for user, data in usercom.users().items() if key in data["attributes"])
         assert_no_stale_values(nat.accepted())
         assert_message_ids_unique(nat.accepted())

@@ -17,7 +17,7 @@ from freezegun import freeze_time
 
 from syncd.dev.standins import Fault
 
-from checks import assert_no_stale_values, flags, view
+from checks import assert_no_stale_values, flags, usercom_view, view
 from conftest import Env, audience_toml, dump_state, wait_for
 
 SLOW_QUERY = """
@@ -35,7 +35,7 @@ def _converged(env: Env, members: set[str], universe: set[str]) -> None:
     """Both destinations hold exactly `members`; Nat never saw a stale value."""
     calls = env.nat.accepted()
     assert view(calls, universe) == members
-    assert view(env.usercom.accepted(), universe) == members
+    assert usercom_view(env.usercom, universe) == members
     assert_no_stale_values(calls)
 
 
@@ -160,7 +160,7 @@ def test_destination_down_for_days_keeps_a_backlog_and_catches_up(env: Env) -> N
             env.shop.members(*members)
             report = env.run()
         assert report.exit_code == 1
-        assert view(env.usercom.accepted(), universe) == set(members)  # Usercom keeps syncing
+        assert usercom_view(env.usercom, universe) == set(members)  # Usercom keeps syncing
 
     path = env.write_config()
     rows = {r["destination"]: r for r in json.loads(env.cli("status", "--json", "--config",
@@ -290,7 +290,7 @@ def test_html_and_empty_bodies(env: Env) -> None:
     nat = next(p for p in report.pairs if p.destination == "nat")
     assert (nat.outcome, nat.acknowledged) == ("ok", 3)  # the 502 was retried; the empty 200 counts
     assert env.run().exit_code == 0
-    assert view(env.usercom.accepted(), {"u1", "u2", "u3"}) == {"u1", "u2", "u3"}
+    assert usercom_view(env.usercom, {"u1", "u2", "u3"}) == {"u1", "u2", "u3"}
 
 
 # --- sources that fail --------------------------------------------------------------------

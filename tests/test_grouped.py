@@ -80,16 +80,21 @@ def test_a_user_whose_audiences_change_together_gets_one_call_per_destination(en
     assert first.calls == {"nat": 3, "usercom": 3}
     assert "8 changes in 3 calls, 8 acknowledged" in summary_lines(first)[0]
 
-    # u1 leaves two audiences, u3 leaves one: one call each, with exactly the changed keys.
+    # u1 leaves two audiences, u3 two: at Nat one call each, with exactly the changed keys.
+    # User.com knows their ids by now: one mass update per audience instead (issue 12, part 2).
     env.shop.set(*[("u1", "u1@example.com", "2026-11-20 10:00:00", None, None, "free"),
                    ("u2", "u2@example.com")])
     second = env.run(config)
 
-    assert second.exit_code == 0 and second.calls == {"nat": 2, "usercom": 2}
-    for calls in (_nat_calls, _usercom_calls):
-        assert _keys(calls(env, "u1")[-1]) == {"pro_buyers": False, "vip_buyers": False}
-        assert _keys(calls(env, "u3")[-1]) == {"all_buyers": False, "pro_buyers": False}
-        assert len(calls(env, "u2")) == 1
+    assert second.exit_code == 0 and second.calls == {"nat": 2, "usercom": 3}
+    assert _keys(_nat_calls(env, "u1")[-1]) == {"pro_buyers": False, "vip_buyers": False}
+    assert _keys(_nat_calls(env, "u3")[-1]) == {"all_buyers": False, "pro_buyers": False}
+    assert len(_nat_calls(env, "u2")) == 1
+    assert env.usercom.routes["PUT /api/public/users/mass_update_custom_attributes/"] == 3
+    held = {user: _keys(data["attributes"]) for user, data in env.usercom.users().items()}
+    assert held == {"u1": {"all_buyers": True, "pro_buyers": False, "vip_buyers": False},
+                    "u2": dict.fromkeys(KEYS, True),
+                    "u3": {"all_buyers": False, "pro_buyers": False}}
     assert (_pair(second, "pro_buyers").left, _pair(second, "vip_buyers").left) == (2, 1)
 
 

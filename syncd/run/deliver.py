@@ -23,13 +23,14 @@ from syncd import guards
 from syncd.config import AudienceConfig, Config, DestinationConfig, GuardConfig
 from syncd.delivery.destinations import make_destination
 from syncd.delivery.destinations.base import Destination
-from syncd.delivery.sender import Sender, Verdict
+from syncd.delivery.sender import Result, Sender, Verdict
 from syncd.errors import DestinationError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
 from syncd.model import Change, PairOutcome, Task
 from syncd.run.report import PairReport, RunReport
 from syncd.state.diff import WorkList, create_work, drop_work
 from syncd.state.operator import drop_approval
+from syncd.state.remote_ids import forget_ids, known_ids, learn_ids
 from syncd.state.sends import Outcome, attribute_ensured, mark_in_flight, record_attribute, record_outcomes
 
 if TYPE_CHECKING:
@@ -70,7 +71,8 @@ class Delivery:
         self.guard_config, self.config_path = guard_config, config_path
         self.deadline, self.out_of_time = deadline, False
         self.pairs: dict[str, _Pair] = {}
-        self.calls = 0  # calls sent (each carries one or more changes)
+        self.calls = 0  # calls sent (each carries one or more changes; a mass update many)
+        self.learned: dict[str, int] = {}  # subject -> the destination's id, not yet stored
         latency = options.latency
         self.sender = Sender(
             name=self.destination.integration, headers=self.destination.headers(),
@@ -138,6 +140,7 @@ class Delivery:
         tasks = [asyncio.create_task(in_turn(pair)) for pair in pairs if pair.ready]
         try:
             await asyncio.gather(*tasks)
+            self._store_ids()
         except BaseException:  # one pair failed: stop the others at their next await
             for task in tasks:
                 task.cancel()
@@ -196,12 +199,16 @@ class Delivery:
                     break
                 first = False
                 after = page[-1].cursor
-                await self._send_page(pair, page)
+                await self._send_page(pair, value, page)
 
-    async def _send_page(self, pair: _Pair, page: Sequence[Change]) -> None:
-        """One page of `pair`: each user's call carries the user's changes of the other
-        ready audiences too (not the exits a guard holds); every change carried is marked
-        in flight before, and its outcome recorded after, for its own pair."""
+    async def _send_page(self, pair: _Pair, value: bool, page: Sequence[Change]) -> None:
+        """One page of `pair`: users the destination can update in bulk go by chunk first
+        (User.com, known ids); each other user's call carries the user's changes of the other
+        ready audiences too (not the exits a guard holds). Every change carried is marked in
+        flight before, and its outcome recorded after, for its own pair."""
+        page = await self._send_in_bulk(pair, value, page)
+        if not page:
+            return
         held = [key for key, other in self.pairs.items() if other.guard.held]
         ready = [key for key, other in self.pairs.items() if other.ready]
         riders = pair.work.riders(page, ready, enters_only=held)
@@ -209,7 +216,6 @@ class Delivery:
         for key, changes in _by_audience(c for call in calls for c in call.carried()).items():
             mark_in_flight(self.engine, key, self.name, changes)
         answers = await asyncio.gather(*(self._send(call) for call in calls))
-        self.calls += sum(1 for answer in answers if answer[0][1].attempts)
         outcomes = [outcome for answer in answers for outcome in answer]
         for key, keyed in _by_audience(outcomes).items():
             record_outcomes(self.engine, key, self.name, keyed)
@@ -235,12 +241,61 @@ class Delivery:
             return [(key, Outcome(c.subject, c.value, ident=c.ident, rejected=True, error=error))
                     for key, c in call.carried()]
         result = await self.sender.call(self.destination.request(message, call.key))
-        return [(key, Outcome(
-            subject=c.subject, value=c.value, ident=c.ident,
-            acked=result.verdict is Verdict.ACK,
-            attempts=result.attempts, rejected=result.verdict is Verdict.REJECT,
-            uncertain=result.uncertain, status=result.status, error=result.error,
-        )) for key, c in call.carried()]
+        self.calls += result.attempts > 0
+        self._learn(change.subject, result)
+        return [(key, _outcome_of(c, result)) for key, c in call.carried()]
+
+    async def _send_in_bulk(self, pair: _Pair, value: bool, changes: Sequence[Change]) -> list[Change]:
+        """Mass updates (User.com): of a page of one audience and one value, the users whose id
+        the destination gave us and who have nothing else to send (an enter's extra traits
+        need a call of the user's own; leaves carry none) go in chunks of `bulk_size`, one
+        request each, without riders (their other audiences' changes go by chunk in those
+        audiences' own pages). Marked in flight before the chunks leave and recorded after,
+        like any page. Returns the rest of the page, for the per-user calls."""
+        size = self.destination.config.bulk_size
+        if not size or not changes or self.sender.interrupted():
+            return list(changes)
+        self._store_ids()  # ids learned from the previous pages' answers
+        ids = known_ids(self.engine, self.name, (c.subject for c in changes if not c.traits))
+        bulk = [c for c in changes if c.subject in ids and not c.traits]
+        if not bulk:
+            return list(changes)
+        mark_in_flight(self.engine, pair.key, self.name, bulk)
+        chunks = [bulk[start:start + size] for start in range(0, len(bulk), size)]
+        sent = await asyncio.gather(*(self._send_chunk(pair, value, chunk, ids) for chunk in chunks))
+        outcomes = [outcome for chunk in sent for outcome in chunk]
+        record_outcomes(self.engine, pair.key, self.name, outcomes)
+        _tally(pair.report, outcomes)
+        return [c for c in changes if c.subject not in ids or c.traits]
+
+    async def _send_chunk(self, pair: _Pair, value: bool, chunk: Sequence[Change],
+                          ids: dict[str, int]) -> list[Outcome]:
+        """One mass update; its 2xx acknowledges every change of the chunk, a transient failure
+        leaves each as one failed call would. A refusal (4xx: e.g. a user deleted at User.com,
+        whose id no longer exists there) falls back to one call per user, whose answers teach
+        the ids again (and re-create a deleted user)."""
+        request = self.destination.mass_update(pair.key, value, [ids[c.subject] for c in chunk])
+        result = await self.sender.call(request)
+        self.calls += result.attempts > 0
+        if result.verdict is not Verdict.REJECT:
+            if pair.task is not None:
+                pair.task.advance(len(chunk))
+            return [_outcome_of(change, result) for change in chunk]
+        log.warning("%s refused a mass update of %d users of %s (%s): sending them one by one",
+                    self.name, len(chunk), pair.key, result.error)
+        forget_ids(self.engine, self.name, [c.subject for c in chunk])
+        answers = await asyncio.gather(*(self._send(Call(pair.key, change)) for change in chunk))
+        return [outcome for answer in answers for _, outcome in answer]
+
+    def _learn(self, subject: str, result: Result) -> None:
+        """Keep the destination's id for the user from its answer (stored with the next page)."""
+        remote_id = self.destination.remote_id(result.body) if result.verdict is Verdict.ACK else None
+        if remote_id is not None:
+            self.learned[subject] = remote_id
+
+    def _store_ids(self) -> None:
+        learned, self.learned = self.learned, {}
+        learn_ids(self.engine, self.name, learned)
 
 
 @dataclass
@@ -288,6 +343,15 @@ def _by_audience(items: Iterable[tuple[str, T]]) -> dict[str, list[T]]:
     for key, item in items:
         grouped.setdefault(key, []).append(item)
     return grouped
+
+def _outcome_of(change: Change, result: Result) -> Outcome:
+    """A change's outcome from the answer to the request that carried it."""
+    return Outcome(
+        subject=change.subject, value=change.value, ident=change.ident,
+        acked=result.verdict is Verdict.ACK,
+        attempts=result.attempts, rejected=result.verdict is Verdict.REJECT,
+        uncertain=result.uncertain, status=result.status, error=result.error,
+    )
 
 
 async def _in_thread(call: Callable[[], T]) -> T:

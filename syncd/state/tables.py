@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Dialect, Index, Text
+from sqlalchemy import BigInteger, Column, DateTime, Dialect, Index, Text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -150,6 +150,18 @@ class Attribute(SQLModel, table=True):
     ensured_at: datetime = Field(sa_column=_ts(nullable=False))
 
 
+class RemoteId(SQLModel, table=True):
+    """A destination's own id for a user, learned from its answers (User.com's internal `id`
+    in the answer of users/update_or_create/): users with one can go in mass updates. Per
+    destination, not per audience: one User.com user holds every audience's attribute."""
+
+    __tablename__ = "remote_id"
+    destination: str = Field(primary_key=True)
+    subject: str = Field(primary_key=True)
+    remote_id: int = Field(sa_type=BigInteger)
+    learned_at: datetime = Field(sa_column=_ts(nullable=False))
+
+
 class Lease(SQLModel, table=True):
     """Who is running: one row per lease name, taken over only when expired or dead."""
 
@@ -202,5 +214,6 @@ RUN = Run.__table__  # type: ignore[attr-defined]
 RUN_AUDIENCE = RunAudience.__table__  # type: ignore[attr-defined]
 RUN_RESULT = RunResult.__table__  # type: ignore[attr-defined]
 ATTRIBUTE = Attribute.__table__  # type: ignore[attr-defined]
+REMOTE_ID = RemoteId.__table__  # type: ignore[attr-defined]
 LEASE = Lease.__table__  # type: ignore[attr-defined]
 APPROVAL = GuardApproval.__table__  # type: ignore[attr-defined]

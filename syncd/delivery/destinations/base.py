@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from syncd.config import DestinationConfig
@@ -41,3 +42,12 @@ class Destination(ABC):
 
     async def prepare(self, sender: Sender, audience_key: str) -> None:  # noqa: B027
         """Anything the destination needs before an audience's first change."""
+
+    def remote_id(self, answer: Any) -> int | None:
+        """The destination's own id for the user, from its answer to `request()`; None where
+        it has no mass updates (config.bulk_size is None) or the answer names none."""
+        return None
+
+    def mass_update(self, audience_key: str, value: bool, ids: Sequence[int]) -> Request:
+        """One request setting the audience's value for users known by their `remote_id`s."""
+        raise NotImplementedError(f"{self.integration} has no mass updates")

@@ -19,10 +19,14 @@ class Facts:
     concurrency: int
     base_url: bool = False  # paths are appended to the address: it always ends in "/"
     needs_email: bool = False  # the destination keys its users by email
+    # Mass updates: users per chunk by default (`bulk_size`); None: the type has none, and
+    # `bulk_size` is an unknown key for it.
+    bulk_size: int | None = None
 
 
 NAT = Facts("nat", "Nat", "endpoint", rate_limit=20.0, concurrency=8,
             needs_email=True)  # Nat refuses an Identify without traits.email
-USERCOM = Facts("usercom", "User.com", "base_url", rate_limit=10.0, concurrency=4, base_url=True)
+USERCOM = Facts("usercom", "User.com", "base_url", rate_limit=10.0, concurrency=4, base_url=True,
+                bulk_size=100)  # conservative: User.com documents no limit on ids per call
 
 FACTS: dict[str, Facts] = {facts.type: facts for facts in (NAT, USERCOM)}

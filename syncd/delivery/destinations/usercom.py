@@ -1,7 +1,9 @@
-"""User.com: the public REST API (users/update_or_create/, attributes/)."""
+"""User.com: the public REST API (users/update_or_create/, attributes/, and
+users/mass_update_custom_attributes/ for users whose internal id syncd has learned)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from syncd.delivery.destinations.base import Destination
@@ -24,6 +26,16 @@ class UserCom(Destination):
         body: dict[str, Any] = {"custom_id": message["userId"] or message["anonymousId"]}
         body.update(traits)
         return Request("POST", self.config.url + "users/update_or_create/", body)
+
+    def remote_id(self, answer: Any) -> int | None:
+        """update_or_create answers with the user, its internal `id` included."""
+        remote_id = answer.get("id") if isinstance(answer, dict) else None
+        return remote_id if type(remote_id) is int else None
+
+    def mass_update(self, audience_key: str, value: bool, ids: Sequence[int]) -> Request:
+        """All or nothing: one unknown id and User.com refuses the whole request (400)."""
+        body = {"ids": list(ids), "attribute": audience_key, "value": value}
+        return Request("PUT", self.config.url + "users/mass_update_custom_attributes/", body)
 
     async def prepare(self, sender: Sender, audience_key: str) -> None:
         """Make sure a *boolean* attribute exists, or User.com would store the trait as text."""
