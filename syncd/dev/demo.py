@@ -139,6 +139,10 @@ def _show_increment(nat: NatStandIn, usercom: UserComStandIn, nat_before: int, u
     for label, calls in news:
         print(f"   {label} received {len(calls)} calls in this run:")
         for call in calls:
+            if "ids" in call:  # a mass update: users User.com already knows, by their ids there
+                print(f"     mass update of {len(call['ids'])} users (User.com ids {call['ids']}): "
+                      f"{ {call['attribute']: call['value']} }")
+                continue
             traits = call.get("traits", call)
             who = call.get("userId") or call.get("custom_id")
             flags = {k: v for k, v in traits.items() if isinstance(v, bool)}
