@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -258,3 +259,16 @@ def samples(text: str) -> dict[str, float]:
         name, value = line.rsplit(" ", 1)
         result[name] = float(value)
     return result
+
+
+def required_tool(*names: str, purpose: str) -> str:
+    """The path of the first of `names` on PATH. Missing: a skip on a developer's machine, a
+    failure in CI (`.ci/run` installs it, so a skip there would hide a broken install)."""
+    for name in names:
+        found = shutil.which(name)
+        if found is not None:
+            return found
+    reason = f"{purpose} needs {names[0]}; .ci/run installs it"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)

@@ -267,21 +267,7 @@ def test_two_processes_sharing_the_state_alert_once(env: Env, hook: Hook) -> Non
     ('webhook_url_env = "BAD_HOOK"', "alerts.webhook_url_env: the webhook URL is not an http(s) URL"),
 ])
 def test_alerts_config_errors(tmp_path: Path, table: str, problem: str) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text(textwrap.dedent("""
-        [sources.shop]
-        url = "sqlite:///shop.db"
-        [destinations.nat]
-        type = "nat"
-        endpoint = "https://nat.example/segment"
-        api_key_env = "NAT_API_KEY"
-        [[audiences]]
-        name = "Buyers"
-        source = "shop"
-        destinations = ["nat"]
-        query = "SELECT id AS user_id FROM customers"
-        [alerts]
-    """) + table + "\n")
+    path = _alerts_config(tmp_path, table)
     environ = {**KEYS_ENV, "SYNCD_ALERT_WEBHOOK": f"https://hooks.example/{HOOK_SECRET}",
                "BAD_HOOK": f"ftp://hooks.example/{HOOK_SECRET}"}
     with pytest.raises(ConfigError) as error:
@@ -292,22 +278,7 @@ def test_alerts_config_errors(tmp_path: Path, table: str, problem: str) -> None:
 def test_alerts_config_defaults_and_file(tmp_path: Path) -> None:
     secret_file = tmp_path / "hook"
     secret_file.write_text(f"https://hooks.example/{HOOK_SECRET}\n")
-    path = tmp_path / "config.toml"
-    path.write_text(textwrap.dedent(f"""
-        [sources.shop]
-        url = "sqlite:///shop.db"
-        [destinations.nat]
-        type = "nat"
-        endpoint = "https://nat.example/segment"
-        api_key_env = "NAT_API_KEY"
-        [[audiences]]
-        name = "Buyers"
-        source = "shop"
-        destinations = ["nat"]
-        query = "SELECT id AS user_id FROM customers"
-        [alerts]
-        webhook_url_file = "{secret_file}"
-    """))
+    path = _alerts_config(tmp_path, f'webhook_url_file = "{secret_file}"')
     alerts = load_config(path, KEYS_ENV).with_secrets().alerts
     assert alerts is not None and alerts.resolved_url.reveal().endswith(HOOK_SECRET)
     assert (alerts.format, alerts.pending_older_than.total_seconds(), alerts.after_failed_runs) == (
@@ -330,3 +301,23 @@ def test_the_daemon_alerts_after_its_runs(sqlite_env: Env, hook: Hook) -> None:
         _, stderr = process.communicate(timeout=30)
     assert hook.events() == [("key_refused", "critical", None, "nat")]
     assert process.returncode == 0 and HOOK_SECRET not in stderr and "Traceback" not in stderr
+
+
+def _alerts_config(tmp_path: Path, alerts_table: str) -> Path:
+    """A small config whose [alerts] table is `alerts_table`."""
+    path = tmp_path / "config.toml"
+    path.write_text(textwrap.dedent("""
+        [sources.shop]
+        url = "sqlite:///shop.db"
+        [destinations.nat]
+        type = "nat"
+        endpoint = "https://nat.example/segment"
+        api_key_env = "NAT_API_KEY"
+        [[audiences]]
+        name = "Buyers"
+        source = "shop"
+        destinations = ["nat"]
+        query = "SELECT id AS user_id FROM customers"
+        [alerts]
+    """) + alerts_table + "\n")
+    return path

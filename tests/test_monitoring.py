@@ -9,9 +9,7 @@ these skip, except under CI (CI=true), where `.ci/run` installs it.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import pytest
 from syncd.daemon.metrics import Metrics
 from syncd.run.pipeline import Options, open_state, run_once
 
-from conftest import Env
+from conftest import Env, required_tool
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 RULES = DEPLOY / "prometheus" / "syncd-alerts.yml"
@@ -34,13 +32,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__range": "1d", "$instance": ".
 
 @pytest.fixture
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        reason = "the alert rule checks need promtool (apt-get install prometheus); .ci/run installs it"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return found
+    return required_tool("promtool", purpose="the alert rule checks (apt-get install prometheus)")
 
 
 def _promtool(promtool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,6 @@ there a missing browser is a failure, not a silent skip.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import subprocess
 from html.parser import HTMLParser
@@ -17,19 +16,13 @@ import httpx
 import pytest
 from test_daemon import start_daemon, stop_daemon, wait_for
 
-from conftest import Env, audience_toml, free_port
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from conftest import Env, audience_toml, free_port, required_tool
 
 
 @pytest.fixture
 def chromium() -> str:
-    if CHROMIUM is None:
-        reason = "the status page browser test needs chromium (apt-get install chromium); .ci/run installs it"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return CHROMIUM
+    return required_tool("chromium", "chromium-browser",
+                         purpose="the status page browser test (apt-get install chromium)")
 
 
 def browse(browser: str, tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
