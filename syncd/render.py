@@ -7,6 +7,7 @@ the same thing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -61,6 +62,19 @@ def table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
+
+
+def first_line(exc: BaseException | None) -> str:
+    """An exception's first line (drivers append context on the next ones), else its type."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret (a key, a header token) replaced by ***."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def one_line(value: object, limit: int = 200) -> str:

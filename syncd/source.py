@@ -24,7 +24,7 @@ from syncd.dburl import sqlite_file
 from syncd.errors import SourceError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
 from syncd.model import Change, SnapshotRow, Task, traits_json
-from syncd.render import iso, one_line
+from syncd.render import first_line, iso, one_line
 from syncd.reserved import is_reserved
 from syncd.state.engine import cancelled_on
 from syncd.state.snapshots import SnapshotCounts
@@ -272,8 +272,7 @@ def _one_line(exc: SQLAlchemyError) -> str:
         return "the query returns no rows: it must be one SELECT"
     orig = exc.orig if isinstance(exc, DBAPIError) else None
     if orig is not None:
-        lines = str(orig).strip().splitlines()
-        message = lines[0] if lines else type(orig).__name__
+        message = first_line(orig)
         hint = getattr(getattr(orig, "diag", None), "message_hint", None)
         if hint:
             message += f" ({hint})"

@@ -21,7 +21,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd.render import one_line
+from syncd.render import first_line, one_line
 from syncd.state.engine import alembic_config
 
 PULSE = 15.0  # seconds between the scheduler's ticks
@@ -81,5 +81,5 @@ def readiness(engine: Engine) -> Callable[[], str]:
 
 def _first_line(exc: SQLAlchemyError) -> str:
     """The driver's message, first line only (SQLAlchemy appends the SQL and a link)."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return one_line(text.splitlines()[0]) if text else type(exc).__name__
+    orig = getattr(exc, "orig", None) or exc
+    return one_line(first_line(orig)) if str(orig).strip() else type(exc).__name__

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from syncd import __version__
-from syncd.render import one_line
+from syncd.render import one_line, redact
 
 
 class Verdict(enum.Enum):
@@ -208,11 +208,6 @@ class Sender:
             self._give_up(last)
         return replace(last, uncertain=uncertain)
 
-    def _redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
-
     def _give_up(self, last: Result) -> None:
         self._consecutive_exhausted += 1
         if self._consecutive_exhausted >= self.policy.set_aside_after and self.stopped is None:
@@ -228,7 +223,7 @@ class Sender:
             try:
                 response = await self.client.request(request.method, request.url, json=request.body)
             except httpx.HTTPError as exc:
-                error = self._redact(_describe(exc))
+                error = redact(_describe(exc), self.secrets)
                 result = Result(Verdict.RETRY, attempt, None, error, isinstance(exc, _UNCERTAIN))
                 return result, self.policy.backoff(attempt)
             if self.on_latency is not None:
@@ -240,7 +235,7 @@ class Sender:
             except ValueError:
                 body = None
             return Result(verdict, attempt, response.status_code, body=body), 0.0
-        result = Result(verdict, attempt, response.status_code, self._redact(reason_of(response)))
+        result = Result(verdict, attempt, response.status_code, redact(reason_of(response), self.secrets))
         if verdict is Verdict.STOP and not self.refused:
             self.stopped, self.refused = f"{self.name} refused the API key ({result.error})", True
         wait = self.policy.backoff(attempt)

@@ -26,6 +26,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from syncd.dburl import sqlite_file
 from syncd.errors import StateError
+from syncd.render import first_line
 
 
 def create_state_engine(url: str, pool_size: int = 5) -> Engine:
@@ -39,7 +40,7 @@ def create_state_engine(url: str, pool_size: int = 5) -> Engine:
     except ImportError as exc:  # the URL names a driver that is not installed
         raise StateError(f"state database {redact(url)}: its driver is not installed ({exc})") from None
     except SQLAlchemyError as exc:  # e.g. an unknown dialect
-        raise StateError(f"state database {redact(url)}: {_first_line(exc)}") from None
+        raise StateError(f"state database {redact(url)}: {first_line(exc)}") from None
     path = sqlite_file(url)
     if path is not None:
         _create_private(path)
@@ -137,7 +138,7 @@ def migrate(engine: Engine) -> None:
         path = sqlite_file(engine.url.render_as_string(hide_password=False))
         if path is None or not any(s in str(exc.orig) for s in ("unable to open", "readonly")):
             raise  # e.g. a locked database: not a problem of the configured file
-        raise StateError(f"state database file {path}: {_first_line(exc.orig)}"
+        raise StateError(f"state database file {path}: {first_line(exc.orig)}"
                          f"{_folder_hint(Path(path))}") from None
 
 
@@ -171,11 +172,6 @@ def _folder_hint(path: Path) -> str:
     if not os.access(folder, os.W_OK):
         return f" (folder {folder} is not writable; SQLite keeps -wal and -shm files beside the database)"
     return ""
-
-
-def _first_line(exc: BaseException | None) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def now() -> datetime:

@@ -23,7 +23,7 @@ from syncd.config import AudienceConfig, Config, DestinationConfig
 from syncd.delivery.destinations import make_destination
 from syncd.delivery.sender import reason_of
 from syncd.errors import SourceError
-from syncd.render import one_line
+from syncd.render import one_line, redact
 from syncd.source import open_source, query_columns
 from syncd.state.engine import now
 
@@ -126,11 +126,11 @@ def check_destination(config: DestinationConfig, transport: httpx.BaseTransport 
         with httpx.Client(headers=headers, timeout=config.timeout, transport=transport) as client:
             response = client.get(url)
     except httpx.HTTPError as exc:
-        reason = _redact(one_line(exc) or type(exc).__name__, secrets)
+        reason = redact(one_line(exc) or type(exc).__name__, secrets)
         return Check("destination", False, f"cannot reach {url}: {type(exc).__name__}: {reason}",
                      destination=config.name)
     ok, message = (_usercom if config.type == "usercom" else _nat)(response)
-    return Check("destination", ok, _redact(message, secrets), destination=config.name)
+    return Check("destination", ok, redact(message, secrets), destination=config.name)
 
 
 def _usercom(response: httpx.Response) -> tuple[bool, str]:
@@ -155,7 +155,3 @@ def _nat(response: httpx.Response) -> tuple[bool, str]:
     return True, f"reachable (HTTP {status}); Nat has no read-only call to check the key"
 
 
-def _redact(text_: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text_ = text_.replace(secret, "***")
-    return text_
