@@ -8,8 +8,8 @@
 Per size, in a temporary directory: a SQLite source with N customers; a full snapshot
 and a ledger where every member is acknowledged `true` (setup, not timed); then 1% of
 the customers leave and 1% new ones arrive, and the timed step is what a run does
-before sending: `ledger.replace_members` fed by `source.stream_members`, then the
-pair's `ledger.WorkList` (the diff, with its counts) and every page of it. No network.
+before sending: `state.snapshots.replace_members` fed by `source.stream_members`, then the
+pair's `state.diff.WorkList` (the diff, with its counts) and every page of it. No network.
 
 The baseline is a plain sqlite3 script: read the same rows from the source, insert them
 into a table, compute the two set differences with EXCEPT and read them.
@@ -30,12 +30,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, fresh_state, peak_rss_mb, run_step, table
 
-from syncd import state as ledger
 from syncd.cli.commands import operator as commands
 from syncd.config import AudienceConfig, Config, DestinationConfig, ScheduleConfig, Secret, SourceConfig
 from syncd.source import open_source, stream_members
+from syncd.state.diff import WorkList
 from syncd.state.engine import create_state_engine, migrate
-from syncd.state.snapshots import SnapshotCounts
+from syncd.state.snapshots import SnapshotCounts, replace_members
 
 KEY, DEST = "bench_audience", "nat"
 QUERY = "SELECT id AS user_id, email FROM customers"
@@ -62,7 +62,7 @@ def step_setup(source: str, state: str, members: int, churn: float) -> None:
     src = open_source(f"sqlite:///{source}")
     started = time.perf_counter()
     counts = SnapshotCounts()
-    ledger.replace_members(engine, KEY, stream_members(src, QUERY, datetime.now(UTC), counts), counts)
+    replace_members(engine, KEY, stream_members(src, QUERY, datetime.now(UTC), counts), counts)
     full = time.perf_counter() - started
     with engine.begin() as conn:
         conn.exec_driver_sql(
@@ -90,9 +90,9 @@ def step_incremental(source: str, state: str) -> None:
     src = open_source(f"sqlite:///{source}")
     started, cpu = time.perf_counter(), time.process_time()
     counts = SnapshotCounts()
-    ledger.replace_members(engine, KEY, stream_members(src, QUERY, datetime.now(UTC), counts), counts)
+    replace_members(engine, KEY, stream_members(src, QUERY, datetime.now(UTC), counts), counts)
     snapshot = time.perf_counter() - started
-    with engine.connect() as conn, ledger.WorkList(conn, KEY, DEST, needs_email=True) as work:
+    with engine.connect() as conn, WorkList(conn, KEY, DEST, needs_email=True) as work:
         plan = work.counts
         entered = _page_all(lambda after: work.page(True, after, PAGE))
         left = _page_all(lambda after: work.page(False, after, PAGE))

@@ -128,8 +128,8 @@ class Metrics:
     def _refresh_latest(self, engine: Engine, pairs: list[tuple[str, str]]) -> None:
         """From each pair's latest result: held exits, refused keys; and when the last run started."""
         held, refused = dict.fromkeys(pairs, 0), {name: 0 for _, name in pairs}
+        run = state_runs.last_run(engine)
         with engine.connect() as conn:
-            run = state_runs.last_run(conn)
             for result in last_results(conn):
                 pair = (result.audience_key, result.destination)
                 if pair not in held:

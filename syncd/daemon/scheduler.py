@@ -201,6 +201,5 @@ def _hhmm(moment: datetime | None = None) -> str:
 
 
 def _last_start(engine: Engine) -> datetime | None:
-    with engine.connect() as conn:
-        run = last_run(conn)
+    run = last_run(engine)
     return run.started_at if run is not None else None

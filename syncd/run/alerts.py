@@ -31,27 +31,22 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from sqlalchemy import Connection, Engine, and_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine
 
 from syncd import __version__
 from syncd.config import AlertsConfig, Config
 from syncd.model import PairOutcome, RunOutcome
 from syncd.render import iso, spelled
-from syncd.state import engine as state_engine
+from syncd.state import alerts as alert_state
 from syncd.state.backlog import backlog
-from syncd.state.tables import RUN, AlertState
+from syncd.state.engine import now
 
 if TYPE_CHECKING:
     from syncd.run.report import RunReport
 
-# The run outcomes that say how delivery went (interrupted and crashed runs say nothing).
-_DELIVERY_OUTCOMES = (RunOutcome.OK.value, RunOutcome.HELD.value, RunOutcome.UNDELIVERED.value)
 log = logging.getLogger("syncd")
 
-ALERTS = AlertState.__table__  # type: ignore[attr-defined]
 ALERT_TIME_LIMIT = 5.0  # seconds all webhook calls of one evaluation may take together
-CLAIM_TTL = timedelta(minutes=2)  # a claim left by a process that died lapses after this
 RESOLVED = "resolved"
 SEVERITY = {"key_refused": "critical", "query_failed": "critical", "runs_undelivered": "critical",
             "exits_held": "warning", "backlog_stale": "warning"}
@@ -97,10 +92,11 @@ def evaluate(config: Config, engine: Engine, report: RunReport) -> None:
 def conditions(config: Config, engine: Engine, report: RunReport) -> list[Condition]:
     """Every condition this run can tell the state of (one it cannot judge is left out)."""
     assert config.alerts is not None
+    after = config.alerts.after_failed_runs
     found = [*_query_failures(report), *_refused_keys(report), *_held_exits(report)]
     with engine.connect() as conn:
         found += _stale_backlogs(config, conn, config.alerts.pending_older_than)
-        found.append(_undelivered_runs(conn, config.alerts.after_failed_runs))
+    found.append(_undelivered_runs(alert_state.delivery_outcomes(engine, after), after))
     return found
 
 
@@ -139,7 +135,7 @@ def _held_exits(report: RunReport) -> Iterator[Condition]:
 
 
 def _stale_backlogs(config: Config, conn: Connection, older_than: timedelta) -> Iterator[Condition]:
-    limit, longer = state_engine.now() - older_than, spelled(older_than)
+    limit, longer = now() - older_than, spelled(older_than)
     for key, name, counts in backlog(config, conn):
         pending, oldest = counts.entered + counts.left, counts.oldest_pending
         if pending and oldest is not None and oldest < limit:
@@ -153,12 +149,8 @@ def _stale_backlogs(config: Config, conn: Connection, older_than: timedelta) -> 
                             f"{longer}")
 
 
-def _undelivered_runs(conn: Connection, after: int) -> Condition:
-    run = RUN
-    # Interrupted and crashed runs say nothing about delivery: they neither count nor break a streak.
-    outcomes = list(conn.scalars(select(run.c.outcome)
-                                 .where(run.c.outcome.in_(_DELIVERY_OUTCOMES))
-                                 .order_by(run.c.id.desc()).limit(after)))
+def _undelivered_runs(outcomes: list[str], after: int) -> Condition:
+    """`outcomes`: the last `after` runs that say how delivery went, newest first."""
     if len(outcomes) == after and all(o == RunOutcome.UNDELIVERED for o in outcomes):
         return Condition("runs_undelivered", None, None, True,
                          f"the last {after} runs ended with changes undelivered (kept for the next "
@@ -173,8 +165,7 @@ def _undelivered_runs(conn: Connection, after: int) -> Condition:
 def deliver(alerts: AlertsConfig, engine: Engine, found: Iterable[Condition], run_id: int | None) -> int:
     """Send every condition whose state differs from what the webhook last acknowledged;
     returns how many it acknowledged. Stops at the first failure: the rest waits a run."""
-    with engine.connect() as conn:
-        told = {(r.event, r.audience, r.destination): r.active for r in conn.execute(select(ALERTS))}
+    told = alert_state.told(engine)
     changed = [c for c in found if told.get(c.key, False) != c.active]
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline, sent = time.monotonic() + ALERT_TIME_LIMIT, 0
@@ -185,10 +176,10 @@ def deliver(alerts: AlertsConfig, engine: Engine, found: Iterable[Condition], ru
                 log.warning("alert webhook: out of time; %d alerts wait for the next run",
                             len(changed) - index)
                 break
-            if not _claim(engine, condition, holder):
+            if not alert_state.claim(engine, condition.key, condition.active, holder):
                 continue  # another process is telling the webhook, or already has
             ok = _post(client, alerts, condition, body(alerts.format, condition, run_id), left)
-            _settle(engine, condition, holder, ok)
+            alert_state.settle(engine, condition.key, condition.active, holder, ok)
             if not ok:
                 break
             sent += 1
@@ -197,7 +188,7 @@ def deliver(alerts: AlertsConfig, engine: Engine, found: Iterable[Condition], ru
 
 def body(kind: str, condition: Condition, run_id: int | None) -> dict[str, Any]:
     """The webhook's JSON body: format "json" or "slack"."""
-    at = iso(state_engine.now())
+    at = iso(now())
     if kind == "slack":
         return {"text": slack_text(condition)}
     return {"event": condition.event, "severity": condition.severity, "audience": condition.audience,
@@ -211,38 +202,6 @@ def slack_text(condition: Condition) -> str:
                       (("audience", condition.audience), ("destination", condition.destination)) if value)
     head = f"[{condition.severity.upper()}] syncd: {TITLE[condition.event]}"
     return f"{head} ({where})\n{condition.message}" if where else f"{head}\n{condition.message}"
-
-
-def _claim(engine: Engine, condition: Condition, holder: str) -> bool:
-    """Take the right to tell this change; False if another process has it or already told it."""
-    event, audience, destination = condition.key
-    now = state_engine.now()
-    where = and_(ALERTS.c.event == event, ALERTS.c.audience == audience,
-                 ALERTS.c.destination == destination)
-    with engine.begin() as conn:
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        conn.execute(dialect.insert(ALERTS).values(event=event, audience=audience,
-                                                   destination=destination, active=False)
-                     .on_conflict_do_nothing())
-        claimed = conn.execute(
-            update(ALERTS)
-            .where(where, ALERTS.c.active == (not condition.active),
-                   or_(ALERTS.c.claimed_until.is_(None), ALERTS.c.claimed_until < now))
-            .values(claimed_by=holder, claimed_until=now + CLAIM_TTL)
-        ).rowcount
-    return bool(claimed == 1)
-
-
-def _settle(engine: Engine, condition: Condition, holder: str, acknowledged: bool) -> None:
-    event, audience, destination = condition.key
-    values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
-    if acknowledged:
-        values.update(active=condition.active, changed_at=state_engine.now())
-    with engine.begin() as conn:
-        conn.execute(update(ALERTS).where(
-            ALERTS.c.event == event, ALERTS.c.audience == audience,
-            ALERTS.c.destination == destination, ALERTS.c.claimed_by == holder,
-        ).values(**values))
 
 
 def _post(client: httpx.Client, alerts: AlertsConfig, condition: Condition, payload: dict[str, Any],

@@ -52,6 +52,7 @@ def replace_members(engine: Engine, audience_key: str, rows: Iterable[SnapshotRo
     database has: executemany of tuples on SQLite, COPY on PostgreSQL), then one
     set-based merge deletes who left, inserts who entered and rewrites only rows
     that changed. With 1% churn that writes ~2% of the rows instead of all of them.
+    On PostgreSQL, VACUUM ANALYZE follows the commit (it cannot run in a transaction).
     """
     with engine.begin() as conn:
         _stage_into(conn, M, audience_key, rows, counts)
@@ -173,7 +174,7 @@ def scratch_members(conn: Connection) -> Iterator[Table]:
     A TEMPORARY table lives in the connection's own session (PostgreSQL) or temp
     database (SQLite): writing it takes no lock a concurrent run could wait on, and
     nothing in the shared tables changes. Whatever was written is rolled back and
-    the table dropped on the way out.
+    the table dropped on the way out (the drop is the caller's to commit: `scratch`).
     """
     table = Table("syncd_plan_member", MetaData(),
                   *(Column(c.name, c.type, primary_key=c.primary_key) for c in M.columns),
@@ -185,7 +186,19 @@ def scratch_members(conn: Connection) -> Iterator[Table]:
     finally:
         conn.rollback()  # PostgreSQL: the table goes with the transaction that created it
         table.drop(conn, checkfirst=True)  # SQLite: created outside it
-        conn.commit()
+
+
+@contextmanager
+def scratch(engine: Engine) -> Iterator[tuple[Connection, Table]]:
+    """`syncd plan`'s own connection and its scratch member table (`scratch_members`); on the
+    way out the table's drop is committed: the work lists plan makes on this connection
+    commit it, so on PostgreSQL the table can outlive the rollback."""
+    with engine.connect() as conn:
+        try:
+            with scratch_members(conn) as table:
+                yield conn, table
+        finally:
+            conn.commit()
 
 
 def load_scratch(conn: Connection, scratch: Table, audience_key: str, rows: Iterable[SnapshotRow],

@@ -29,8 +29,8 @@ from syncd.source import take_snapshot
 from syncd.state import operator as state_operator
 from syncd.state.diff import WorkList, plan_counts
 from syncd.state.engine import now
-from syncd.state.operator import mark_resync, recent_runs, record_approval, requeue_failures
-from syncd.state.snapshots import SnapshotCounts, load_scratch, scratch_members
+from syncd.state.operator import mark_resync, record_approval, requeue_failures
+from syncd.state.snapshots import SnapshotCounts, load_scratch, scratch
 
 log = logging.getLogger("syncd")
 
@@ -84,8 +84,8 @@ def plan(config: Config, engine: Engine) -> Output:
     and a run going on at the same time is neither blocked nor disturbed.
     """
     snapshot_at = now()
-    with engine.connect() as conn, scratch_members(conn) as scratch:
-        audiences = [_plan_audience(config, conn, scratch, a, snapshot_at) for a in config.audiences]
+    with scratch(engine) as (conn, members):
+        audiences = [_plan_audience(config, conn, members, a, snapshot_at) for a in config.audiences]
     data = {"snapshot_at": maybe_iso(snapshot_at), "audiences": audiences}
     return Output(data, format_plan(data))
 
@@ -199,8 +199,7 @@ def resync_lines(report: RunReport) -> list[str]:
 
 
 def failures(config: Config, engine: Engine, destination: str | None) -> Output:
-    with engine.connect() as conn:
-        groups = state_operator.failures(conn, destination, SAMPLES)
+    groups = state_operator.failures(engine, destination, SAMPLES)
     data = [_renamed(asdict(g)) for g in groups]
     if not groups:
         return Output(data, "no failed changes")
@@ -255,8 +254,7 @@ HISTORY_COLUMNS = ("run", "started", "duration", "outcome", *RUN_TOTALS, "held")
 
 
 def history(engine: Engine, limit: int) -> Output:
-    with engine.connect() as conn:
-        runs = recent_runs(conn, limit)
+    runs = state_operator.history(engine, limit)
     data: list[dict[str, Any]] = [{
         "run_id": r.id, "started_at": maybe_iso(r.started_at), "finished_at": maybe_iso(r.finished_at),
         "duration_seconds": (r.finished_at - r.started_at).total_seconds() if r.finished_at else None,
