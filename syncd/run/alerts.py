@@ -31,15 +31,15 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from syncd import __version__
 from syncd.config import AlertsConfig, Config
 from syncd.model import PairOutcome, RunOutcome
 from syncd.render import iso, spelled
 from syncd.state import alerts as alert_state
-from syncd.state.backlog import backlog
 from syncd.state.engine import now
+from syncd.state.readings import Reading, read
 
 if TYPE_CHECKING:
     from syncd.run.report import RunReport
@@ -74,30 +74,33 @@ class Condition:
         return SEVERITY[self.event] if self.active else RESOLVED
 
 
-def evaluate(config: Config, engine: Engine, report: RunReport) -> None:
-    """After a run: send what changed since the webhook last heard. Never raises."""
+def evaluate(config: Config, engine: Engine, report: RunReport) -> Reading | None:
+    """After a run: send what changed since the webhook last heard. Returns the reading of
+    the state it judged (the daemon's metrics show the same one), None without [alerts] or
+    when it could not be read. Never raises."""
     if config.alerts is None:
-        return
+        return None
+    reading = None
     try:
-        found = conditions(config, engine, report)
+        reading = read(config, engine)
+        found = conditions(config, engine, report, reading)
         deliver(config.alerts, engine, found, report.run_id)
     except Exception as exc:  # an alert problem must never fail or stop a sync
         log.warning("alerts were not evaluated after run %d (%s); they are after the next run",
                     report.run_id, type(exc).__name__, extra={"run_id": report.run_id})
+    return reading
 
 
 # --- what the run found -----------------------------------------------------------------
 
 
-def conditions(config: Config, engine: Engine, report: RunReport) -> list[Condition]:
+def conditions(config: Config, engine: Engine, report: RunReport, reading: Reading) -> list[Condition]:
     """Every condition this run can tell the state of (one it cannot judge is left out)."""
     assert config.alerts is not None
     after = config.alerts.after_failed_runs
-    found = [*_query_failures(report), *_refused_keys(report), *_held_exits(report)]
-    with engine.connect() as conn:
-        found += _stale_backlogs(config, conn, config.alerts.pending_older_than)
-    found.append(_undelivered_runs(alert_state.delivery_outcomes(engine, after), after))
-    return found
+    return [*_query_failures(report), *_refused_keys(report), *_held_exits(report),
+            *_stale_backlogs(reading, config.alerts.pending_older_than),
+            _undelivered_runs(alert_state.delivery_outcomes(engine, after), after)]
 
 
 def _query_failures(report: RunReport) -> Iterator[Condition]:
@@ -134,10 +137,10 @@ def _held_exits(report: RunReport) -> Iterator[Condition]:
                             f"exits of {pair.audience_key} to {pair.destination} are no longer held")
 
 
-def _stale_backlogs(config: Config, conn: Connection, older_than: timedelta) -> Iterator[Condition]:
+def _stale_backlogs(reading: Reading, older_than: timedelta) -> Iterator[Condition]:
     limit, longer = now() - older_than, spelled(older_than)
-    for key, name, counts in backlog(config, conn):
-        pending, oldest = counts.entered + counts.left, counts.oldest_pending
+    for pair in reading.pairs:
+        key, name, pending, oldest = pair.audience, pair.destination, pair.pending, pair.oldest_pending_at
         if pending and oldest is not None and oldest < limit:
             yield Condition("backlog_stale", key, name, True,
                             f"{pending} changes of {key} wait for {name}, the oldest since "
