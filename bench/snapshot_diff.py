@@ -30,8 +30,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, fresh_state, peak_rss_mb, run_step, table
 
-from syncd.cli.commands import operator as commands
 from syncd.config import AudienceConfig, Config, DestinationConfig, ScheduleConfig, Secret, SourceConfig
+from syncd.run.plan import plan
 from syncd.source import open_source, stream_members
 from syncd.state.diff import WorkList
 from syncd.state.engine import create_state_engine, migrate
@@ -115,8 +115,8 @@ def step_plan(source: str, state: str) -> None:
     )
     engine = create_state_engine(state)
     started = time.perf_counter()
-    pair = commands.plan(config, engine).data["audiences"][0]["destinations"][0]
-    emit({"plan_s": round(time.perf_counter() - started, 2), "entered": pair["true"], "left": pair["false"],
+    pair = plan(config, engine).audiences[0].destinations[0]
+    emit({"plan_s": round(time.perf_counter() - started, 2), "entered": pair.entered, "left": pair.left,
           "peak_rss_mb": round(peak_rss_mb(), 1)})
 
 
