@@ -4,7 +4,7 @@ SQLite) into a stage table and merge them into `member`, or into a scratch table
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -18,6 +18,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.model import SnapshotRow
 from syncd.state.tables import (
@@ -197,8 +198,11 @@ def scratch(engine: Engine) -> Iterator[tuple[Connection, Table]]:
         try:
             with scratch_members(conn) as table:
                 yield conn, table
-        finally:
-            conn.commit()
+        except BaseException:
+            with suppress(SQLAlchemyError):  # the block's error matters, not this one
+                conn.commit()
+            raise
+        conn.commit()
 
 
 def load_scratch(conn: Connection, scratch: Table, audience_key: str, rows: Iterable[SnapshotRow],
