@@ -109,8 +109,8 @@ def step_plan(source: str, state: str) -> None:
     config = Config(
         path="bench", state_url=state, schedule=ScheduleConfig(),
         sources={"shop": SourceConfig("shop", f"sqlite:///{source}")},
-        destinations={DEST: DestinationConfig(DEST, "nat", "http://127.0.0.1:9/", Secret("bench"),
-                                              rate_limit=20, concurrency=8, timeout=10)},
+        destinations={DEST: DestinationConfig(DEST, "nat", Secret("bench"), rate_limit=20, concurrency=8,
+                                              timeout=10, settings={"endpoint": "http://127.0.0.1:9/"})},
         audiences=(AudienceConfig(KEY, KEY, "shop", (DEST,), QUERY),),
     )
     engine = create_state_engine(state)

@@ -11,7 +11,7 @@ from datetime import timedelta
 from syncd import state as ledger
 from syncd.config import Config
 from syncd.daemon import scheduler
-from syncd.run.deliver import PAGE_SIZE
+from syncd.delivery.pairs import PAGE_SIZE
 from syncd.run.pipeline import open_state
 
 from checks import assert_no_stale_values, flags

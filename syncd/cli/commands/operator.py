@@ -62,7 +62,7 @@ def _audience(config: Config, key: str) -> AudienceConfig:
 
 
 def _needs_email(config: Config, destination: str) -> bool:
-    return config.destinations[destination].facts.needs_email
+    return config.destinations[destination].needs_email
 
 
 def only(config: Config, pairs: set[tuple[str, str]]) -> Config:
