@@ -111,8 +111,8 @@ def _config(source: str, state: str) -> Config:
     return Config(
         path="bench", state_url=state, schedule=ScheduleConfig(),
         sources={"shop": SourceConfig("shop", f"sqlite:///{source}")},
-        destinations={DEST: DestinationConfig(DEST, "nat", "http://127.0.0.1:9/", Secret("bench"),
-                                              rate_limit=20, concurrency=8, timeout=10)},
+        destinations={DEST: DestinationConfig(DEST, "nat", Secret("bench"), rate_limit=20, concurrency=8,
+                                              timeout=10, settings={"endpoint": "http://127.0.0.1:9/"})},
         audiences=(AudienceConfig(KEY, KEY, "shop", (DEST,), QUERY),),
     )
 

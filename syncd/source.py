@@ -20,7 +20,7 @@ from sqlalchemy import Connection, CursorResult, Engine, create_engine
 from sqlalchemy.exc import DBAPIError, ResourceClosedError, SQLAlchemyError
 
 from syncd.config import AudienceConfig, Config
-from syncd.dburl import sqlite_file
+from syncd.config.dburl import sqlite_file
 from syncd.errors import SourceError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
 from syncd.model import Change, SnapshotRow, Task, traits_json

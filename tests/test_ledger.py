@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select
 from syncd.config import Config, ScheduleConfig
 from syncd.model import Change, SnapshotRow
 from syncd.run.pipeline import open_state
-from syncd.state.diff import WorkList, plan_counts
+from syncd.state.diff import DestinationWork, WorkList, plan_counts
 from syncd.state.snapshots import SnapshotCounts, replace_members
 from syncd.state.tables import L, M
 
@@ -120,3 +120,25 @@ def test_the_work_list_pages_every_change_once_and_counts_like_status(engine: En
     assert (counts.members, counts.entered, counts.left) == (len(staying), len(enters), len(leaves))
     assert counts.skipped == len([i for i in staying if int(i) % 3 and int(i) % 5 == 0])
     assert (counts.failed, counts.retries, counts.oldest_pending) == (1, 2, since)
+
+
+def test_a_work_list_commits_only_on_a_connection_of_its_own(engine: Engine) -> None:
+    """On a caller's connection a WorkList never commits (plan rolls its dry run back); the lists
+    DestinationWork makes, given the engine, commit each step on its own connection, so no
+    transaction stays open while changes are sent."""
+    replace_members(engine, "a", [row("1", "one@x.io"), row("2", "two@x.io")], SnapshotCounts())
+    replace_members(engine, "b", [row("2", "two@x.io")], SnapshotCounts())
+    with engine.connect() as conn, WorkList(conn, "a", "nat", needs_email=True) as borrowed:
+        assert [c.subject for c in borrowed.page(True, "", 5)] == ["u:1", "u:2"]
+        assert conn.in_transaction()  # the caller's to end
+
+    with DestinationWork(engine, "nat", needs_email=True) as work:
+        lists = [work.make("a"), work.make("b")]
+        assert not work.conn.in_transaction()
+        page = lists[0].page(True, "", 5)
+        assert [c.subject for c in page] == ["u:1", "u:2"] and not work.conn.in_transaction()
+        riders = lists[0].riders(page, ["a", "b"])  # the shared table: b's change of u:2 rides along
+        assert [(key, c.subject) for key, c in riders] == [("b", "u:2")] and not work.conn.in_transaction()
+        assert lists[1].page(True, "", 5) == []  # taken by a's page
+        assert lists[1].leaves_left() == 0 and not work.conn.in_transaction()
+    assert work.conn.closed

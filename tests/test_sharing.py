@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from syncd.config import Config
 from syncd.daemon import scheduler
-from syncd.run.deliver import PAGE_SIZE
+from syncd.delivery.pairs import PAGE_SIZE
 from syncd.run.pipeline import open_state
 from syncd.state.operator import recent_runs
 

@@ -96,7 +96,7 @@ def approve(config: Config, engine: Engine, audience: str, destination: str | No
     target = _audience(config, audience)
     verdicts = []
     for name in [destination] if destination else target.destinations:
-        needs_email = config.destinations[name].facts.needs_email
+        needs_email = config.destinations[name].needs_email
         with engine.connect() as conn:
             counts = plan_counts(conn, audience, name, needs_email)
             verdict = guards.check(conn, target, config.guards, name, counts.members, counts.left)

@@ -79,7 +79,7 @@ def _audience(config: Config, conn: Connection, members: Table, audience: Audien
 
 
 def _pair(config: Config, conn: Connection, members: Table, audience: AudienceConfig, name: str) -> PairPlan:
-    needs_email = config.destinations[name].facts.needs_email
+    needs_email = config.destinations[name].needs_email
     # The same work list a run makes, from the scratch snapshot instead of `member`.
     with WorkList(conn, audience.key, name, needs_email, members) as work:
         counts = work.counts

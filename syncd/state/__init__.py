@@ -19,7 +19,8 @@ The commit rule: **a function that takes an Engine is one transaction and commit
 function that takes a Connection never commits** (its caller's transaction is the caller's
 to end). So a caller can always tell from a signature whether something is written for good
 when the call returns, and several connection-taking calls compose into one transaction.
-(The run's WorkList, on its own connection, still commits as it pages: see state/diff.py.)
+(A run's work lists live on a connection that `diff.DestinationWork`, given the engine, owns
+and commits step by step, so no transaction stays open while changes are sent.)
 
 Callers import each name from the module that owns it.
 """

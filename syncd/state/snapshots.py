@@ -191,9 +191,9 @@ def scratch_members(conn: Connection) -> Iterator[Table]:
 
 @contextmanager
 def scratch(engine: Engine) -> Iterator[tuple[Connection, Table]]:
-    """`syncd plan`'s own connection and its scratch member table (`scratch_members`); on the
-    way out the table's drop is committed: the work lists plan makes on this connection
-    commit it, so on PostgreSQL the table can outlive the rollback."""
+    """`syncd plan`'s own connection and its scratch member table (`scratch_members`). What
+    plan wrote is rolled back and the table dropped on the way out; the drop is committed
+    here, so no pooled connection keeps the table or an open transaction."""
     with engine.connect() as conn:
         try:
             with scratch_members(conn) as table:
