@@ -67,7 +67,7 @@ def run_once(config: Config, options: Options | None = None, engine: Engine | No
         keeper.start()
         try:
             report = _run(config, options, engine)
-            alerts.evaluate(config, engine, report)  # still under the lease: one process at a time
+            report.reading = alerts.evaluate(config, engine, report)  # under the lease: one process at a time
             return report
         finally:
             keeper.finish()

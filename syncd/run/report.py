@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from syncd.model import PairOutcome, PairReport, RunOutcome
+from syncd.state.readings import Reading
 from syncd.state.snapshots import SnapshotCounts
 
 
@@ -20,6 +21,8 @@ class RunReport:
     interrupted: bool = False
     out_of_time: bool = False  # sending stopped at [schedule] max_send_time with changes left
     calls: dict[str, int] = field(default_factory=dict)  # per destination: calls sent (one per user)
+    # The state as read after the run, when the alerts judged it: the daemon's metrics show it too.
+    reading: Reading | None = None
 
     @property
     def delivered(self) -> bool:

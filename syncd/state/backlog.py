@@ -1,5 +1,6 @@
 """The backlog: per configured (audience, destination), what a run would send now and since
-when the pair has had undelivered work. `status`, the metrics and the alerts all read it."""
+when the pair has had undelivered work. The reading (state/readings.py) reads it for `status`,
+the status page, the metrics and the alerts."""
 
 from __future__ import annotations
 
