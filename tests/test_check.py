@@ -92,11 +92,11 @@ def test_offline_check_needs_no_database_or_network(tmp_path: Path) -> None:
                         "https://app.user.invalid/api/public/", {"good": GOOD})
     result = run_cli("check", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "config OK: 1 audiences, 2 destinations"
+    assert result.stdout.strip() == "config OK: 1 audience, 2 destinations"
     assert not (tmp_path / "state.db").exists()
     as_json = json.loads(run_cli("check", "--json", "--config", str(path), cwd=tmp_path).stdout)
     assert as_json == [{"check": "config", "source": None, "audience": None, "destination": None,
-                        "ok": True, "message": "config OK: 1 audiences, 2 destinations"}]
+                        "ok": True, "message": "config OK: 1 audience, 2 destinations"}]
 
 
 def test_offline_check_exits_2_on_a_config_error(tmp_path: Path) -> None:
@@ -130,7 +130,7 @@ def test_connect_checks_every_query_and_destination(tmp_path: Path, source_url: 
     assert human.returncode == 1
     assert "audience bad_sql: FAILED: query failed" in human.stdout
     assert human.stdout.strip().endswith(
-        "4 check(s) failed: audience bad_sql, audience no_id, audience reserved, audience own_key")
+        "4 checks failed: audience bad_sql, audience no_id, audience reserved, audience own_key")
 
 
 def test_connect_all_good_exits_0(tmp_path: Path, source_url: str, nat: NatStandIn,

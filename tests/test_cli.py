@@ -28,7 +28,7 @@ def test_run_once_exit_0_when_everything_is_delivered(sqlite_env: Env) -> None:
 
     assert result.returncode == 0, result.stderr
     summary = [line for line in result.stderr.splitlines() if line.startswith("INFO nat:")]
-    assert summary == ["INFO nat: 1 audience(s), 2 entered, 0 left, 2 changes in 2 calls, 2 acknowledged, "
+    assert summary == ["INFO nat: 1 audience, 2 entered, 0 left, 2 changes in 2 calls, 2 acknowledged, "
                        "0 skipped (no email), 0 failed, 0 pending: ok"]
     _no_secrets(result.stdout, result.stderr)
 

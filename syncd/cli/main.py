@@ -16,7 +16,7 @@ from syncd.cli.logs import LOG_FORMATS, setup_logging
 from syncd.config import Config, default_config_path, load_config
 from syncd.daemon.signals import stop_on_signals
 from syncd.errors import SyncdError, UsageError
-from syncd.render import one_line
+from syncd.render import database_error
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not _database_error(exc):
             raise
-        log.error("state database error: %s", one_line(getattr(exc, "orig", exc), 300))
+        log.error("state database error: %s", database_error(exc))
         return 1
     except KeyboardInterrupt:
         return 130

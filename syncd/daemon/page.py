@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from syncd import __version__
 from syncd.config import Config
 from syncd.model import RunOutcome
-from syncd.render import duration, readable
+from syncd.render import duration, plural, readable
 from syncd.state.operator import RunSummary
 from syncd.state.readings import RECENT_RUNS, Reading, read
 
@@ -70,7 +70,7 @@ def render(data: Reading) -> str:
         f"{REFRESH_SECONDS} s</p>",
         "<h2>Audiences &times; destinations</h2>",
         _pairs_table(data),
-        f"<h2>Last {len(data.runs)} run(s)</h2>" if data.runs else "<h2>Runs</h2>",
+        f"<h2>Last {plural(len(data.runs), 'run')}</h2>" if data.runs else "<h2>Runs</h2>",
         _chart(data.runs) if data.runs else "<p>No runs yet.</p>",
         _runs_table(data.runs) if data.runs else "",
         "</body></html>\n",

@@ -21,7 +21,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd.render import first_line, one_line
+from syncd.render import database_error
 from syncd.state.engine import alembic_config
 
 PULSE = 15.0  # seconds between the scheduler's ticks
@@ -71,15 +71,10 @@ def readiness(engine: Engine) -> Callable[[], str]:
             with engine.connect() as conn:
                 current = MigrationContext.configure(conn).get_current_revision()
         except SQLAlchemyError as exc:
-            return f"state database unreachable: {_first_line(exc)}"
+            return f"state database unreachable: {database_error(exc, 200)}"
         if current != head:
             return f"state database not migrated: at revision {current or 'none'}, this syncd needs {head}"
         return ""
 
     return Cached(check, READY_TTL)
 
-
-def _first_line(exc: SQLAlchemyError) -> str:
-    """The driver's message, first line only (SQLAlchemy appends the SQL and a link)."""
-    orig = getattr(exc, "orig", None) or exc
-    return one_line(first_line(orig)) if str(orig).strip() else type(exc).__name__

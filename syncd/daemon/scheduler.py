@@ -32,7 +32,7 @@ from syncd.daemon.probes import PULSE, Cached, Liveness, readiness
 from syncd.daemon.signals import stop_on_signals
 from syncd.errors import RunInProgress
 from syncd.model import Null, Progress, ScheduledOutcome
-from syncd.render import one_line, readable, spelled
+from syncd.render import database_error, plural, readable, spelled
 from syncd.run.pipeline import Options, open_state, run_once
 from syncd.run.report import RunReport
 from syncd.state.readings import Reading, read
@@ -124,8 +124,9 @@ def _start_scheduler(config: Config, engine: Engine, job: Callable[[], None],
                       max_instances=1, coalesce=True, misfire_grace_time=None, next_run_time=now)
     scheduler.start(paused=True)
     first_text = readable(first)
-    log.info("syncd started: %d audience(s), %d destination(s); first run at %s, then every %s + 0..%s",
-             len(config.audiences), len(config.destinations), first_text,
+    log.info("syncd started: %s, %s; first run at %s, then every %s + 0..%s",
+             plural(len(config.audiences), "audience"), plural(len(config.destinations), "destination"),
+             first_text,
              spelled(config.schedule.interval, "hms"), spelled(config.schedule.jitter, "hms"))
     return scheduler, first_text
 
@@ -182,7 +183,7 @@ class _Daemon:
         try:
             self.metrics.show(reading or read(self.config, self.engine))
         except SQLAlchemyError as exc:  # stale gauges are better than a dead daemon
-            log.warning("could not refresh the backlog metrics: %s", one_line(exc))
+            log.warning("could not refresh the backlog metrics: %s", database_error(exc))
 
 
 def status_line(report: RunReport) -> str:
@@ -194,7 +195,7 @@ def status_line(report: RunReport) -> str:
         acked_pending[1] += pair.pending
     parts = [f"{name} {acked} acknowledged, {pending} pending" for name, (acked, pending) in totals.items()]
     if report.audience_errors:
-        parts.append(f"{len(report.audience_errors)} audience query(ies) failed")
+        parts.append(f"{plural(len(report.audience_errors), 'audience query', 'audience queries')} failed")
     return f"last run {_hhmm(report.snapshot_at)} {report.outcome}: " + "; ".join(parts)
 
 

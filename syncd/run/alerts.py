@@ -36,7 +36,7 @@ from sqlalchemy import Engine
 from syncd import __version__
 from syncd.config import AlertsConfig, Config
 from syncd.model import PairOutcome, RunOutcome
-from syncd.render import iso, spelled
+from syncd.render import iso, plural, spelled
 from syncd.state import alerts as alert_state
 from syncd.state.engine import now
 from syncd.state.readings import Reading, read
@@ -143,7 +143,8 @@ def _stale_backlogs(reading: Reading, older_than: timedelta) -> Iterator[Conditi
         key, name, pending, oldest = pair.audience, pair.destination, pair.pending, pair.oldest_pending_at
         if pending and oldest is not None and oldest < limit:
             yield Condition("backlog_stale", key, name, True,
-                            f"{pending} changes of {key} wait for {name}, the oldest since "
+                            f"{plural(pending, 'change')} of {key} {'waits' if pending == 1 else 'wait'} "
+                            f"for {name}, the oldest since "
                             f"{oldest:%Y-%m-%d %H:%M}Z (longer than {longer}): "
                             "see `syncd status` and `syncd failures`.")
         else:

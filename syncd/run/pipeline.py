@@ -19,6 +19,7 @@ from syncd.config import AudienceConfig, Config
 from syncd.delivery.options import DeliveryOptions
 from syncd.delivery.pairs import PAIRS_AT_ONCE, deliver_all
 from syncd.model import PairOutcome, PairReport, SnapshotRow
+from syncd.render import plural
 from syncd.run import alerts
 from syncd.run.report import RunReport, summary_lines
 from syncd.source import QueryStopped, take_snapshot
@@ -80,8 +81,8 @@ def run_once(config: Config, options: Options | None = None, engine: Engine | No
 def _run(config: Config, options: Options, engine: Engine) -> RunReport:
     recovered = recover_in_flight(engine)
     if recovered:
-        log.warning("%d changes were in flight when the last run stopped; they will be re-sent "
-                    "with the same messageId where still needed", recovered)
+        log.warning("%s in flight when the last run stopped; they will be re-sent with the same "
+                    "messageId where still needed", plural(recovered, "change was", "changes were"))
     snapshot_at = now()
     report = RunReport(start_run(engine, snapshot_at), snapshot_at)
     log.info("run %d started (snapshot time %s)", report.run_id, snapshot_at.isoformat(),
@@ -163,7 +164,7 @@ def _snapshot(config: Config, engine: Engine, report: RunReport, audience: Audie
     record_audience(engine, report.run_id, audience.key, counts, error)
     if error is None:
         log.log(logging.WARNING if counts.skipped or counts.invalid_email else logging.INFO,
-                "audience %s: %d rows, %d members; skipped: %d without identifier, %d duplicates, "
-                "%d too large (32 KB); %d invalid emails dropped", audience.key, counts.rows,
-                counts.members, counts.no_identifier, counts.duplicates, counts.too_large,
-                counts.invalid_email)
+                "audience %s: %s, %s; skipped: %d without identifier, %s, %d too large (32 KB); %s "
+                "dropped", audience.key, plural(counts.rows, "row"), plural(counts.members, "member"),
+                counts.no_identifier, plural(counts.duplicates, "duplicate"), counts.too_large,
+                plural(counts.invalid_email, "invalid email"))

@@ -88,7 +88,7 @@ def _pair(config: Config, conn: Connection, members: Table, audience: AudienceCo
                    for label, value in (("entered", True), ("left", False))}
     return PairPlan(
         name, counts.entered, counts.left, counts.retries, counts.skipped, samples,
-        sends=counts.entered + (0 if guard.held else counts.left),
+        sends=counts.entered + (0 if guard.held else counts.leaves),
         rate_limit=config.destinations[name].rate_limit, guard=guard,
         guard_message=guard.hold_message(config.path) if guard.held else None,
     )

@@ -33,7 +33,7 @@ def pending_since(counts: PlanCounts, not_ok_since: datetime | None) -> datetime
     `pending_since` and the start of the pair's current streak of runs that did not end `ok`.
     The streak covers what was never tried: a destination set aside or refusing the key
     before a change's turn, a User.com attribute of the wrong type, exits the guard holds."""
-    if not counts.entered + counts.left:
+    if not counts.changes:
         return None
     known = [t for t in (counts.oldest_pending, not_ok_since) if t is not None]
     return min(known, default=None)

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.errors import RunInProgress
-from syncd.render import one_line, readable
+from syncd.render import database_error, readable
 from syncd.state.engine import now, upsert
 from syncd.state.tables import (
     LEASE,
@@ -115,7 +115,7 @@ class LeaseKeeper(threading.Thread):
                         self.stop.set()
                     return
             except SQLAlchemyError as exc:  # keep trying: the lease outlives a short outage
-                log.warning("could not renew the run lease: %s", one_line(exc))
+                log.warning("could not renew the run lease: %s", database_error(exc))
 
     def finish(self) -> None:
         self.done.set()

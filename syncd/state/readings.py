@@ -68,7 +68,7 @@ def _pair(key: str, name: str, counts: PlanCounts, last: PairResult | None, ackn
           at: datetime) -> PairReading:
     since = counts.oldest_pending
     pair = PairReading(
-        key, name, counts.members, acknowledged, counts.entered + counts.left, counts.failed, counts.skipped,
+        key, name, counts.members, acknowledged, counts.changes, counts.failed, counts.skipped,
         oldest_pending_at=since,
         oldest_pending_age_seconds=max(0, round((at - since).total_seconds())) if since else None,
     )

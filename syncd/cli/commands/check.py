@@ -25,7 +25,7 @@ from syncd.delivery.destinations import make_destination
 from syncd.delivery.sender import answer_of
 from syncd.delivery.wire import Answer, Request
 from syncd.errors import SourceError
-from syncd.render import one_line, redact
+from syncd.render import database_error, one_line, plural, redact
 from syncd.source import open_source, query_columns
 from syncd.state.engine import now
 
@@ -55,7 +55,8 @@ class Check:
 
 def check(config: Config, connect: bool = False,
           transport: httpx.BaseTransport | None = None) -> list[Check]:
-    summary = f"config OK: {len(config.audiences)} audiences, {len(config.destinations)} destinations"
+    summary = (f"config OK: {plural(len(config.audiences), 'audience')}, "
+               f"{plural(len(config.destinations), 'destination')}")
     checks = [Check("config", True, summary)]
     if connect:
         checks += check_sources(config)
@@ -69,7 +70,7 @@ def format_checks(checks: Sequence[Check]) -> str:
     ]
     failed = [c.name for c in checks if not c.ok]
     if failed:
-        lines.append(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+        lines.append(f"{plural(len(failed), 'check')} failed: {', '.join(failed)}")
     return "\n".join(lines)
 
 
@@ -91,7 +92,7 @@ def check_sources(config: Config) -> Iterator[Check]:
                 for audience in audiences:
                     yield _check_query(conn, audience)
         except SQLAlchemyError as exc:  # connecting failed (a failing query is caught per audience)
-            reason = one_line(getattr(exc, "orig", None) or exc, 300)
+            reason = database_error(exc)
             yield from _unreachable(name, audiences, f"cannot connect: {reason}")
         finally:
             engine.dispose()

@@ -100,7 +100,7 @@ class Destination(ABC):
         """Without a read-only call that checks the key: the address answers, below 500."""
         answer = call(Request("GET", self.config.url))
         if answer.status >= 500:
-            return Probe(False, f"answered HTTP {answer.status}: {answer.reason}")
+            return Probe(False, f"answered {answer.reason}")
         return Probe(True, f"reachable (HTTP {answer.status}); {self.integration} has no read-only "
                            "call to check the key")
 
