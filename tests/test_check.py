@@ -154,8 +154,30 @@ def test_connect_names_a_refused_key_and_a_closed_port(tmp_path: Path, nat: NatS
     checks = _by_name(json.loads(result.stdout))
     assert not checks["nat"]["ok"] and "ConnectError" in checks["nat"]["message"]
     assert not checks["usercom"]["ok"]
-    assert checks["usercom"]["message"].startswith("User.com refused the API key (HTTP 403")
+    # The status once, with User.com's own words.
+    assert checks["usercom"]["message"] == "User.com refused the API key (HTTP 403 Forbidden: Invalid token.)"
     assert "wrong-key" not in result.stdout
+    _nothing_sent(nat, usercom)
+
+
+def test_connect_names_a_name_that_does_not_resolve_and_a_failed_tls_handshake(
+        tmp_path: Path, nat: NatStandIn, usercom: UserComStandIn) -> None:
+    """DNS: a name under .invalid never resolves. TLS: https to the User.com stand-in's plain-HTTP
+    port fails the handshake. Each destination is named with what to look at; the other
+    checks go on."""
+    sqlite_url = f"sqlite:///{tmp_path / 'shop.db'}"
+    list(_with_customers(sqlite_url))
+    tls = usercom.base_url.replace("http://", "https://")
+    path = write_config(tmp_path, sqlite_url, "http://nat.syncd-check.invalid/segment", tls, {"good": GOOD})
+    result = run_cli("check", "--connect", "--json", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    checks = _by_name(json.loads(result.stdout))
+    assert checks["good"]["ok"] and not checks["nat"]["ok"] and not checks["usercom"]["ok"]
+    assert checks["nat"]["message"].startswith(
+        "cannot reach http://nat.syncd-check.invalid/segment: DNS: nat.syncd-check.invalid does not resolve (")
+    assert checks["usercom"]["message"].startswith(f"cannot reach {tls}attributes/: TLS handshake failed (")
+    human = run_cli("check", "--connect", "--config", str(path), cwd=tmp_path)
+    assert human.returncode == 1 and "2 checks failed: destination nat, destination usercom" in human.stdout
     _nothing_sent(nat, usercom)
 
 

@@ -200,11 +200,16 @@ def test_resync_during_another_run_keeps_its_marks_for_the_next_run(sqlite_env: 
     lease = acquire_lease(engine)
     try:
         busy = env.cli("resync", "--audience", "buyers", "--config", str(env.tmp_path / "config.toml"))
+        busy_json = env.cli("resync", "--audience", "buyers", "--json", "--config",
+                            str(env.tmp_path / "config.toml"))
     finally:
         release_lease(engine, lease)
         engine.dispose()
     assert busy.returncode == 1
     assert "another run is in progress" in busy.stderr and "the next run sends them" in busy.stderr
+    data = json.loads(busy_json.stdout)
+    assert busy_json.returncode == 1 and "another run is in progress" in data.pop("error")
+    assert data == {"run_id": None, "outcome": "skipped", "pairs": [], "audience_errors": {}}
     assert env.nat.requests == 0
 
     assert env.run(config).exit_code == 0
@@ -240,7 +245,10 @@ def test_failures_groups_rejections_by_reason_and_retry_sends_them_now(env: Env)
     env.shop.members("u1", "u2", "u3", "u4")
     env.nat.fail_next(2, Fault(400, body='{"error": "email is not valid"}'))
     env.nat.fail_next(1, Fault(422, body='{"error": "blocked"}'))
-    assert env.run(config).exit_code == 1
+    report = env.run(config)
+    assert report.exit_code == 1
+    message = report.pairs[0].message or ""  # the user as a person names them, not the ledger
+    assert message.startswith("user u") and ": HTTP 4" in message and "u:" not in message, message
 
     groups = _json(env, "failures")
 
@@ -274,6 +282,9 @@ def test_retry_with_nothing_failed_runs_nothing(sqlite_env: Env) -> None:
     result = sqlite_env.cli("retry", "--config", str(sqlite_env.tmp_path / "config.toml"))
     assert (result.returncode, result.stdout.strip()) == (0, "no failed changes to retry")
     assert sqlite_env.nat.requests == requests
+    # A script reads the same fields as after a run (SPEC 3), even with nothing to do.
+    assert _json(sqlite_env, "retry") == {"requeued": 0, "run_id": None, "outcome": "ok", "pairs": [],
+                                          "audience_errors": {}}
 
 
 def test_a_change_rejected_again_shows_the_new_reason(sqlite_env: Env) -> None:

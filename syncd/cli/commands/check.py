@@ -10,10 +10,13 @@ sent, and the state database is not opened.
 
 from __future__ import annotations
 
+import socket
+import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import Connection
@@ -128,10 +131,24 @@ def check_destination(config: DestinationConfig, transport: httpx.BaseTransport 
         with httpx.Client(headers=headers, timeout=config.timeout, transport=transport) as client:
             ok, message = destination.probe(partial(_call, client))
     except _Unreachable as exc:
-        reason = redact(one_line(exc.error) or type(exc.error).__name__, secrets)
-        return Check("destination", False, f"cannot reach {exc.url}: {type(exc.error).__name__}: {reason}",
+        return Check("destination", False, f"cannot reach {exc.url}: {redact(_why(exc.error, exc.url), secrets)}",
                      destination=config.name)
     return Check("destination", ok, redact(message, secrets), destination=config.name)
+
+
+def _why(error: httpx.HTTPError, url: str) -> str:
+    """Why a destination could not be reached, named as a person fixes it: a name that does
+    not resolve (DNS), a TLS handshake that failed (a certificate, or https to a plain-HTTP
+    port), else the error's kind and text."""
+    detail = one_line(error) or type(error).__name__
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return f"DNS: {urlsplit(url).hostname} does not resolve ({detail})"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS handshake failed ({detail})"
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(error).__name__}: {detail}"
 
 
 class _Unreachable(Exception):
