@@ -131,8 +131,8 @@ def check_destination(config: DestinationConfig, transport: httpx.BaseTransport 
         with httpx.Client(headers=headers, timeout=config.timeout, transport=transport) as client:
             ok, message = destination.probe(partial(_call, client))
     except _Unreachable as exc:
-        return Check("destination", False, f"cannot reach {exc.url}: {redact(_why(exc.error, exc.url), secrets)}",
-                     destination=config.name)
+        reason = redact(_why(exc.error, exc.url), secrets)
+        return Check("destination", False, f"cannot reach {exc.url}: {reason}", destination=config.name)
     return Check("destination", ok, redact(message, secrets), destination=config.name)
 
 

@@ -31,6 +31,7 @@ class UserCom(Destination):
     rate_limit = 10.0
     concurrency = 4
     reserved = IDENTITY_FIELDS | {"custom_id", "id"} | STANDARD_FIELDS  # custom_id: how it keys users
+    key_limit = 32  # the key names an attribute: User.com takes names of up to 32 characters
 
     def headers(self) -> dict[str, str]:
         return {
