@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="validate the config; --connect: reach sources and destinations")
     check.add_argument("--connect", action="store_true",
                        help="also run each query for its columns and reach each destination")
+    check.add_argument("--alert", action="store_true",
+                       help="also send one test message to the [alerts] webhook")
     return parser
 
 
@@ -129,6 +131,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
 
     if args.command in SENDING_COMMANDS or getattr(args, "connect", False):  # check --connect uses the keys
         config = config.with_secrets()
+    elif args.command == "check":  # a config with [alerts] that could not alert is not OK
+        config = config.with_alert_secret()
     shown = progress.for_stream(sys.stderr, args.log_format)
     if args.command == "run":
         scheduler.serve(config, progress=shown, environ=os.environ)
@@ -178,7 +182,7 @@ def _command(args: argparse.Namespace, config: Config, engine: Engine, shown: Pr
 def _check(args: argparse.Namespace, config: Config) -> int:
     from syncd.cli.commands import check
 
-    checks = check.check(config, args.connect)
+    checks = check.check(config, args.connect, args.alert)
     _print(json.dumps([c.as_dict() for c in checks], indent=2) if args.json else check.format_checks(checks))
     return 0 if all(c.ok for c in checks) else 1
 

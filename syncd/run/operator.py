@@ -79,7 +79,7 @@ def retry(config: Config, engine: Engine, destination: str | None, options: Opti
 def _run_now(config: Config, engine: Engine, pairs: set[tuple[str, str]], options: Options,
              if_busy: str) -> TargetedRun:
     try:
-        return TargetedRun(run_once(only(config, pairs), options, engine=engine))
+        return TargetedRun(run_once(only(config, pairs), replace(options, part=True), engine=engine))
     except RunInProgress as exc:
         log.error("%s; %s", exc, if_busy)
         return TargetedRun(None, busy=str(exc))

@@ -39,6 +39,8 @@ class Options(DeliveryOptions):
 
     # The lines a run ends with (logged once); `resync` words its own.
     summary: Callable[[RunReport], list[str]] | None = None
+    # A run of part of the config (resync, retry): what it leaves out is not gone from the config.
+    part: bool = False
 
 
 def open_state(config: Config) -> Engine:
@@ -68,7 +70,8 @@ def run_once(config: Config, options: Options | None = None, engine: Engine | No
         keeper.start()
         try:
             report = _run(config, options, engine)
-            report.reading = alerts.evaluate(config, engine, report)  # under the lease: one process at a time
+            # Under the lease: one process at a time.
+            report.reading = alerts.evaluate(config, engine, report, whole=not options.part)
             return report
         finally:
             keeper.finish()

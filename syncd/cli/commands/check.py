@@ -5,7 +5,9 @@ Loading the config already validated it (a mistake exits 2 before this runs). Wi
 `LIMIT 0` (no row is fetched) to see its columns, and each destination is probed by its own
 class (`Destination.probe`) with read-only requests: User.com lists attributes (so a refused
 key shows), Nat has no read-only call, so only reachability is known. No Identify is ever
-sent, and the state database is not opened.
+sent, and the state database is not opened. With `--alert`, one test message goes to the
+[alerts] webhook. A config with [alerts] whose webhook URL cannot be read is a config error
+(exit 2), as it would be for `run`.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import __version__
-from syncd.config import AudienceConfig, Config, DestinationConfig
+from syncd.config import AlertsConfig, AudienceConfig, Config, DestinationConfig
 from syncd.delivery.destinations import make_destination
 from syncd.delivery.sender import answer_of
 from syncd.delivery.wire import Answer, Request
-from syncd.errors import SourceError
+from syncd.errors import SourceError, UsageError
 from syncd.render import database_error, one_line, plural, redact
+from syncd.run.alerts import send_test_message
 from syncd.source import open_source, query_columns
 from syncd.state.engine import now
 
@@ -37,7 +40,7 @@ from syncd.state.engine import now
 class Check:
     """One thing checked: what (`check` and its names), whether it is fine, and why."""
 
-    check: str  # config | source | audience | destination
+    check: str  # config | source | audience | destination | alert
     ok: bool
     message: str
     source: str | None = None
@@ -52,19 +55,31 @@ class Check:
     def name(self) -> str:
         """'audience buyers', 'destination nat', ...: how the human output names it."""
         value = {"source": self.source, "audience": self.audience,
-                 "destination": self.destination}.get(self.check)
+                 "destination": self.destination, "alert": "webhook"}.get(self.check)
         return f"{self.check} {value}" if value else self.check
 
 
-def check(config: Config, connect: bool = False,
+def check(config: Config, connect: bool = False, alert: bool = False,
           transport: httpx.BaseTransport | None = None) -> list[Check]:
+    if alert and config.alerts is None:
+        raise UsageError("check --alert: the config has no [alerts] table, so there is no webhook to test")
     summary = (f"config OK: {plural(len(config.audiences), 'audience')}, "
                f"{plural(len(config.destinations), 'destination')}")
     checks = [Check("config", True, summary)]
     if connect:
         checks += check_sources(config)
         checks += [check_destination(d, transport) for d in config.destinations.values()]
+    if alert and config.alerts is not None:
+        checks.append(check_alert(config.alerts))
     return checks
+
+
+def check_alert(alerts: AlertsConfig) -> Check:
+    """One test message to the webhook ([alerts] format); it must answer 2xx."""
+    failure = send_test_message(alerts)
+    if failure is not None:
+        return Check("alert", False, f"test message not delivered: webhook {failure}")
+    return Check("alert", True, f"test message delivered ({alerts.format} format)")
 
 
 def format_checks(checks: Sequence[Check]) -> str:
