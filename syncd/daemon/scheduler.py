@@ -35,6 +35,7 @@ from syncd.model import Null, Progress, ScheduledOutcome
 from syncd.render import database_error, plural, readable, spelled
 from syncd.run.pipeline import Options, open_state, run_once
 from syncd.run.report import RunReport
+from syncd.state import daemons
 from syncd.state.readings import Reading, read
 from syncd.state.runs import last_run
 
@@ -92,7 +93,14 @@ def serve(config: Config, stop_event: threading.Event | None = None, progress: P
             log.info("serving Prometheus metrics on http://%s/metrics and the status page on http://%s/",
                      server.address, server.address)
         pulse = Liveness()
+        name = daemons.holder()
+        running.callback(_gone, engine, name)  # after the scheduler's shutdown: no beat follows
         scheduler, first = _start_scheduler(config, engine, daemon.job, pulse)
+        daemon.after_run = _Beat(scheduler, engine, name)
+        scheduler.add_job(daemon.after_run, IntervalTrigger(seconds=int(daemons.BEAT.total_seconds()),
+                                                            timezone=UTC),
+                          id="beat", max_instances=1, coalesce=True, misfire_grace_time=None,
+                          next_run_time=datetime.now(UTC))
         running.callback(log.info, "syncd stopped")
         running.callback(scheduler.shutdown, wait=True)  # lets the run in flight record its page
 
@@ -139,13 +147,17 @@ class _Daemon:
         self.config, self.engine, self.options = config, engine, options
         self.notifier, self.metrics = notifier, metrics
         self.last_status = ""
+        self.after_run: Callable[[], None] = lambda: None  # tells the state when the next run starts
 
     def job(self) -> None:
         """One scheduled run; then, while runs stop at their send time limit with changes left
         (a big initial send), the next one at once: the destination is kept busy, and every
         audience gets a fresh snapshot at least every max_send_time."""
-        while self._run() and not (self.options.stop_event and self.options.stop_event.is_set()):
-            log.info("the run stopped at its send time limit with changes left: the next run starts now")
+        try:
+            while self._run() and not (self.options.stop_event and self.options.stop_event.is_set()):
+                log.info("the run stopped at its send time limit with changes left: the next run starts now")
+        finally:
+            self.after_run()
 
     def _run(self) -> bool:
         """One run; True if it stopped at its send time limit with changes left."""
@@ -184,6 +196,34 @@ class _Daemon:
             self.metrics.show(reading or read(self.config, self.engine))
         except SQLAlchemyError as exc:  # stale gauges are better than a dead daemon
             log.warning("could not refresh the backlog metrics: %s", database_error(exc))
+
+
+class _Beat:
+    """Tells the state database, every minute and after each run, that this daemon lives and
+    when its scheduler starts the next run (`status` and the page show it from any process).
+    A failure is logged once until a beat works again; the daemon goes on."""
+
+    def __init__(self, scheduler: BackgroundScheduler, engine: Engine, name: str) -> None:
+        self.scheduler, self.engine, self.name = scheduler, engine, name
+        self.failing = False
+
+    def __call__(self) -> None:
+        job = self.scheduler.get_job("sync")
+        try:
+            daemons.beat(self.engine, self.name, job.next_run_time if job is not None else None)
+        except SQLAlchemyError as exc:
+            if not self.failing:
+                log.warning("could not record the next run time: %s", database_error(exc))
+            self.failing = True
+        else:
+            self.failing = False
+
+
+def _gone(engine: Engine, name: str) -> None:
+    try:
+        daemons.gone(engine, name)
+    except SQLAlchemyError as exc:  # the row ages out by itself
+        log.warning("could not remove this daemon from the state database: %s", database_error(exc))
 
 
 def status_line(report: RunReport) -> str:

@@ -38,9 +38,10 @@ class LeaseHandle:
 
 
 LEASE_TTL = timedelta(minutes=5)
+RUN_LEASE = "run"  # the lease every run takes
 
 
-def acquire_lease(engine: Engine, name: str = "run", ttl: timedelta = LEASE_TTL) -> LeaseHandle:
+def acquire_lease(engine: Engine, name: str = RUN_LEASE, ttl: timedelta = LEASE_TTL) -> LeaseHandle:
     host, pid = socket.gethostname(), os.getpid()
     holder = f"{host}:{pid}:{uuid.uuid4().hex[:8]}"
     at = now()
