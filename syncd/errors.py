@@ -6,6 +6,7 @@
     │   └── cli.main.UsageExit argparse's complaint, shown with the usage line
     ├── StateError             the state database cannot be used as configured: exit 2
     ├── RunInProgress          another process holds the run lease: exit 1
+    ├── Stopped                a stop request (SIGTERM/SIGINT) ended `plan`: exit 1
     ├── MetricsError           the metrics endpoint cannot start (port taken): exit 1
     ├── SourceError            an audience's query failed: that audience fails, the run goes on
     └── DestinationError       this pair stays undelivered for this run; the others go on
@@ -58,6 +59,10 @@ class StateError(SyncdError):
 
 class RunInProgress(SyncdError):
     """Another syncd process holds the run lease."""
+
+
+class Stopped(SyncdError):
+    """A stop request (SIGTERM/SIGINT) cancelled a command's queries before it finished."""
 
 
 class MetricsError(SyncdError):

@@ -173,8 +173,8 @@ def test_connect_names_a_name_that_does_not_resolve_and_a_failed_tls_handshake(
     assert result.returncode == 1, result.stderr
     checks = _by_name(json.loads(result.stdout))
     assert checks["good"]["ok"] and not checks["nat"]["ok"] and not checks["usercom"]["ok"]
-    assert checks["nat"]["message"].startswith(
-        "cannot reach http://nat.syncd-check.invalid/segment: DNS: nat.syncd-check.invalid does not resolve (")
+    assert checks["nat"]["message"].startswith("cannot reach http://nat.syncd-check.invalid/segment: "
+                                               "DNS: nat.syncd-check.invalid does not resolve (")
     assert checks["usercom"]["message"].startswith(f"cannot reach {tls}attributes/: TLS handshake failed (")
     human = run_cli("check", "--connect", "--config", str(path), cwd=tmp_path)
     assert human.returncode == 1 and "2 checks failed: destination nat, destination usercom" in human.stdout

@@ -165,8 +165,10 @@ def _command(args: argparse.Namespace, config: Config, engine: Engine, shown: Pr
     if args.command == "status":
         rows = status.status(config, engine)
         return operator.Output(rows, status.format_status(rows))
-    if args.command == "plan":
-        return operator.plan(plan(config, engine))
+    if args.command == "plan":  # stops promptly on SIGTERM/SIGINT, its queries cancelled (as run-once)
+        stop = threading.Event()
+        stop_on_signals(stop)
+        return operator.plan(plan(config, engine, stop))
     if args.command == "resync":
         return operator.resync(run_operator.resync(config, engine, args.audience, args.destination,
                                                    _run_options(shown)))

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from functools import partial
+from typing import TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,6 +31,7 @@ from syncd.state.sends import adopt_idents, recover_in_flight
 from syncd.state.snapshots import SnapshotCounts, replace_members
 
 log = logging.getLogger("syncd")
+T = TypeVar("T")
 
 
 @dataclass
@@ -93,7 +95,7 @@ def _run(config: Config, options: Options, engine: Engine) -> RunReport:
     for audience in config.audiences:
         if _stopped(options):
             break
-        _off_main_thread(partial(_snapshot, config, engine, report, audience, options))
+        off_main_thread(partial(_snapshot, config, engine, report, audience, options))
     # Stopped while taking snapshots: nothing is sent (not even the diffs are worked out).
     ready = [] if _stopped(options) else [a for a in config.audiences
                                            if a.key not in report.audience_errors]
@@ -125,15 +127,14 @@ def _prune(config: Config, engine: Engine) -> None:
                  pruned.run_results, pruned.ledger_rows)
 
 
-def _off_main_thread(call: Callable[[], None]) -> None:
+def off_main_thread(call: Callable[[], T]) -> T:
     """`call()` in a worker thread, waited for. Python runs signal handlers in the main thread
     between bytecodes: a query running there (SQLite computes inside one C call) would hold
     back SIGTERM's stop flag, and with it the query's cancellation, until the query ended."""
     if threading.current_thread() is not threading.main_thread():
-        call()
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="syncd-snapshot") as pool:
-        pool.submit(call).result()
+        return call()
+    with ThreadPoolExecutor(1, thread_name_prefix="syncd-query") as pool:
+        return pool.submit(call).result()
 
 
 def _stopped(options: Options) -> bool:
