@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from datetime import UTC, datetime
 
+from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
@@ -96,7 +97,7 @@ def serve(config: Config, stop_event: threading.Event | None = None, progress: P
         name = daemons.holder()
         running.callback(_gone, engine, name)  # after the scheduler's shutdown: no beat follows
         scheduler, first = _start_scheduler(config, engine, daemon.job, pulse)
-        daemon.after_run = _Beat(scheduler, engine, name)
+        daemon.after_run = _Beat(scheduler.get_job("sync"), engine, name)
         scheduler.add_job(daemon.after_run, IntervalTrigger(seconds=int(daemons.BEAT.total_seconds()),
                                                             timezone=UTC),
                           id="beat", max_instances=1, coalesce=True, misfire_grace_time=None,
@@ -201,16 +202,19 @@ class _Daemon:
 class _Beat:
     """Tells the state database, every minute and after each run, that this daemon lives and
     when its scheduler starts the next run (`status` and the page show it from any process).
-    A failure is logged once until a beat works again; the daemon goes on."""
+    A failure is logged once until a beat works again; the daemon goes on.
 
-    def __init__(self, scheduler: BackgroundScheduler, engine: Engine, name: str) -> None:
-        self.scheduler, self.engine, self.name = scheduler, engine, name
+    It reads the sync job's `next_run_time` from the Job itself: a job calling the scheduler
+    (`get_job`) while it shuts down would wait for the lock shutdown holds while it waits for
+    that job."""
+
+    def __init__(self, job: Job | None, engine: Engine, name: str) -> None:
+        self.job, self.engine, self.name = job, engine, name
         self.failing = False
 
     def __call__(self) -> None:
-        job = self.scheduler.get_job("sync")
         try:
-            daemons.beat(self.engine, self.name, job.next_run_time if job is not None else None)
+            daemons.beat(self.engine, self.name, self.job.next_run_time if self.job is not None else None)
         except SQLAlchemyError as exc:
             if not self.failing:
                 log.warning("could not record the next run time: %s", database_error(exc))
