@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 from test_daemon import start_daemon, stop_daemon, wait_for
 
 from syncd.config import MetricsConfig
@@ -183,6 +184,28 @@ def test_the_chart_stays_readable_after_a_large_initial_send() -> None:
     assert sent[0] == 160  # oldest first: the initial send fills the chart
     assert sent[1] > 20 and sent[2] > 10, sent
     assert "log scale" in html and ">5165<" in html and ">1k<" in html and ">10<" in html
+
+
+def test_a_page_that_cannot_read_the_state_says_why_in_one_whole_line(
+        serve: Serve, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The warning is the database's own message: SQLAlchemy's statement and documentation
+    link are left out, not cut off in the middle ("(Background on this error at:")."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+
+    def broken_page() -> str:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT " + ", ".join(f"column_{i}" for i in range(40)) + " FROM nowhere"))
+        return ""
+
+    endpoints = Endpoints()
+    endpoints.page = broken_page
+    try:
+        response = httpx.get(serve(endpoints) + "/", timeout=5)
+    finally:
+        engine.dispose()
+    assert response.status_code == 503 and response.text == "the state database cannot be read now\n"
+    warning = next(r.getMessage() for r in caplog.records if "status page" in r.getMessage())
+    assert warning == "status page: cannot read the state database: no such table: nowhere"
 
 
 def test_render_without_runs_or_audiences() -> None:
