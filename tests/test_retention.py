@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from freezegun import freeze_time
 from sqlalchemy import select
+from test_status import rows_at
 
-from syncd.cli.commands import status
-from syncd.run.pipeline import open_state
 from syncd.state.engine import create_state_engine
 from syncd.state.tables import RUN, RUN_AUDIENCE, L
 
@@ -91,11 +90,5 @@ def test_a_backlog_streak_longer_than_the_retention_keeps_its_age(sqlite_env: En
             assert env.run(env.config(audiences=buyers)).outcome == "held"
 
     assert _state(env)[0] == ["09-01", "09-02", "09-20", "10-05"]  # 08-01 went
-    config = env.config(audiences=buyers)
-    engine = open_state(config)
-    try:
-        with freeze_time("2026-10-05 10:00:00"):
-            row = status.status(config, engine)[0]
-    finally:
-        engine.dispose()
+    row = rows_at(env.config(audiences=buyers), "2026-10-05 10:00:00")[0]
     assert (row["pending"], row["oldest_pending_at"]) == (12, "2026-09-02T09:00:00Z")

@@ -15,11 +15,22 @@ from freezegun import freeze_time
 from test_daemon import start_daemon, stop_daemon
 
 from syncd.cli.commands import status
+from syncd.config import Config
 from syncd.daemon.metrics import Metrics
 from syncd.dev.standins import Fault
 from syncd.run.pipeline import open_state
 
 from conftest import USERCOM_KEY, Env, audience_toml, samples, wait_for
+
+
+def rows_at(config: Config, moment: str) -> list[dict[str, Any]]:
+    """`status --json`'s rows as read at `moment` (frozen time)."""
+    engine = open_state(config)
+    try:
+        with freeze_time(moment):
+            return status.status(config, engine)
+    finally:
+        engine.dispose()
 
 
 def _down_from_the_start(env: Env) -> None:
@@ -84,12 +95,7 @@ def test_exits_held_by_the_guard_show_their_age(sqlite_env: Env) -> None:
     for hour in ("09", "10"):
         with freeze_time(f"2026-11-22 {hour}:00:00", real_asyncio=True):
             assert env.run(config).outcome == "held"
-    engine = open_state(config)
-    try:
-        with freeze_time("2026-11-22 10:00:30"):
-            row = status.status(config, engine)[0]
-    finally:
-        engine.dispose()
+    row = rows_at(config, "2026-11-22 10:00:30")[0]
     assert (row["pending"], row["last_outcome"]) == (12, "held")
     assert row["oldest_pending_at"] == "2026-11-22T09:00:00Z" and row["oldest_pending_age_seconds"] == 3630
 
@@ -109,12 +115,7 @@ def test_an_ok_run_ends_the_backlog_streak(sqlite_env: Env) -> None:
     env.usercom.fail_next(100_000, Fault(503))
     with freeze_time("2026-11-22 10:00:00", real_asyncio=True):
         env.run(config)
-    engine = open_state(config)
-    try:
-        with freeze_time("2026-11-22 11:00:00"):
-            row = next(r for r in status.status(config, engine) if r["destination"] == "usercom")
-    finally:
-        engine.dispose()
+    row = next(r for r in rows_at(config, "2026-11-22 11:00:00") if r["destination"] == "usercom")
     assert row["oldest_pending_at"] == "2026-11-22T10:00:00Z" and row["oldest_pending_age_seconds"] == 3600
 
 
@@ -126,12 +127,7 @@ def test_pending_always_has_an_age_also_for_work_no_run_has_tried(sqlite_env: En
     with freeze_time("2026-11-22 09:00:00", real_asyncio=True):
         assert env.run(env.config(audiences=audience_toml("Buyers", ["nat"]))).exit_code == 0
     config = env.config(audiences=audience_toml("Buyers", ["nat", "usercom"]))  # usercom added
-    engine = open_state(config)
-    try:
-        with freeze_time("2026-11-22 09:30:00"):
-            rows = {r["destination"]: r for r in status.status(config, engine)}
-    finally:
-        engine.dispose()
+    rows = {r["destination"]: r for r in rows_at(config, "2026-11-22 09:30:00")}
     assert (rows["usercom"]["pending"], rows["usercom"]["last_run_id"]) == (2, None)
     assert rows["usercom"]["oldest_pending_at"] == "2026-11-22T09:00:00Z"
     assert rows["usercom"]["oldest_pending_age_seconds"] == 1800
