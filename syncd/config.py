@@ -228,6 +228,7 @@ class Config:
     destinations: Mapping[str, DestinationConfig]
     audiences: tuple[AudienceConfig, ...]
     retention: timedelta = DEFAULT_RETENTION  # run history and finished ledger rows older than this go
+    auto_migrate: bool = True  # sending commands create/upgrade the state schema; False: only `migrate`
     guards: GuardConfig = GuardConfig()
     metrics: MetricsConfig | None = None  # `syncd run` serves /metrics when set
     alerts: AlertsConfig | None = None  # alerts are pushed after each run when set
@@ -348,8 +349,12 @@ class _Reader:
         url = self.get(data, key, "url", str, default)
         if url is None:
             raise self.error(f"{key}.url", "is required")
-        if parse_db_url(url) is None:
+        parsed = parse_db_url(url)
+        if parsed is None:
             raise self.error(f"{key}.url", f"{_redact_url(url)!r} is not a database URL")
+        if parsed.backend == "postgres":  # SQLAlchemy dropped that alias: "Can't load plugin"
+            raise self.error(f"{key}.url", "SQLAlchemy has no 'postgres' dialect: write "
+                                           "postgresql+psycopg://…")
         return str(url)
 
 
@@ -366,7 +371,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         raise ConfigError(path, "", f"malformed TOML: {exc}") from None
     top = reader.table(raw, "", {"state", "schedule", "sources", "destinations", "audiences", "guards",
                                  "metrics", "alerts"})
-    state = reader.table(top.get("state", {}), "state", {"url", "retention"})
+    state = reader.table(top.get("state", {}), "state", {"url", "retention", "auto_migrate"})
     sources = _sources(reader, top.get("sources", {}))
     destinations = _destinations(reader, top.get("destinations", {}))
     guards = _guards(reader, top.get("guards", {}))
@@ -378,6 +383,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         destinations=destinations,
         audiences=_audiences(reader, top.get("audiences", []), sources, destinations, guards),
         retention=_retention(reader, state),
+        auto_migrate=reader.get(state, "state", "auto_migrate", bool, True),
         guards=guards,
         metrics=_metrics(reader, top.get("metrics", {})),
         alerts=_alerts(reader, top.get("alerts")),
@@ -385,9 +391,18 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     )
 
 
+STATE_BACKENDS = ("sqlite", "postgresql")
+
+
 def _state_url(reader: _Reader, state: dict[str, Any]) -> str:
     url = reader.db_url(state, "state", DEFAULT_STATE_URL)
     parsed = parse_db_url(url)
+    if parsed is not None and parsed.backend not in STATE_BACKENDS:
+        # Checked before anything connects: syncd must not create its tables in, say, the
+        # application's MySQL database (its schema is written and tested for these two).
+        raise reader.error("state.url", f"the state is kept in SQLite or PostgreSQL only, not "
+                                        f"{parsed.backend} (e.g. sqlite:///syncd-state.db or "
+                                        "postgresql+psycopg://…); a database of any kind can be a source")
     if parsed is not None and parsed.backend == "sqlite" and sqlite_file(url) is None:
         raise reader.error("state.url", "an in-memory database keeps nothing between runs "
                                         "(every run would be a full initial send): use a file")

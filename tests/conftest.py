@@ -37,6 +37,7 @@ HOOK_SECRET = "hook-SECRET-T0D1E2"
 SECRETS = (NAT_KEY, USERCOM_KEY, base64.b64encode(f"{NAT_KEY}:".encode()).decode(), HOOK_SECRET)
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, set_aside_after=3)
 POSTGRES_URL = os.environ.get("SYNCD_TEST_POSTGRES_URL")
+MYSQL_URL = os.environ.get("SYNCD_TEST_MYSQL_URL")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -61,6 +62,24 @@ def _fresh_postgres_database(server_url: str) -> Iterator[str]:
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def mysql_db() -> Iterator[str]:
+    """A fresh, empty MySQL/MariaDB database (its own name: parallel test runs do not collide)."""
+    if not MYSQL_URL:
+        pytest.skip("MySQL/MariaDB tests need SYNCD_TEST_MYSQL_URL (e.g. "
+                    "mysql+pymysql://root@127.0.0.1:3306/test); .ci/run sets it")
+    name = f"syncd_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(MYSQL_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE `{name}`"))
+    try:
+        yield make_url(MYSQL_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
         admin.dispose()
 
 

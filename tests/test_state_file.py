@@ -37,9 +37,10 @@ def _one_line_exit_2(env: Env, *needles: str) -> str:
 
 
 def test_a_state_url_whose_driver_is_missing_is_one_line(sqlite_env: Env) -> None:
-    env = replace(sqlite_env, state_url="mysql+mysqldb://syncd:hunter2@db.example/syncd")
-    line = _one_line_exit_2(env, "mysql+mysqldb://syncd:***@db.example/syncd", "driver is not installed")
+    env = replace(sqlite_env, state_url="postgresql+pg8000://syncd:hunter2@db.example/syncd")
+    line = _one_line_exit_2(env, "postgresql+pg8000://syncd:***@db.example/syncd", "driver is not installed")
     assert "hunter2" not in line
+    assert line.endswith("write postgresql+psycopg:// and pip install 'syncd[postgres]'")
 
 
 def test_a_state_file_in_a_missing_folder_is_one_line(sqlite_env: Env) -> None:
