@@ -252,3 +252,22 @@ def test_a_mysql_state_url_is_refused_before_anything_is_created(sqlite_env: Env
                                     "TABLE_SCHEMA = DATABASE()")) == 0
     finally:
         engine.dispose()
+
+
+def test_a_missing_driver_is_one_line_naming_the_extra(sqlite_env: Env) -> None:
+    """`mysql://` means mysqlclient (not installed here); the `mysql` extra brings PyMySQL."""
+    env = sqlite_env
+    env.shop.members("u1")
+    audiences = _audience("SELECT id AS user_id, email FROM people", ("nat",))
+    audiences += audience_toml("Shop", ["nat"])
+    path = env.write_config(audiences=audiences,
+                            extra='\n[sources.app]\nurl = "mysql://reader:hunter2@127.0.0.1:1/app"\n')
+
+    result = env.cli("run-once", "--config", str(path))
+
+    assert result.returncode == 1
+    line = next(x for x in result.stderr.splitlines() if "audience buyers" in x)
+    assert line.endswith("query failed on source 'app': the mysql driver is not installed (No module "
+                         "named 'MySQLdb'): write mysql+pymysql:// and pip install 'syncd[mysql]'")
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+    assert flags(env.nat.accepted(), "shop") == {"u1": True}  # the other audience went on
