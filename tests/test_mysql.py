@@ -112,6 +112,7 @@ def test_now_is_bound_as_a_datetime_without_warnings(mysql_db: str) -> None:
         with engine.connect() as conn:
             assert execute(conn, query, datetime.now(UTC)).all() == [("u1",)]
             assert conn.exec_driver_sql("SHOW WARNINGS").all() == []
+            assert conn.exec_driver_sql("SELECT @@session.time_zone").scalar() == "+00:00"  # not SYSTEM
             as_text = query.replace(":now", "%(now)s")
             conn.exec_driver_sql(as_text, {"now": "2026-11-22T09:00:00.000Z"}).all()
             assert "Truncated incorrect datetime value" in str(conn.exec_driver_sql("SHOW WARNINGS").all())
