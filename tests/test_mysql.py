@@ -16,10 +16,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import create_engine, text
 from test_source import _assert_stopped_and_kept, _same_json, _sql, _traits
 
 from syncd.config import load_config
+from syncd.errors import SourceError
 from syncd.source import execute, open_source
 
 from checks import flags, usercom_view
@@ -272,3 +274,21 @@ def test_a_missing_driver_is_one_line_naming_the_extra(sqlite_env: Env) -> None:
                          "named 'MySQLdb'): write mysql+pymysql:// and pip install 'syncd[mysql]'")
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
     assert flags(env.nat.accepted(), "shop") == {"u1": True}  # the other audience went on
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("mysql://reader:pw@127.0.0.1:1/app", "the mysql driver is not installed (No module named 'MySQLdb'): "
+                                          "write mysql+pymysql:// and pip install 'syncd[mysql]'"),
+    ("mariadb+mariadbconnector://reader:pw@127.0.0.1:1/app",
+     "the mariadb driver is not installed (No module named 'mariadb'): write mariadb+pymysql:// and "
+     "pip install 'syncd[mysql]'"),
+    ("postgresql+psycopg2://reader:pw@127.0.0.1:1/app",
+     "the postgresql driver is not installed (No module named 'psycopg2'): write postgresql+psycopg:// "
+     "and pip install 'syncd[postgres]'"),
+    ("snowflake://reader:pw@account/db",
+     "no SQLAlchemy dialect for snowflake:// is installed: install the package that provides it"),
+])
+def test_a_missing_driver_or_dialect_says_what_to_install(url: str, problem: str) -> None:
+    with pytest.raises(SourceError) as caught:
+        open_source(url)
+    assert str(caught.value) == problem

@@ -33,9 +33,9 @@ from syncd.render import first_line
 
 log = logging.getLogger("syncd")
 
-# The extra that installs each documented database's driver, and the driver it brings.
+# Per documented database: the extra that installs its driver, and that driver's name in a URL.
 EXTRAS = {"postgresql": ("postgres", "psycopg"), "mysql": ("mysql", "pymysql"),
-          "mariadb": ("mysql", "pymysql"), "duckdb": ("duckdb", "duckdb_engine")}
+          "mariadb": ("mysql", "pymysql"), "duckdb": ("duckdb", "duckdb")}
 
 
 def create_state_engine(url: str, pool_size: int = 5) -> Engine:
@@ -66,20 +66,22 @@ def create_state_engine(url: str, pool_size: int = 5) -> Engine:
 
 def engine_problem(url: str, exc: Exception) -> str:
     """Why `create_engine(url)` failed, with what to do: a missing driver names the extra that
-    installs it (and the URL prefix that uses it). (`postgres://` is refused by the config.)"""
+    installs it (and the URL prefix that uses it), a missing dialect the package to install.
+    (`postgres://` is refused by the config already.)"""
     scheme = url.partition("://")[0]
-    backend, _, driver = scheme.partition("+")
-    if not isinstance(exc, ImportError | NoSuchModuleError):
+    backend = scheme.partition("+")[0]
+    missing = exc.name if isinstance(exc, ImportError) else None
+    if missing is None and not isinstance(exc, NoSuchModuleError):
         return first_line(exc)
-    what = f"({exc})" if isinstance(exc, ImportError) else "(its SQLAlchemy dialect)"
     if backend not in EXTRAS:
-        return (f"the driver for {scheme}:// is not installed {what}: install the package that "
-                "provides its SQLAlchemy dialect")
+        if missing is None:
+            return f"no SQLAlchemy dialect for {scheme}:// is installed: install the package that provides it"
+        return f"the driver for {scheme}:// is not installed ({exc})"
     extra, ours = EXTRAS[backend]
     fix = f"pip install 'syncd[{extra}]'"
-    if backend != "duckdb" and driver != ours:  # e.g. mysql:// means mysqlclient, not PyMySQL
+    if missing not in (None, ours):  # e.g. mysql:// means mysqlclient (MySQLdb), not PyMySQL
         fix = f"write {backend}+{ours}:// and {fix}"
-    return f"the {backend} driver is not installed {what}: {fix}"
+    return f"the {backend} driver is not installed ({exc if missing else 'its SQLAlchemy dialect'}): {fix}"
 
 
 CANCEL_POLL = 0.1  # seconds between looks at the stop flag while statements run
