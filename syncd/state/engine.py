@@ -14,11 +14,12 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -96,12 +97,13 @@ def cancelled_on(stop: threading.Event | None, engine: Engine) -> Iterator[None]
         yield
         return
     me, lock, done = threading.get_ident(), threading.Lock(), threading.Event()
-    taken: dict[int, Any] = {}  # id -> driver connection, until cancelled or given back
+    taken: dict[int, Callable[[], Any]] = {}  # id -> how to cancel it, until cancelled or given back
 
     def on_checkout(dbapi: Any, _record: Any, _proxy: Any) -> None:
         if threading.get_ident() == me:
+            cancel = canceller(dbapi, engine)  # in this thread: mysqlclient refuses other threads
             with lock:
-                taken[id(dbapi)] = dbapi
+                taken[id(dbapi)] = cancel
 
     def on_checkin(dbapi: Any, _record: Any) -> None:
         with lock:
@@ -111,8 +113,9 @@ def cancelled_on(stop: threading.Event | None, engine: Engine) -> Iterator[None]
         while not done.is_set():
             if stop.wait(CANCEL_POLL) and not done.is_set():
                 with lock:  # a connection taken after the stop is cancelled in its turn
-                    for dbapi in taken.values():
-                        cancel(dbapi, engine)
+                    for cancel in taken.values():
+                        with suppress(Exception):  # the statement may have just ended; the server gone
+                            cancel()
                     taken.clear()
                 done.wait(CANCEL_POLL)
 
@@ -129,20 +132,17 @@ def cancelled_on(stop: threading.Event | None, engine: Engine) -> Iterator[None]
         event.remove(engine, "checkin", on_checkin)
 
 
-def cancel(dbapi: Any, engine: Engine) -> None:
-    """Ask the database to abandon the statement running on a driver connection (from another
-    thread): sqlite3's and DuckDB's interrupt(), psycopg's cancel_safe() (3.2+) or cancel(),
-    psycopg2's cancel(); MySQL/MariaDB drivers have none: `KILL QUERY` from a second connection."""
+def canceller(dbapi: Any, engine: Engine) -> Callable[[], Any]:
+    """How another thread abandons the statement running on a driver connection: sqlite3's and
+    DuckDB's interrupt(), psycopg's cancel_safe() (3.2+) or cancel(), psycopg2's cancel();
+    MySQL/MariaDB drivers have none: `KILL QUERY` from a second connection."""
     if engine.dialect.name in ("mysql", "mariadb"):
-        with suppress(Exception):  # the statement may have just ended; the server may be gone
-            _kill_query(engine, dbapi.thread_id())
-        return
+        return partial(_kill_query, engine, dbapi.thread_id())
     for name in ("interrupt", "cancel_safe", "cancel"):
         method = getattr(dbapi, name, None)
         if method is not None:
-            with suppress(Exception):  # the statement may have just ended: nothing to cancel
-                method()
-            return
+            return cast(Callable[[], Any], method)
+    return lambda: None  # a driver that cannot cancel: the statement runs to its end
 
 
 def _kill_query(engine: Engine, thread_id: int) -> None:
