@@ -139,7 +139,7 @@ def stream_members(
     try:
         with cancelled_on(stop, engine), engine.connect() as conn:
             result = execute(conn, query, snapshot_at)
-            columns = Columns(list(result.keys()), audience_key, typed(conn.dialect.name, result))
+            columns = Columns(list(result.keys()), audience_key, _converters(conn.dialect.name, result))
             # partitions() fetches yield_per rows per round trip instead of one at a time.
             for partition in result.partitions(2_000):
                 if stop is not None and stop.is_set():
@@ -200,7 +200,7 @@ def bind_now(query: str, now: Any, paramstyle: str) -> tuple[str, Any]:
     return statement, {"now": now}
 
 
-def typed(dialect: str, result: CursorResult[Any]) -> dict[int, Callable[[Any], Any]]:
+def _converters(dialect: str, result: CursorResult[Any]) -> dict[int, Callable[[Any], Any]]:
     """Columns whose driver hands over another type than the database's: MySQL's BOOLEAN is
     TINYINT(1) (an int), its JSON a string, and MariaDB's JSON a LONGTEXT; DuckDB's JSON a
     string. Position -> conversion (a value that does not convert stays as it is)."""
@@ -240,7 +240,7 @@ def _json(value: Any) -> Any:
 
 class Columns:
     """Where the known columns sit in the query's rows; every other column is an extra trait,
-    converted first where `typed` says the driver's type is not the database's."""
+    converted first where `typed` says the driver's type is not the database's (_converters)."""
 
     def __init__(self, names: list[str], audience_key: str | None = None,
                  typed: dict[int, Callable[[Any], Any]] | None = None) -> None:
@@ -292,7 +292,9 @@ def to_member(values: Sequence[Any], at: Columns, counts: SnapshotCounts) -> Sna
         email = None
     url = None if at.url is None else _clean(_text(values[at.url]))
     if at.typed:
-        values = [at.typed[i](v) if i in at.typed else v for i, v in enumerate(values)]
+        values = list(values)
+        for i, convert in at.typed.items():
+            values[i] = convert(values[i])
     traits = {name: json_value(_clean(values[i])) for name, i in at.extras} if at.extras else None
     size = len(user_id or "") + len(anonymous_id or "") + len(email or "") + len(url or "")
     if traits:
@@ -357,7 +359,7 @@ def _one_line(exc: SQLAlchemyError) -> str:
         args = orig.args
         # MySQL drivers' errors are (code, message): the message alone reads as the others do.
         mysql = len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str)
-        message = first_line(args[1]) if mysql else first_line(orig)
+        message = args[1] if mysql else first_line(orig)
         hint = getattr(getattr(orig, "diag", None), "message_hint", None)
         if hint:
             message += f" ({hint})"

@@ -34,9 +34,10 @@ from syncd.render import first_line
 
 log = logging.getLogger("syncd")
 
-# Per documented database: the extra that installs its driver, and that driver's name in a URL.
+# Per documented database: the extra that installs its driver, and that driver's name in a URL
+# ("": the URL names none, e.g. duckdb:///file.duckdb).
 EXTRAS = {"postgresql": ("postgres", "psycopg"), "mysql": ("mysql", "pymysql"),
-          "mariadb": ("mysql", "pymysql"), "duckdb": ("duckdb", "duckdb")}
+          "mariadb": ("mysql", "pymysql"), "duckdb": ("duckdb", "")}
 
 
 def create_state_engine(url: str, pool_size: int = 5) -> Engine:
@@ -80,7 +81,7 @@ def engine_problem(url: str, exc: Exception) -> str:
         return f"the driver for {scheme}:// is not installed ({exc})"
     extra, ours = EXTRAS[backend]
     fix = f"pip install 'syncd[{extra}]'"
-    if missing not in (None, ours):  # e.g. mysql:// means mysqlclient (MySQLdb), not PyMySQL
+    if ours and missing not in (None, ours):  # e.g. mysql:// means mysqlclient (MySQLdb), not PyMySQL
         fix = f"write {backend}+{ours}:// and {fix}"
     return f"the {backend} driver is not installed ({exc if missing else 'its SQLAlchemy dialect'}): {fix}"
 
