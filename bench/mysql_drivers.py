@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, peak_rss_mb, run_step, table
+from _common import emit, run_step, table
 from sqlalchemy import create_engine, text
 
 from syncd.source import open_source, stream_members
@@ -49,6 +49,13 @@ def setup(url: str, rows: int) -> None:
             f"TIMESTAMP '2026-11-01 00:00:00' - INTERVAL n SECOND FROM (SELECT {number} AS n FROM {tables}) "
             f"AS numbers WHERE n < {rows}"))
     engine.dispose()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux keeps that across exec, so a step
+    would start at its parent's peak and small growth would not show."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def step(url: str, mode: str) -> None:
