@@ -23,4 +23,4 @@ lint: venv
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) examples syncd-state.db syncd-state.db-wal syncd-state.db-shm
+	rm -rf $(VENV) examples/*.db examples/*.db-* syncd-state.db syncd-state.db-wal syncd-state.db-shm

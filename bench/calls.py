@@ -33,10 +33,8 @@ the size: measure (b) at the real rate (`--rate-usercom 10`) to compare with a g
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -47,61 +45,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fresh_state, table
+from _standins import ENV, StandInProcess
 
 from syncd.config import load_config
-from syncd.dev.standins import NatStandIn, StandIn, UserComStandIn
 from syncd.run.pipeline import Options, open_state, run_once
 from syncd.run.report import RunReport
 
-KEYS = {"NAT_API_KEY": "bench-nat-key", "USERCOM_API_KEY": "bench-usercom-key"}
 AUDIENCES = 5
 UNPACED = 1000.0  # the highest rate_limit the config accepts
-
-
-# -- the stand-ins' process ----------------------------------------------------------------
-
-def serve() -> None:
-    """Both stand-ins; stdin lines: `rate <nat> <usercom>` (0 = no limit), `counters`."""
-    nat, usercom = NatStandIn(KEYS["NAT_API_KEY"]), UserComStandIn(KEYS["USERCOM_API_KEY"])
-    with nat, usercom:
-        print(json.dumps({"nat": nat.endpoint, "usercom": usercom.base_url}), flush=True)
-        for line in sys.stdin:
-            command, *values = line.split()
-            if command == "rate":
-                nat.rate_limit, usercom.rate_limit = (float(v) or None for v in values)
-                print("{}", flush=True)
-            elif command == "counters":
-                print(json.dumps({"nat": _counters(nat), "usercom": _counters(usercom)}), flush=True)
-
-
-def _counters(server: StandIn) -> dict[str, Any]:
-    return {"requests": server.requests, "429s": server.rate_limited, "routes": dict(server.routes)}
-
-
-class StandIns:
-    """The client side of `serve`: endpoints, rate changes, counter snapshots."""
-
-    def __init__(self) -> None:
-        self._process = subprocess.Popen([sys.executable, __file__, "serve"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, text=True)
-        self.urls: dict[str, str] = self._ask(None)
-
-    def _ask(self, command: str | None) -> Any:
-        assert self._process.stdin is not None and self._process.stdout is not None
-        if command is not None:
-            self._process.stdin.write(command + "\n")
-            self._process.stdin.flush()
-        return json.loads(self._process.stdout.readline())
-
-    def rate(self, nat: float | None, usercom: float | None) -> None:
-        self._ask(f"rate {nat or 0} {usercom or 0}")
-
-    def counters(self, destination: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._ask("counters")[destination]
-        return result
-
-    def close(self) -> None:
-        self._process.communicate("")
 
 
 # -- data and config -----------------------------------------------------------------------
@@ -164,7 +115,7 @@ def overlapping(destination: str) -> str:
 # -- measuring -----------------------------------------------------------------------------
 
 def run(config_path: Path) -> tuple[RunReport, float]:
-    config = load_config(config_path, KEYS)
+    config = load_config(config_path, ENV)
     engine = open_state(config)
     try:
         started = time.monotonic()
@@ -174,7 +125,7 @@ def run(config_path: Path) -> tuple[RunReport, float]:
         engine.dispose()
 
 
-def measure(stand_ins: StandIns, scenario: str, destination: str, rate: float, config: Path,
+def measure(stand_ins: StandInProcess, scenario: str, destination: str, rate: float, config: Path,
             changes: int) -> dict[str, Any]:
     before = stand_ins.counters(destination)
     report, seconds = run(config)
@@ -193,22 +144,22 @@ def measure(stand_ins: StandIns, scenario: str, destination: str, rate: float, c
             "_routes": routes}
 
 
-def initial_send(stand_ins: StandIns, setup: Setup, destination: str, rate: float,
+def initial_send(stand_ins: StandInProcess, setup: Setup, destination: str, rate: float,
                  changes: int) -> dict[str, Any]:
-    stand_ins.rate(rate if destination == "nat" else None, rate if destination == "usercom" else None)
+    stand_ins.rate(**{name: rate if name == destination else None for name in ("nat", "usercom")})
     time.sleep(1.0)  # the stand-in's bucket starts full, as a real API's would be at rest
     config = write_config(setup, destination, rate, overlapping(destination))
     return measure(stand_ins, "(a) initial, 5 audiences", destination, rate, config, changes)
 
 
-def increment(stand_ins: StandIns, setup: Setup, members: int, churn: float, rate: float,
+def increment(stand_ins: StandInProcess, setup: Setup, members: int, churn: float, rate: float,
               seed: int) -> dict[str, Any]:
     query = "SELECT id AS user_id, email FROM members WHERE inside = 1"
     moved = random.Random(seed + 1).sample(range(members), max(2, int(members * churn)))
     back, leaving = moved[: len(moved) // 2], moved[len(moved) // 2:]
     source = setup.tmp / "source.db"
     unpaced = write_config(setup, "usercom", UNPACED, audience("bench_members", "usercom", query))
-    stand_ins.rate(None, None)
+    stand_ins.rate(nat=None, usercom=None)
     for step in ("full send", "first leavers"):
         if step == "first leavers":
             set_inside(source, back, inside=False)
@@ -217,7 +168,7 @@ def increment(stand_ins: StandIns, setup: Setup, members: int, churn: float, rat
         print(f"(b) setup, {step}: {report.outcome} in {time.monotonic() - started:.1f} s", flush=True)
     set_inside(source, back, inside=True)
     set_inside(source, leaving, inside=False)
-    stand_ins.rate(None, rate)
+    stand_ins.rate(nat=None, usercom=rate)
     time.sleep(1.0)
     paced = write_config(setup, "usercom", rate, audience("bench_members", "usercom", query))
     scenario = f"(b) {len(moved) / members:.0%} of {members:,}, known"
@@ -238,9 +189,6 @@ def memberships(path: Path) -> int:
 
 
 def main() -> None:
-    if sys.argv[1:] == ["serve"]:
-        serve()
-        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=1_000, help="(a): users over 5 audiences")
     parser.add_argument("--members", type=int, default=20_000, help="(b): members of the audience")
@@ -252,7 +200,7 @@ def main() -> None:
     parser.add_argument("--state", default="sqlite", help="'sqlite' or a PostgreSQL server URL")
     args = parser.parse_args()
     rows = []
-    stand_ins = StandIns()
+    stand_ins = StandInProcess()
     try:
         with tempfile.TemporaryDirectory(prefix="syncd-calls-") as tmp_name:
             tmp = Path(tmp_name)

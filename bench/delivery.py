@@ -53,8 +53,8 @@ def messages(count: int) -> list[dict[str, Any]]:
 
 
 def nat_destination(endpoint: str, concurrency: int) -> Nat:
-    return Nat(DestinationConfig(name="nat", type="nat", url=endpoint, api_key=Secret(KEY),
-                                 rate_limit=None, concurrency=concurrency, timeout=10.0))
+    return Nat(DestinationConfig(name="nat", type="nat", api_key=Secret(KEY), rate_limit=None,
+                                 concurrency=concurrency, timeout=10.0, settings={"endpoint": endpoint}))
 
 
 async def via_syncd(endpoint: str, payloads: list[dict[str, Any]], concurrency: int) -> float:

@@ -30,12 +30,13 @@ from sqlalchemy import Engine, func, select
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fresh_state, table
 
-from syncd import state as ledger
 from syncd.config import parse_duration
 from syncd.model import SnapshotRow
+from syncd.state.diff import WorkList
 from syncd.state.engine import create_state_engine, migrate
-from syncd.state.sends import Outcome
-from syncd.state.snapshots import SnapshotCounts
+from syncd.state.runs import Pruned, finish_run, prune, record_audience, record_result, start_run
+from syncd.state.sends import Outcome, mark_in_flight, record_outcomes
+from syncd.state.snapshots import SnapshotCounts, replace_members
 from syncd.state.tables import RUN, L
 
 KEY, DEST, PAGE = "growth", "nat", 500
@@ -49,13 +50,13 @@ def snapshot(ids: deque[int]) -> Iterator[SnapshotRow]:
 def deliver(engine: Engine) -> tuple[int, int]:
     """Every change acknowledged, page by page, as a run records them."""
     done = [0, 0]
-    with engine.connect() as conn, ledger.WorkList(conn, KEY, DEST, needs_email=True) as work:
+    with engine.connect() as conn, WorkList(conn, KEY, DEST, needs_email=True) as work:
         for index, value in enumerate((True, False)):
             after = ""
             while page := work.page(value, after, PAGE):
                 after = page[-1].cursor
-                ledger.mark_in_flight(engine, KEY, DEST, page)
-                ledger.record_outcomes(engine, KEY, DEST,
+                mark_in_flight(engine, KEY, DEST, page)
+                record_outcomes(engine, KEY, DEST,
                                        [Outcome(c.subject, c.value, ident=c.ident, acked=True, attempts=1)
                                         for c in page])
                 done[index] += len(page)
@@ -74,16 +75,16 @@ def size_mb(engine: Engine, url: str) -> float:
 
 def one_run(engine: Engine, ids: deque[int], at: datetime, retention: timedelta | None) -> dict[str, int]:
     with freeze_time(at):
-        run_id = ledger.start_run(engine, at)
-        counts = ledger.replace_members(engine, KEY, snapshot(ids), SnapshotCounts())
-        ledger.record_audience(engine, run_id, KEY, counts, None)
+        run_id = start_run(engine, at)
+        counts = replace_members(engine, KEY, snapshot(ids), SnapshotCounts())
+        record_audience(engine, run_id, KEY, counts, None)
         entered, left = deliver(engine)
-        ledger.record_result(engine, run_id, {"audience_key": KEY, "destination": DEST,
+        record_result(engine, run_id, {"audience_key": KEY, "destination": DEST,
                                               "members": counts.members, "entered": entered,
                                               "left": left, "sent": entered + left,
                                               "acknowledged": entered + left})
-        ledger.finish_run(engine, run_id, "ok")
-        pruned = ledger.prune(engine, at - retention) if retention else ledger.Pruned()
+        finish_run(engine, run_id, "ok")
+        pruned = prune(engine, at - retention) if retention else Pruned()
     return {"entered": entered, "left": left, "pruned_rows": pruned.ledger_rows}
 
 

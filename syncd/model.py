@@ -1,5 +1,5 @@
 """The words every layer shares: a snapshot row, a change (enter or leave) for one destination,
-the outcomes of runs and pairs, the per-pair counters, and the Progress interface a run
+the outcomes of runs and pairs, the per-pair counters and report, and the Progress interface a run
 reports long work through.
 
 Which changes exist is decided in SQL (state/diff.py: desired vs acknowledged); this
@@ -145,6 +145,24 @@ class Totals:
 # pairs means nothing, so `history` leaves it out).
 RUN_TOTALS = tuple(f.name for f in fields(Totals))
 PAIR_COUNTERS = ("members", *RUN_TOTALS)
+
+
+@dataclass
+class PairReport:
+    """One (audience, destination) pair in one run: delivery fills it in, the run records it."""
+
+    audience_key: str
+    destination: str
+    members: int = 0
+    entered: int = 0
+    left: int = 0
+    sent: int = 0
+    acknowledged: int = 0
+    skipped: int = 0
+    failed: int = 0
+    pending: int = 0
+    outcome: PairOutcome = PairOutcome.OK
+    message: str | None = None
 
 
 # --- progress: what a run reports long work through (cli/progress.py draws it) ----------

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, CursorResult, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, ResourceClosedError, SQLAlchemyError
 
 from syncd.config import AudienceConfig, Config
-from syncd.dburl import parse_db_url
+from syncd.config.dburl import parse_db_url
 from syncd.errors import SourceError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
 from syncd.model import Change, SnapshotRow, Task, traits_json

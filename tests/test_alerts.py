@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ import pytest
 from freezegun import freeze_time
 
 from syncd.config import load_config
+from syncd.daemon.metrics import Metrics
 from syncd.errors import ConfigError
 from syncd.run.alerts import ALERT_TIME_LIMIT
+from syncd.state.engine import create_state_engine
 
 from conftest import HOOK_SECRET, KEYS_ENV, Env, audience_toml, dump_state, free_port, wait_for
 
@@ -321,3 +324,30 @@ def _alerts_config(tmp_path: Path, alerts_table: str) -> Path:
         [alerts]
     """) + alerts_table + "\n")
     return path
+
+
+def test_the_metrics_show_the_reading_the_alerts_judged(env: Env, hook: Hook) -> None:
+    """A daemon run reads the state once: the run hands back the reading its alerts judged,
+    and the gauges shown from it are those a fresh reading gives. Without [alerts] a run
+    reads nothing for them."""
+    env.shop.members("u1", "u2", "u3")
+    env.nat.down = True
+    config = _config(env, hook.url)
+    with freeze_time("2026-11-22 09:00:00", real_asyncio=True):
+        report = env.run(config)
+        assert env.run(env.config(audiences=audience_toml("Buyers", ["nat"]))).reading is None
+    assert report.reading is not None
+    (pair,) = report.reading.pairs
+    assert (pair.pending, pair.acknowledged, pair.last_outcome) == (3, 0, "undelivered")
+    assert pair.oldest_pending_at is not None and report.reading.runs[0].id == report.run_id
+
+    clock = datetime(2026, 11, 22, 10, tzinfo=UTC).timestamp
+    shared, fresh = Metrics(clock=clock), Metrics(clock=clock)
+    shared.show(report.reading)
+    engine = create_state_engine(env.state_url)
+    try:
+        fresh.refresh(config, engine)
+    finally:
+        engine.dispose()
+    assert shared.render() == fresh.render()
+    assert 'syncd_pending_changes{audience="buyers",destination="nat"} 3' in shared.render()

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from syncd import state as ledger
 from syncd.state.engine import create_state_engine, migrate
+from syncd.state.lease import acquire_lease, release_lease
 
 from conftest import KEYS_ENV, NAT_KEY, USERCOM_KEY, Env, run_cli
 
@@ -76,11 +76,11 @@ def test_second_run_while_one_holds_the_lease_says_which(sqlite_env: Env) -> Non
     path = sqlite_env.write_config()
     engine = create_state_engine(sqlite_env.state_url)
     migrate(engine)
-    lease = ledger.acquire_lease(engine)
+    lease = acquire_lease(engine)
     try:
         result = sqlite_env.cli("run-once", "--config", str(path))
     finally:
-        ledger.release_lease(engine, lease)
+        release_lease(engine, lease)
         engine.dispose()
     assert result.returncode == 1
     assert "another run is in progress" in result.stderr

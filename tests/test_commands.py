@@ -8,11 +8,12 @@ from typing import Any
 
 from sqlalchemy import MetaData, select
 
-from syncd import state as ledger
 from syncd.dev.standins import Fault
 from syncd.model import SnapshotRow
+from syncd.state.diff import plan_counts
 from syncd.state.engine import create_state_engine
-from syncd.state.snapshots import SnapshotCounts
+from syncd.state.lease import acquire_lease, release_lease
+from syncd.state.snapshots import SnapshotCounts, load_scratch, replace_members, scratch_members
 
 from conftest import NAT_KEY, USERCOM_KEY, Env, audience_toml
 
@@ -114,15 +115,15 @@ def test_plan_needs_no_lease_and_blocks_no_run(env: Env) -> None:
     engine = create_state_engine(env.state_url)
     other = create_state_engine(env.state_url)
     try:
-        with engine.connect() as conn, ledger.scratch_members(conn) as scratch:  # plan, mid-plan
+        with engine.connect() as conn, scratch_members(conn) as scratch:  # plan, mid-plan
             rows = [SnapshotRow.of(f"p{i}") for i in range(10)]
-            ledger.load_scratch(conn, scratch, "buyers", rows, SnapshotCounts())
-            assert ledger.plan_counts(conn, "buyers", "usercom", False, scratch).entered == 10
+            load_scratch(conn, scratch, "buyers", rows, SnapshotCounts())
+            assert plan_counts(conn, "buyers", "usercom", False, scratch).entered == 10
 
             done = threading.Event()
 
             def concurrent_run_snapshot() -> None:
-                ledger.replace_members(other, "buyers", [SnapshotRow.of("u3")],
+                replace_members(other, "buyers", [SnapshotRow.of("u3")],
                                        SnapshotCounts())
                 done.set()
 
@@ -130,11 +131,11 @@ def test_plan_needs_no_lease_and_blocks_no_run(env: Env) -> None:
             thread.start()
             assert done.wait(5), "the concurrent snapshot waited for plan's transaction"
         env.shop.members("u1", "u2", "u3", "u4")
-        lease = ledger.acquire_lease(engine)  # a run in progress does not stop a plan
+        lease = acquire_lease(engine)  # a run in progress does not stop a plan
         try:
             assert _pair(_json(env, "plan"), "buyers", "nat")["entered"] == 2
         finally:
-            ledger.release_lease(engine, lease)
+            release_lease(engine, lease)
     finally:
         engine.dispose()
         other.dispose()
@@ -196,11 +197,11 @@ def test_resync_during_another_run_keeps_its_marks_for_the_next_run(sqlite_env: 
     env.run(config)
     env.nat.reset()
     engine = create_state_engine(env.state_url)
-    lease = ledger.acquire_lease(engine)
+    lease = acquire_lease(engine)
     try:
         busy = env.cli("resync", "--audience", "buyers", "--config", str(env.tmp_path / "config.toml"))
     finally:
-        ledger.release_lease(engine, lease)
+        release_lease(engine, lease)
         engine.dispose()
     assert busy.returncode == 1
     assert "another run is in progress" in busy.stderr and "the next run sends them" in busy.stderr

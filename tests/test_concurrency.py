@@ -7,8 +7,9 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from syncd import state as ledger
-from syncd.state.engine import create_state_engine, migrate
+from syncd.state.engine import create_state_engine, migrate, now
+from syncd.state.lease import acquire_lease, renew_lease
+from syncd.state.tables import LEASE
 
 from checks import assert_no_stale_values, view
 from conftest import Env, wait_for
@@ -57,19 +58,19 @@ def test_a_lease_held_on_another_host_blocks_until_it_expires(env: Env) -> None:
     path = env.write_config()
     engine = create_state_engine(env.state_url)
     migrate(engine)
-    lease = ledger.acquire_lease(engine)
+    lease = acquire_lease(engine)
     with engine.begin() as conn:  # as if a daemon on another machine held it
-        conn.execute(update(ledger.LEASE).values(host="other-host", pid=1))
+        conn.execute(update(LEASE).values(host="other-host", pid=1))
     try:
         blocked = env.cli("run-once", "--config", str(path))
         assert blocked.returncode == 1 and "pid 1 on other-host" in blocked.stderr
         assert env.nat.requests == 0
 
         with engine.begin() as conn:  # that host went silent: its lease ran out
-            conn.execute(update(ledger.LEASE).values(expires_at=ledger.now() - timedelta(seconds=1)))
+            conn.execute(update(LEASE).values(expires_at=now() - timedelta(seconds=1)))
         taken = env.cli("run-once", "--config", str(path))
         assert taken.returncode == 0, taken.stderr
         assert env.nat.requests == 1
-        assert not ledger.renew_lease(engine, lease)  # the old holder would now stop its run
+        assert not renew_lease(engine, lease)  # the old holder would now stop its run
     finally:
         engine.dispose()

@@ -13,11 +13,13 @@ from test_daemon import start_daemon, stop_daemon, wait_for
 
 from syncd.config import MetricsConfig
 from syncd.daemon.metrics import Endpoints, Metrics, MetricsServer
-from syncd.daemon.page import PageData, PairRow, RunRow, render
+from syncd.daemon.page import render
 from syncd.daemon.probes import Cached, Liveness, readiness
 from syncd.daemon.scheduler import _start_scheduler
 from syncd.run.pipeline import open_state
 from syncd.state.engine import create_state_engine, migrate
+from syncd.state.operator import RunSummary
+from syncd.state.readings import PairReading, Reading
 
 from conftest import Env, audience_toml, free_port, samples
 from conftest import wait_for as wait_for_condition
@@ -141,12 +143,19 @@ def test_readyz_is_503_on_an_unmigrated_state_over_http(tmp_path: Path, serve: S
     assert response.text.count("\n") == 1
 
 
-def _data() -> PageData:
+def _data() -> Reading:
     now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-    pairs = [PairRow("buyers", "nat", 120, 100, 20, now - timedelta(hours=7, minutes=5), 3, 0, "undelivered"),
-             PairRow("buyers", "<b>&co", 5, 5, 0, None, 0, 12, "held")]
-    runs = [RunRow(i, now - timedelta(hours=3 * i), "ok", 10 * i, 9 * i, i, 0, 0) for i in range(3, 0, -1)]
-    return PageData(pairs, runs, now)
+    pairs = [PairReading("buyers", "nat", members=120, acknowledged=100, pending=20, failed=3, skipped=0,
+                         oldest_pending_at=now - timedelta(hours=7, minutes=5),
+                         oldest_pending_age_seconds=7 * 3600 + 5 * 60, last_outcome="undelivered"),
+             PairReading("buyers", "<b>&co", members=5, acknowledged=5, pending=0, failed=0, skipped=0,
+                         held_exits=12, last_outcome="held")]
+    started = [now - timedelta(hours=3 * i) for i in range(4)]
+    runs = [RunSummary(id=i, started_at=started[i], snapshot_at=started[i], finished_at=None, outcome="ok",
+                       host="h", pid=1, entered=0, left=0, sent=10 * i, acknowledged=9 * i, skipped=0,
+                       failed=i, pending=0, pairs=1, held=0, source_errors=0)
+            for i in range(3, 0, -1)]
+    return Reading(now, pairs, runs, {})
 
 
 def test_render_is_escaped_self_contained_and_phone_ready() -> None:
@@ -160,7 +169,7 @@ def test_render_is_escaped_self_contained_and_phone_ready() -> None:
 
 
 def test_render_without_runs_or_audiences() -> None:
-    html = render(PageData([], [], datetime(2026, 11, 28, tzinfo=UTC)))
+    html = render(Reading(datetime(2026, 11, 28, tzinfo=UTC), [], [], {}))
     assert "No runs yet." in html and "No audiences configured." in html and "<svg" not in html
 
 

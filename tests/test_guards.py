@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from syncd import state as ledger
 from syncd.config import AudienceConfig, GuardConfig
 from syncd.guards import judge
 from syncd.state.engine import create_state_engine
+from syncd.state.tables import APPROVAL
 
 from conftest import Env, audience_toml
 
@@ -31,7 +31,7 @@ def _approvals(url: str) -> list[tuple[Any, ...]]:
     try:
         with engine.connect() as conn:
             return [tuple(r) for r in conn.execute(
-                select(ledger.APPROVAL.c.audience_key, ledger.APPROVAL.c.destination, ledger.APPROVAL.c.exits)
+                select(APPROVAL.c.audience_key, APPROVAL.c.destination, APPROVAL.c.exits)
             )]
     finally:
         engine.dispose()

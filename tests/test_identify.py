@@ -31,9 +31,9 @@ LEAVE = Change(subject="u:u_123", user_id="u_123", anonymous_id=None, email="pet
 ANONYMOUS = Change(subject="a:anon-9", user_id=None, anonymous_id="anon-9", email=None, seq=0, value=True)
 
 DESTINATIONS = {
-    "nat": DestinationConfig("nat", "nat", "https://nat.example/segment", Secret("k"), None, 8, 10),
-    "usercom": DestinationConfig("usercom", "usercom", "https://app.user.com/api/public/", Secret("k"),
-                                 None, 8, 10),
+    "nat": DestinationConfig("nat", "nat", Secret("k"), None, 8, 10, {"endpoint": "https://nat.example/segment"}),
+    "usercom": DestinationConfig("usercom", "usercom", Secret("k"), None, 8, 10,
+                                 {"base_url": "https://app.user.com/api/public/"}),
 }
 
 

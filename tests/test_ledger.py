@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine, select
 
-from syncd import state as ledger
 from syncd.config import Config, ScheduleConfig
 from syncd.model import Change, SnapshotRow
 from syncd.run.pipeline import open_state
-from syncd.state.snapshots import SnapshotCounts
+from syncd.state.diff import DestinationWork, WorkList, plan_counts
+from syncd.state.snapshots import SnapshotCounts, replace_members
 from syncd.state.tables import L, M
 
 
@@ -37,11 +37,11 @@ def members(engine: Engine, key: str) -> dict[str, tuple[str | None, str | None]
 
 
 def test_replace_members_adds_removes_and_rewrites_changed_rows(engine: Engine) -> None:
-    ledger.replace_members(engine, "a", [row("1", "one@x.io"), row("2", "two@x.io", plan="pro")],
+    replace_members(engine, "a", [row("1", "one@x.io"), row("2", "two@x.io", plan="pro")],
                            SnapshotCounts())
-    ledger.replace_members(engine, "b", [row("1", "b@x.io")], SnapshotCounts())
+    replace_members(engine, "b", [row("1", "b@x.io")], SnapshotCounts())
 
-    counts = ledger.replace_members(
+    counts = replace_members(
         engine, "a", [row("2", "new@x.io", plan="max"), row("3"), row("2", "dup@x.io")], SnapshotCounts()
     )
 
@@ -49,28 +49,28 @@ def test_replace_members_adds_removes_and_rewrites_changed_rows(engine: Engine) 
     assert members(engine, "a") == {"u:2": ("new@x.io", '{"plan": "max"}'), "u:3": (None, None)}
     assert members(engine, "b") == {"u:1": ("b@x.io", None)}  # another audience is untouched
 
-    ledger.replace_members(engine, "a", [row("2"), row("3", "three@x.io")], SnapshotCounts())
+    replace_members(engine, "a", [row("2"), row("3", "three@x.io")], SnapshotCounts())
     assert members(engine, "a") == {"u:2": (None, None), "u:3": ("three@x.io", None)}  # to and from NULL
 
 
 def test_replace_members_keeps_the_previous_snapshot_if_the_source_fails(engine: Engine) -> None:
-    ledger.replace_members(engine, "a", [row("1", "one@x.io")], SnapshotCounts())
+    replace_members(engine, "a", [row("1", "one@x.io")], SnapshotCounts())
 
     def failing() -> Iterator[SnapshotRow]:
         yield row("2")
         raise RuntimeError("source connection lost")
 
     with pytest.raises(RuntimeError):
-        ledger.replace_members(engine, "a", failing(), SnapshotCounts())
+        replace_members(engine, "a", failing(), SnapshotCounts())
 
     assert members(engine, "a") == {"u:1": ("one@x.io", None)}
-    ledger.replace_members(engine, "a", [row("4")], SnapshotCounts())  # the same pooled connection works
+    replace_members(engine, "a", [row("4")], SnapshotCounts())  # the same pooled connection works
     assert members(engine, "a") == {"u:4": (None, None)}
 
 
 def test_an_empty_snapshot_empties_the_audience(engine: Engine) -> None:
-    ledger.replace_members(engine, "a", [row("1")], SnapshotCounts())
-    counts = ledger.replace_members(engine, "a", [], SnapshotCounts())
+    replace_members(engine, "a", [row("1")], SnapshotCounts())
+    counts = replace_members(engine, "a", [], SnapshotCounts())
     assert (counts.members, counts.duplicates, members(engine, "a")) == (0, 0, {})
 
 
@@ -82,7 +82,7 @@ def test_the_work_list_pages_every_change_once_and_counts_like_status(engine: En
     def snapshot(keep: list[str]) -> list[SnapshotRow]:  # every fifth member has no email
         return [row(i, None if int(i) % 5 == 0 else f"{i}@x.io") for i in keep]
 
-    ledger.replace_members(engine, "a", snapshot(ids), SnapshotCounts())
+    replace_members(engine, "a", snapshot(ids), SnapshotCounts())
     since = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
     with engine.begin() as conn:  # the destination holds `true` for every third member
         conn.execute(L.insert(), [  # Nat keys by email: a row per (subject, email)
@@ -98,7 +98,7 @@ def test_the_work_list_pages_every_change_once_and_counts_like_status(engine: En
                                   "maybe_true": False, "maybe_false": False, "attempts": 3, "seq": 0})
         conn.execute(L.update().where(L.c.subject == "u:12").values(pending=False, pending_since=since))
     staying = [i for n, i in enumerate(ids) if n % 4]  # every fourth member leaves
-    ledger.replace_members(engine, "a", snapshot(staying), SnapshotCounts())
+    replace_members(engine, "a", snapshot(staying), SnapshotCounts())
 
     def walk(fetch: Callable[[tuple[str, str]], list[Change]]) -> list[str]:
         seen, after = [], ("", "")
@@ -109,8 +109,8 @@ def test_the_work_list_pages_every_change_once_and_counts_like_status(engine: En
         return seen
 
     with engine.connect() as conn:
-        status = ledger.plan_counts(conn, "a", "nat", needs_email=True)
-        with ledger.WorkList(conn, "a", "nat", needs_email=True) as work:
+        status = plan_counts(conn, "a", "nat", needs_email=True)
+        with WorkList(conn, "a", "nat", needs_email=True) as work:
             enters = walk(lambda after: work.page(True, after, 5))
             leaves = walk(lambda after: work.page(False, after, 5))
         counts = work.counts
@@ -120,3 +120,25 @@ def test_the_work_list_pages_every_change_once_and_counts_like_status(engine: En
     assert (counts.members, counts.entered, counts.left) == (len(staying), len(enters), len(leaves))
     assert counts.skipped == len([i for i in staying if int(i) % 3 and int(i) % 5 == 0])
     assert (counts.failed, counts.retries, counts.oldest_pending) == (1, 2, since)
+
+
+def test_a_work_list_commits_only_on_a_connection_of_its_own(engine: Engine) -> None:
+    """On a caller's connection a WorkList never commits (plan rolls its dry run back); the lists
+    DestinationWork makes, given the engine, commit each step on its own connection, so no
+    transaction stays open while changes are sent."""
+    replace_members(engine, "a", [row("1", "one@x.io"), row("2", "two@x.io")], SnapshotCounts())
+    replace_members(engine, "b", [row("2", "two@x.io")], SnapshotCounts())
+    with engine.connect() as conn, WorkList(conn, "a", "nat", needs_email=True) as borrowed:
+        assert [c.subject for c in borrowed.page(True, "", 5)] == ["u:1", "u:2"]
+        assert conn.in_transaction()  # the caller's to end
+
+    with DestinationWork(engine, "nat", needs_email=True) as work:
+        lists = [work.make("a"), work.make("b")]
+        assert not work.conn.in_transaction()
+        page = lists[0].page(True, "", 5)
+        assert [c.subject for c in page] == ["u:1", "u:2"] and not work.conn.in_transaction()
+        riders = lists[0].riders(page, ["a", "b"])  # the shared table: b's change of u:2 rides along
+        assert [(key, c.subject) for key, c in riders] == [("b", "u:2")] and not work.conn.in_transaction()
+        assert lists[1].page(True, "", 5) == []  # taken by a's page
+        assert lists[1].leaves_left() == 0 and not work.conn.in_transaction()
+    assert work.conn.closed

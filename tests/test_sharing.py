@@ -8,11 +8,11 @@ import threading
 from dataclasses import replace
 from datetime import timedelta
 
-from syncd import state as ledger
 from syncd.config import Config
 from syncd.daemon import scheduler
-from syncd.run.deliver import PAGE_SIZE
+from syncd.delivery.pairs import PAGE_SIZE
 from syncd.run.pipeline import open_state
+from syncd.state.operator import recent_runs
 
 from checks import assert_no_stale_values, flags
 from conftest import Env, audience_toml, wait_for
@@ -98,7 +98,7 @@ def test_the_daemon_runs_again_at_once_while_runs_stop_at_their_time_limit(env: 
 
     def outcomes() -> list[str]:
         with engine.connect() as conn:
-            return [run.outcome for run in reversed(ledger.recent_runs(conn, 10))]
+            return [run.outcome for run in reversed(recent_runs(conn, 10))]
 
     stop = threading.Event()
     daemon = threading.Thread(target=scheduler.serve, args=(config, stop), daemon=True)

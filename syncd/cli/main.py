@@ -19,6 +19,9 @@ from syncd.errors import SyncdError, UsageError
 from syncd.render import one_line
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from syncd.cli.commands.operator import Output
     from syncd.model import Progress
     from syncd.run.pipeline import Options
 
@@ -120,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
     # heavy imports only once the config is good
     from syncd.cli import progress
-    from syncd.cli.commands import operator, status
+    from syncd.cli.commands import operator
     from syncd.daemon import scheduler
     from syncd.run import pipeline
     from syncd.state import schema
@@ -142,26 +145,36 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     engine = pipeline.open_state(config, schema.Access.SEND if args.command in SENDING_COMMANDS
                                  else schema.Access.READ)
     try:
-        if args.command == "status":
-            rows = status.status(config, engine)
-            output = operator.Output(rows, status.format_status(rows))
-        elif args.command == "plan":
-            output = operator.plan(config, engine)
-        elif args.command == "resync":
-            output = operator.resync(config, engine, args.audience, args.destination, _run_options(shown))
-        elif args.command == "failures":
-            output = operator.failures(config, engine, args.destination)
-        elif args.command == "retry":
-            output = operator.retry(config, engine, args.destination, _run_options(shown))
-        elif args.command == "history":
-            output = operator.history(engine, args.limit)
-        else:
-            output = operator.approve(config, engine, args.audience, args.destination)
+        output = _command(args, config, engine, shown)
         if args.json or output.text:
             _print(json.dumps(output.data, indent=2) if args.json else output.text)
         return output.exit_code
     finally:
         engine.dispose()
+
+
+def _command(args: argparse.Namespace, config: Config, engine: Engine, shown: Progress) -> Output:
+    """One command against the state database: one call into run/ or state/, rendered."""
+    from syncd.cli.commands import operator, status
+    from syncd.run import operator as run_operator
+    from syncd.run.plan import plan
+    from syncd.state import operator as state_operator
+
+    if args.command == "status":
+        rows = status.status(config, engine)
+        return operator.Output(rows, status.format_status(rows))
+    if args.command == "plan":
+        return operator.plan(plan(config, engine))
+    if args.command == "resync":
+        return operator.resync(run_operator.resync(config, engine, args.audience, args.destination,
+                                                   _run_options(shown)))
+    if args.command == "failures":
+        return operator.failures(state_operator.failures(engine, args.destination))
+    if args.command == "retry":
+        return operator.retry(run_operator.retry(config, engine, args.destination, _run_options(shown)))
+    if args.command == "history":
+        return operator.history(state_operator.history(engine, args.limit))
+    return operator.approve(run_operator.approve(config, engine, args.audience, args.destination))
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:

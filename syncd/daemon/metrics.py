@@ -41,9 +41,7 @@ from syncd.config import Config, MetricsConfig
 from syncd.errors import MetricsError
 from syncd.model import PairOutcome, RunOutcome, ScheduledOutcome
 from syncd.render import one_line
-from syncd.state import runs as state_runs
-from syncd.state.backlog import backlog
-from syncd.state.runs import last_results, last_successes
+from syncd.state.readings import Reading, read
 
 if TYPE_CHECKING:  # annotations only
     from syncd.run.report import RunReport
@@ -108,39 +106,30 @@ class Metrics:
                     self.last_success[(pair.audience_key, pair.destination)] = finished
 
     def refresh(self, config: Config, engine: Engine) -> None:
-        """Backlog gauges (and, at start-up, last successes) from the ledger."""
-        pending, oldest = {}, {}
-        with engine.connect() as conn:
-            successes = last_successes(conn)
-            for key, name, counts in backlog(config, conn):
-                work, since = counts.entered + counts.left, counts.oldest_pending
-                pending[(key, name)] = work
-                oldest[(key, name)] = since.timestamp() if since and work else None
+        """The gauges from a fresh reading of the state database."""
+        self.show(read(config, engine))
+
+    def show(self, reading: Reading) -> None:
+        """The gauges from a reading: backlogs, held exits, refused keys, the latest run's start,
+        and (what counts at start-up) last successes."""
+        pending = {(p.audience, p.destination): p.pending for p in reading.pairs}
+        oldest = {(p.audience, p.destination): p.oldest_pending_at.timestamp()
+                  if p.oldest_pending_at and p.pending else None for p in reading.pairs}
+        held = {(p.audience, p.destination): p.held_exits for p in reading.pairs}
+        refused = {p.destination: 0 for p in reading.pairs}
+        for p in reading.pairs:
+            if p.last_outcome == PairOutcome.STOPPED:  # the sender stopped: 401/403
+                refused[p.destination] = 1
         with self.lock:
             self.pending, self.oldest_pending = pending, oldest
+            self.held_exits, self.key_refused = held, refused
             for audience_key, name in pending:
                 for kind in _CHANGE_COUNTERS:
                     self.changes.setdefault((kind, audience_key, name), 0)
-            for pair, moment in successes.items():
+            for pair, moment in reading.last_successes.items():
                 self.last_success[pair] = max(self.last_success.get(pair, 0.0), moment.timestamp())
-        self._refresh_latest(engine, list(pending))
-
-    def _refresh_latest(self, engine: Engine, pairs: list[tuple[str, str]]) -> None:
-        """From each pair's latest result: held exits, refused keys; and when the last run started."""
-        held, refused = dict.fromkeys(pairs, 0), {name: 0 for _, name in pairs}
-        with engine.connect() as conn:
-            run = state_runs.last_run(conn)
-            for result in last_results(conn):
-                pair = (result.audience_key, result.destination)
-                if pair not in held:
-                    continue  # a pair no longer configured
-                held[pair] = int(result.left or 0) if result.outcome == PairOutcome.HELD else 0
-                if result.outcome == PairOutcome.STOPPED:  # the sender stopped: 401/403 (run/deliver.py)
-                    refused[result.destination] = 1
-        with self.lock:
-            self.held_exits, self.key_refused = held, refused
-            if run is not None:
-                self.last_run = run.started_at.timestamp()
+            if reading.runs:
+                self.last_run = reading.runs[0].started_at.timestamp()
 
     def render(self) -> str:
         with self.lock:

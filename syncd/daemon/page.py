@@ -1,94 +1,32 @@
 """The read-only status page `syncd run` serves at `/` (with `[metrics] listen`).
 
-`gather()` reads what `syncd status` and `syncd history` read (status.status, the ledger's
-recent_runs and last_results); `render()` turns that into one self-contained HTML page:
-inline CSS and an inline SVG chart, no script, no external request (the server's
-Content-Security-Policy forbids them anyway), escaped text, a viewport for phones, and a
-refresh every 30 seconds. Only counts and config names appear: no user ids, e-mails or keys.
+It shows the one reading of the state (state/readings.py) that `syncd status`, the metrics
+and the alerts show: `render()` turns it into one self-contained HTML page: inline CSS and
+an inline SVG chart, no script, no external request (the server's Content-Security-Policy
+forbids them anyway), escaped text, a viewport for phones, and a refresh every 30 seconds.
+Only counts and config names appear: no user ids, e-mails or keys.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from html import escape
-from typing import Any
 
 from sqlalchemy import Engine
 
 from syncd import __version__
-from syncd.cli.commands.status import status  # the page shows `syncd status --json`'s rows
 from syncd.config import Config
-from syncd.model import PairOutcome, RunOutcome
+from syncd.model import RunOutcome
 from syncd.render import duration, readable
-from syncd.state import engine as state_engine
-from syncd.state.operator import recent_runs
-from syncd.state.runs import last_results
+from syncd.state.operator import RunSummary
+from syncd.state.readings import RECENT_RUNS, Reading, read
 
-RUNS_SHOWN = 20
 REFRESH_SECONDS = 30
 CHART_SERIES = (("sent", "#4c78a8"), ("acknowledged", "#54a24b"), ("failed", "#e45756"))
 
 
-@dataclass(frozen=True)
-class PairRow:
-    audience: str
-    destination: str
-    members: int
-    acknowledged: int
-    pending: int
-    oldest_pending: datetime | None
-    failed: int
-    held_exits: int
-    last_outcome: str | None
-
-
-@dataclass(frozen=True)
-class RunRow:
-    run: int
-    started_at: datetime
-    outcome: str
-    sent: int
-    acknowledged: int
-    failed: int
-    pending: int
-    held: int  # pairs whose exits were held
-
-
-@dataclass(frozen=True)
-class PageData:
-    pairs: list[PairRow]
-    runs: list[RunRow]  # newest first
-    now: datetime
-
-
-def gather(config: Config, engine: Engine, limit: int = RUNS_SHOWN) -> PageData:
-    """The page's numbers, from the same readings as `syncd status` and `syncd history`."""
-    rows = status(config, engine)
-    with engine.connect() as conn:
-        held = {(r.audience_key, r.destination): int(r.left or 0)
-                for r in last_results(conn) if r.outcome == PairOutcome.HELD}
-        runs = recent_runs(conn, limit)
-    pairs = [PairRow(
-        r["audience"], r["destination"], r["members"], r["acknowledged"], r["pending"],
-        _parse_iso(r["oldest_pending_at"]), r["failed"], held.get((r["audience"], r["destination"]), 0),
-        r["last_outcome"],
-    ) for r in rows]
-    return PageData(pairs, [_run_row(r) for r in runs], state_engine.now())
-
-
-def _run_row(r: Any) -> RunRow:
-    return RunRow(int(r.id), r.started_at, str(r.outcome or RunOutcome.RUNNING), int(r.sent),
-                  int(r.acknowledged), int(r.failed), int(r.pending), int(r.held))
-
-
-def _parse_iso(text: str | None) -> datetime | None:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if text else None
-
-
 def page_renderer(config: Config, engine: Engine) -> Callable[[], str]:
-    return lambda: render(gather(config, engine))
+    return lambda: render(read(config, engine))
 
 
 # --- rendering (pure) --------------------------------------------------------------------
@@ -118,9 +56,9 @@ svg{width:100%;height:auto;max-height:240px;display:block}
 """
 
 
-def render(data: PageData) -> str:
+def render(data: Reading) -> str:
     """The whole page as one HTML string (UTF-8)."""
-    stamp = readable(data.now)
+    stamp = readable(data.at)
     return "".join([
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -146,7 +84,7 @@ def _table(headers: list[str], rows: Iterator[list[str]], table_id: str) -> str:
             f"<tbody>{body}</tbody></table></div>")
 
 
-def _pairs_table(data: PageData) -> str:
+def _pairs_table(data: Reading) -> str:
     if not data.pairs:
         return "<p>No audiences configured.</p>"
     headers = ["Audience", "Destination", "Members", "Acknowledged", "Pending", "Oldest pending",
@@ -154,7 +92,8 @@ def _pairs_table(data: PageData) -> str:
 
     def rows() -> Iterator[list[str]]:
         for p in data.pairs:
-            age = _age(data.now, p.oldest_pending) if p.pending and p.oldest_pending else "-"
+            seconds = p.oldest_pending_age_seconds
+            age = _age(seconds) if p.pending and seconds is not None else "-"
             cells = [_td(p.audience, "l"), _td(p.destination, "l"), _td(p.members), _td(p.acknowledged),
                      _count(p.pending, "warn"), _td(age), _count(p.failed, "bad"),
                      _count(p.held_exits, "bad"), _outcome(p.last_outcome)]
@@ -165,14 +104,14 @@ def _pairs_table(data: PageData) -> str:
     return _table(headers, rows(), "pairs")
 
 
-def _runs_table(runs: list[RunRow]) -> str:
+def _runs_table(runs: list[RunSummary]) -> str:
     headers = ["Run", "Started", "Outcome", "Sent", "Acknowledged", "Failed", "Pending", "Held pairs"]
 
     def rows() -> Iterator[list[str]]:
         for r in runs:
-            yield [_td(r.run), _td(r.started_at.strftime("%d %b %H:%MZ"), "l"), _outcome(r.outcome),
-                   _td(r.sent), _td(r.acknowledged), _count(r.failed, "bad"),
-                   _td(r.pending), _td(r.held)]
+            yield [_td(r.id), _td(r.started_at.strftime("%d %b %H:%MZ"), "l"),
+                   _outcome(r.outcome or RunOutcome.RUNNING), _td(r.sent), _td(r.acknowledged),
+                   _count(r.failed, "bad"), _td(r.pending), _td(r.held)]
 
     return _table(headers, rows(), "runs")
 
@@ -196,12 +135,12 @@ def _outcome(outcome: str | None) -> str:
 _LABEL = 'font-size="16" text-anchor="end" fill="#666"'
 
 
-def _chart(runs: list[RunRow]) -> str:
+def _chart(runs: list[RunSummary]) -> str:
     """Grouped bars per run, oldest on the left: sent, acknowledged, failed."""
     ordered = list(reversed(runs))
     bar, gap, height, top, axis = 6, 8, 160, 10, 44
     group = bar * len(CHART_SERIES) + gap
-    slots = max(len(ordered), RUNS_SHOWN)  # fixed slots, newest on the right: bars keep their width
+    slots = max(len(ordered), RECENT_RUNS)  # fixed slots, newest on the right: bars keep their width
     width = axis + group * slots
     peak = max((max(r.sent, r.acknowledged, r.failed) for r in ordered), default=0) or 1
     parts = [f'<svg id="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height + top + 4}" '
@@ -212,7 +151,7 @@ def _chart(runs: list[RunRow]) -> str:
              f'<text x="{axis - 4}" y="{height + top}" {_LABEL}>0</text>']
     for i, run in enumerate(ordered):
         x = axis + (slots - len(ordered) + i) * group + gap / 2
-        parts.append(f"<g><title>run {run.run}: {run.sent} sent, {run.acknowledged} acknowledged, "
+        parts.append(f"<g><title>run {run.id}: {run.sent} sent, {run.acknowledged} acknowledged, "
                      f"{run.failed} failed</title>")
         for j, (name, colour) in enumerate(CHART_SERIES):
             value = int(getattr(run, name))
@@ -226,5 +165,5 @@ def _chart(runs: list[RunRow]) -> str:
 
 
 
-def _age(now: datetime, since: datetime) -> str:
-    return duration(max(0, int((now - since).total_seconds())), most=2, pad=True)
+def _age(seconds: int) -> str:
+    return duration(seconds, most=2, pad=True)

@@ -35,6 +35,7 @@ from syncd.model import Null, Progress, ScheduledOutcome
 from syncd.render import one_line, readable, spelled
 from syncd.run.pipeline import Options, open_state, run_once
 from syncd.run.report import RunReport
+from syncd.state.readings import Reading, read
 from syncd.state.runs import last_run
 
 log = logging.getLogger("syncd")
@@ -162,7 +163,7 @@ class _Daemon:
             if self.metrics is not None:
                 self.metrics.record_run(report)
             self._tell(status_line(report))
-        self.refresh_metrics()
+        self.refresh_metrics(report.reading if report is not None else None)
         return report is not None and report.out_of_time
 
     def _ended(self, outcome: str, status: str) -> None:
@@ -174,11 +175,12 @@ class _Daemon:
         self.last_status = status
         self.notifier.status(status)
 
-    def refresh_metrics(self) -> None:
+    def refresh_metrics(self, reading: Reading | None = None) -> None:
+        """The gauges from `reading` (the one the run's alerts judged), else from a fresh one."""
         if self.metrics is None:
             return
         try:
-            self.metrics.refresh(self.config, self.engine)
+            self.metrics.show(reading or read(self.config, self.engine))
         except SQLAlchemyError as exc:  # stale gauges are better than a dead daemon
             log.warning("could not refresh the backlog metrics: %s", one_line(exc))
 
@@ -201,6 +203,5 @@ def _hhmm(moment: datetime | None = None) -> str:
 
 
 def _last_start(engine: Engine) -> datetime | None:
-    with engine.connect() as conn:
-        run = last_run(conn)
+    run = last_run(engine)
     return run.started_at if run is not None else None

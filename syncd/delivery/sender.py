@@ -1,52 +1,28 @@
 """Sending requests to one destination: concurrency, pacing, retries, and what failures mean.
 
-Every HTTP answer is classified in one place (`classify`) into what the caller
-does next:
-
-    ACK     2xx: the destination accepted the change
-    RETRY   408, 429, 5xx but 501, timeouts, connection errors: try again later
-    REJECT  any other 4xx (and 501): give up on this change for this run
-    STOP    401/403: the key is revoked or the domain not trusted; stop this
-            destination for the rest of the run
-
-Retrying is bounded (attempts per change, and a destination whose changes keep
-running out of attempts is set aside for the rest of the run), so a run always
+Each answer is classified (wire.py: `classify`, or the destination's own `classify`) into
+what the caller does next: acknowledged, retry later, give up on this change, or stop the
+destination for the run. Retrying is bounded (attempts per change, and a destination whose
+changes keep running out of attempts is set aside for the rest of the run), so a run always
 finishes in minutes; what is left waits in the ledger for the next run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 import httpx
 
 from syncd import __version__
+from syncd.delivery import wire
+from syncd.delivery.wire import Answer, Request, Result, Verdict
 from syncd.render import one_line, redact
-
-
-class Verdict(enum.Enum):
-    ACK = "ack"
-    RETRY = "retry"
-    REJECT = "reject"
-    STOP = "stop"
-
-
-def classify(status: int) -> Verdict:
-    if 200 <= status < 300:
-        return Verdict.ACK
-    if status in (401, 403):
-        return Verdict.STOP
-    if status in (408, 429) or (status >= 500 and status != 501):
-        return Verdict.RETRY
-    return Verdict.REJECT
 
 
 @dataclass(frozen=True)
@@ -59,23 +35,6 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    url: str
-    body: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Result:
-    verdict: Verdict | None  # None: not tried (the destination was stopped or set aside)
-    attempts: int = 0
-    status: int | None = None
-    error: str | None = None
-    uncertain: bool = False  # the last attempt may have been applied
-    body: Any = None
 
 
 class Pacer:
@@ -148,6 +107,15 @@ def reason_of(response: httpx.Response) -> str:
     return f"{reason}: {text}" if text else reason
 
 
+def answer_of(response: httpx.Response) -> Answer:
+    """The answer as a destination's probe reads it."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    return Answer(response.status_code, reason_of(response), body)
+
+
 # Exceptions raised after the request may have reached the destination.
 _UNCERTAIN = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteTimeout)
 
@@ -166,9 +134,9 @@ class Sender:
     transport: httpx.AsyncBaseTransport | None = None
     secrets: tuple[str, ...] = ()  # never let these into an error text
     on_latency: Callable[[float], None] | None = None  # seconds from request to response
+    classify: Callable[[int], Verdict] = wire.classify  # the destination's reading of a status
     stopped: str | None = None  # why the destination is out for the rest of the run
     refused: bool = False  # ...because it refused the key (401/403)
-    requests: int = 0
     _consecutive_exhausted: int = 0
 
     def __post_init__(self) -> None:
@@ -218,7 +186,6 @@ class Sender:
         async with self.semaphore:
             if self.interrupted():
                 return None
-            self.requests += 1
             started = time.monotonic()
             try:
                 response = await self.client.request(request.method, request.url, json=request.body)
@@ -228,7 +195,7 @@ class Sender:
                 return result, self.policy.backoff(attempt)
             if self.on_latency is not None:
                 self.on_latency(time.monotonic() - started)
-        verdict = classify(response.status_code)
+        verdict = self.classify(response.status_code)
         if verdict is Verdict.ACK:
             try:
                 body = response.json()

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 
 from syncd.config import Config, load_config
-from syncd.dev.standins import NatStandIn, UserComStandIn
+from syncd.dev.standins import DEFAULT_KEYS, KEY_ENV, NatStandIn, PortTaken, UserComStandIn, listen
 from syncd.errors import ConfigError
 
-DEMO_KEYS = {"NAT_API_KEY": "demo-nat-key", "USERCOM_API_KEY": "demo-usercom-key"}
+DEMO_KEYS = {KEY_ENV[name]: DEFAULT_KEYS[name] for name in ("nat", "usercom")}
 
 
 def main() -> int:
@@ -40,9 +40,12 @@ def main() -> int:
               "runs against them (it resets the state database)", file=sys.stderr)
         return 2
     shop = _sqlite_path(config.sources["shop"].url)
+    try:  # the ports first: a taken one stops the demo before it touches the existing state
+        nat, usercom = _stand_ins(env, nat_cfg.url, usercom_cfg.url)
+    except PortTaken as exc:
+        print(f"demo: {exc}; stop what listens there or change the port in {config_path}", file=sys.stderr)
+        return 1
     _reset(config, shop)
-    nat = NatStandIn(env["NAT_API_KEY"], port=urlsplit(nat_cfg.url).port or 0)
-    usercom = UserComStandIn(env["USERCOM_API_KEY"], port=urlsplit(usercom_cfg.url).port or 0)
     with nat, usercom:
         print("== 1. initial full send ==", flush=True)
         first = _run_once(config_path, env)
@@ -63,6 +66,16 @@ def main() -> int:
     ok = first == second == third == 0
     print("\ndemo " + ("finished: every change delivered" if ok else "FAILED: see the log above"))
     return 0 if ok else 1
+
+
+def _stand_ins(env: dict[str, str], nat_url: str, usercom_url: str) -> tuple[NatStandIn, UserComStandIn]:
+    """Both stand-ins, their ports bound (PortTaken if one is not free; none left open then)."""
+    nat = listen(NatStandIn, env["NAT_API_KEY"], urlsplit(nat_url).port or 0)
+    try:
+        return nat, listen(UserComStandIn, env["USERCOM_API_KEY"], urlsplit(usercom_url).port or 0)
+    except PortTaken:
+        nat.stop()
+        raise
 
 
 def _run_once(config_path: Path, env: dict[str, str]) -> int:

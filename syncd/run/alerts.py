@@ -31,27 +31,22 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from sqlalchemy import Connection, Engine, and_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine
 
 from syncd import __version__
 from syncd.config import AlertsConfig, Config
 from syncd.model import PairOutcome, RunOutcome
 from syncd.render import iso, spelled
-from syncd.state import engine as state_engine
-from syncd.state.backlog import backlog
-from syncd.state.tables import RUN, AlertState
+from syncd.state import alerts as alert_state
+from syncd.state.engine import now
+from syncd.state.readings import Reading, read
 
 if TYPE_CHECKING:
     from syncd.run.report import RunReport
 
-# The run outcomes that say how delivery went (interrupted and crashed runs say nothing).
-_DELIVERY_OUTCOMES = (RunOutcome.OK.value, RunOutcome.HELD.value, RunOutcome.UNDELIVERED.value)
 log = logging.getLogger("syncd")
 
-ALERTS = AlertState.__table__  # type: ignore[attr-defined]
 ALERT_TIME_LIMIT = 5.0  # seconds all webhook calls of one evaluation may take together
-CLAIM_TTL = timedelta(minutes=2)  # a claim left by a process that died lapses after this
 RESOLVED = "resolved"
 SEVERITY = {"key_refused": "critical", "query_failed": "critical", "runs_undelivered": "critical",
             "exits_held": "warning", "backlog_stale": "warning"}
@@ -79,29 +74,33 @@ class Condition:
         return SEVERITY[self.event] if self.active else RESOLVED
 
 
-def evaluate(config: Config, engine: Engine, report: RunReport) -> None:
-    """After a run: send what changed since the webhook last heard. Never raises."""
+def evaluate(config: Config, engine: Engine, report: RunReport) -> Reading | None:
+    """After a run: send what changed since the webhook last heard. Returns the reading of
+    the state it judged (the daemon's metrics show the same one), None without [alerts] or
+    when it could not be read. Never raises."""
     if config.alerts is None:
-        return
+        return None
+    reading = None
     try:
-        found = conditions(config, engine, report)
+        reading = read(config, engine)
+        found = conditions(config, engine, report, reading)
         deliver(config.alerts, engine, found, report.run_id)
     except Exception as exc:  # an alert problem must never fail or stop a sync
         log.warning("alerts were not evaluated after run %d (%s); they are after the next run",
                     report.run_id, type(exc).__name__, extra={"run_id": report.run_id})
+    return reading
 
 
 # --- what the run found -----------------------------------------------------------------
 
 
-def conditions(config: Config, engine: Engine, report: RunReport) -> list[Condition]:
+def conditions(config: Config, engine: Engine, report: RunReport, reading: Reading) -> list[Condition]:
     """Every condition this run can tell the state of (one it cannot judge is left out)."""
     assert config.alerts is not None
-    found = [*_query_failures(report), *_refused_keys(report), *_held_exits(report)]
-    with engine.connect() as conn:
-        found += _stale_backlogs(config, conn, config.alerts.pending_older_than)
-        found.append(_undelivered_runs(conn, config.alerts.after_failed_runs))
-    return found
+    after = config.alerts.after_failed_runs
+    return [*_query_failures(report), *_refused_keys(report), *_held_exits(report),
+            *_stale_backlogs(reading, config.alerts.pending_older_than),
+            _undelivered_runs(alert_state.delivery_outcomes(engine, after), after)]
 
 
 def _query_failures(report: RunReport) -> Iterator[Condition]:
@@ -138,10 +137,10 @@ def _held_exits(report: RunReport) -> Iterator[Condition]:
                             f"exits of {pair.audience_key} to {pair.destination} are no longer held")
 
 
-def _stale_backlogs(config: Config, conn: Connection, older_than: timedelta) -> Iterator[Condition]:
-    limit, longer = state_engine.now() - older_than, spelled(older_than)
-    for key, name, counts in backlog(config, conn):
-        pending, oldest = counts.entered + counts.left, counts.oldest_pending
+def _stale_backlogs(reading: Reading, older_than: timedelta) -> Iterator[Condition]:
+    limit, longer = now() - older_than, spelled(older_than)
+    for pair in reading.pairs:
+        key, name, pending, oldest = pair.audience, pair.destination, pair.pending, pair.oldest_pending_at
         if pending and oldest is not None and oldest < limit:
             yield Condition("backlog_stale", key, name, True,
                             f"{pending} changes of {key} wait for {name}, the oldest since "
@@ -153,12 +152,8 @@ def _stale_backlogs(config: Config, conn: Connection, older_than: timedelta) -> 
                             f"{longer}")
 
 
-def _undelivered_runs(conn: Connection, after: int) -> Condition:
-    run = RUN
-    # Interrupted and crashed runs say nothing about delivery: they neither count nor break a streak.
-    outcomes = list(conn.scalars(select(run.c.outcome)
-                                 .where(run.c.outcome.in_(_DELIVERY_OUTCOMES))
-                                 .order_by(run.c.id.desc()).limit(after)))
+def _undelivered_runs(outcomes: list[str], after: int) -> Condition:
+    """`outcomes`: the last `after` runs that say how delivery went, newest first."""
     if len(outcomes) == after and all(o == RunOutcome.UNDELIVERED for o in outcomes):
         return Condition("runs_undelivered", None, None, True,
                          f"the last {after} runs ended with changes undelivered (kept for the next "
@@ -173,8 +168,7 @@ def _undelivered_runs(conn: Connection, after: int) -> Condition:
 def deliver(alerts: AlertsConfig, engine: Engine, found: Iterable[Condition], run_id: int | None) -> int:
     """Send every condition whose state differs from what the webhook last acknowledged;
     returns how many it acknowledged. Stops at the first failure: the rest waits a run."""
-    with engine.connect() as conn:
-        told = {(r.event, r.audience, r.destination): r.active for r in conn.execute(select(ALERTS))}
+    told = alert_state.told(engine)
     changed = [c for c in found if told.get(c.key, False) != c.active]
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline, sent = time.monotonic() + ALERT_TIME_LIMIT, 0
@@ -185,10 +179,10 @@ def deliver(alerts: AlertsConfig, engine: Engine, found: Iterable[Condition], ru
                 log.warning("alert webhook: out of time; %d alerts wait for the next run",
                             len(changed) - index)
                 break
-            if not _claim(engine, condition, holder):
+            if not alert_state.claim(engine, condition.key, condition.active, holder):
                 continue  # another process is telling the webhook, or already has
             ok = _post(client, alerts, condition, body(alerts.format, condition, run_id), left)
-            _settle(engine, condition, holder, ok)
+            alert_state.settle(engine, condition.key, condition.active, holder, ok)
             if not ok:
                 break
             sent += 1
@@ -197,7 +191,7 @@ def deliver(alerts: AlertsConfig, engine: Engine, found: Iterable[Condition], ru
 
 def body(kind: str, condition: Condition, run_id: int | None) -> dict[str, Any]:
     """The webhook's JSON body: format "json" or "slack"."""
-    at = iso(state_engine.now())
+    at = iso(now())
     if kind == "slack":
         return {"text": slack_text(condition)}
     return {"event": condition.event, "severity": condition.severity, "audience": condition.audience,
@@ -211,38 +205,6 @@ def slack_text(condition: Condition) -> str:
                       (("audience", condition.audience), ("destination", condition.destination)) if value)
     head = f"[{condition.severity.upper()}] syncd: {TITLE[condition.event]}"
     return f"{head} ({where})\n{condition.message}" if where else f"{head}\n{condition.message}"
-
-
-def _claim(engine: Engine, condition: Condition, holder: str) -> bool:
-    """Take the right to tell this change; False if another process has it or already told it."""
-    event, audience, destination = condition.key
-    now = state_engine.now()
-    where = and_(ALERTS.c.event == event, ALERTS.c.audience == audience,
-                 ALERTS.c.destination == destination)
-    with engine.begin() as conn:
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        conn.execute(dialect.insert(ALERTS).values(event=event, audience=audience,
-                                                   destination=destination, active=False)
-                     .on_conflict_do_nothing())
-        claimed = conn.execute(
-            update(ALERTS)
-            .where(where, ALERTS.c.active == (not condition.active),
-                   or_(ALERTS.c.claimed_until.is_(None), ALERTS.c.claimed_until < now))
-            .values(claimed_by=holder, claimed_until=now + CLAIM_TTL)
-        ).rowcount
-    return bool(claimed == 1)
-
-
-def _settle(engine: Engine, condition: Condition, holder: str, acknowledged: bool) -> None:
-    event, audience, destination = condition.key
-    values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
-    if acknowledged:
-        values.update(active=condition.active, changed_at=state_engine.now())
-    with engine.begin() as conn:
-        conn.execute(update(ALERTS).where(
-            ALERTS.c.event == event, ALERTS.c.audience == audience,
-            ALERTS.c.destination == destination, ALERTS.c.claimed_by == holder,
-        ).values(**values))
 
 
 def _post(client: httpx.Client, alerts: AlertsConfig, condition: Condition, payload: dict[str, Any],

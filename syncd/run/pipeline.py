@@ -1,5 +1,5 @@
 """One run, start to end: take the lease, snapshot each audience, deliver every pair
-(run/deliver.py), record the run, prune, evaluate alerts. The daemon and `run-once` share it."""
+(delivery/pairs.py), record the run, prune, evaluate alerts. The daemon and `run-once` share it."""
 
 from __future__ import annotations
 
@@ -9,19 +9,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
-import httpx
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.config import AudienceConfig, Config
-from syncd.delivery.sender import RetryPolicy
-from syncd.model import Null, PairOutcome, Progress, SnapshotRow
+from syncd.delivery.options import DeliveryOptions
+from syncd.delivery.pairs import PAIRS_AT_ONCE, deliver_all
+from syncd.model import PairOutcome, PairReport, SnapshotRow
 from syncd.run import alerts
-from syncd.run.deliver import PAIRS_AT_ONCE, deliver_all
-from syncd.run.report import PairReport, RunReport, summary_lines
+from syncd.run.report import RunReport, summary_lines
 from syncd.source import QueryStopped, take_snapshot
 from syncd.state.engine import cancelled_on, create_state_engine, now
 from syncd.state.lease import LeaseKeeper, acquire_lease, release_lease
@@ -34,15 +33,10 @@ log = logging.getLogger("syncd")
 
 
 @dataclass
-class Options:
-    """How a run behaves, beyond the config: tests shorten the waits, the daemon passes a stop
-    flag, the CLI a progress display, the daemon's metrics a latency observer."""
+class Options(DeliveryOptions):
+    """How a run behaves, beyond the config: what delivery takes (DeliveryOptions: the retry
+    policy, a stop flag, a transport, progress, a latency observer), and how the run ends."""
 
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
-    stop_event: threading.Event | None = None
-    transport: Callable[[], httpx.AsyncBaseTransport] | None = None
-    progress: Progress = field(default_factory=Null)
-    latency: Callable[[str, float], None] | None = None  # (destination, seconds per response)
     # The lines a run ends with (logged once); `resync` words its own.
     summary: Callable[[RunReport], list[str]] | None = None
 
@@ -63,7 +57,7 @@ def open_state(config: Config, access: Access = Access.SEND) -> Engine:
 
 def _email_pairs(config: Config) -> list[tuple[str, str]]:
     """The (audience, destination) pairs whose destination keys its users by email (Nat)."""
-    keyed = {name for name, dest in config.destinations.items() if dest.facts.needs_email}
+    keyed = {name for name, dest in config.destinations.items() if dest.needs_email}
     return [(a.key, name) for a in config.audiences for name in a.destinations if name in keyed]
 
 
@@ -81,7 +75,7 @@ def run_once(config: Config, options: Options | None = None, engine: Engine | No
         keeper.start()
         try:
             report = _run(config, options, engine)
-            alerts.evaluate(config, engine, report)  # still under the lease: one process at a time
+            report.reading = alerts.evaluate(config, engine, report)  # under the lease: one process at a time
             return report
         finally:
             keeper.finish()
@@ -109,7 +103,8 @@ def _run(config: Config, options: Options, engine: Engine) -> RunReport:
                                            if a.key not in report.audience_errors]
     # The send time limit counts from here: however long the snapshots took, a run sends.
     deadline = time.monotonic() + config.schedule.send_limit.total_seconds()
-    report.pairs = asyncio.run(deliver_all(config, options, engine, report, ready, deadline))
+    delivered = asyncio.run(deliver_all(config, options, engine, snapshot_at, ready, deadline))
+    report.pairs, report.calls, report.out_of_time = delivered.pairs, delivered.calls, delivered.out_of_time
     for audience in config.audiences:
         if audience.key in report.audience_errors:
             for name in audience.destinations:

@@ -1,31 +1,14 @@
-"""What a run did: one PairReport per (audience, destination), the RunReport, and the
-summary lines a run ends with."""
+"""What a run did: the RunReport (with one model.PairReport per (audience, destination)), and
+the summary lines a run ends with."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from syncd.model import PairOutcome, RunOutcome
+from syncd.model import PairOutcome, PairReport, RunOutcome
+from syncd.state.readings import Reading
 from syncd.state.snapshots import SnapshotCounts
-
-
-@dataclass
-class PairReport:
-    """One (audience, destination) pair in one run."""
-
-    audience_key: str
-    destination: str
-    members: int = 0
-    entered: int = 0
-    left: int = 0
-    sent: int = 0
-    acknowledged: int = 0
-    skipped: int = 0
-    failed: int = 0
-    pending: int = 0
-    outcome: PairOutcome = PairOutcome.OK
-    message: str | None = None
 
 
 @dataclass
@@ -38,6 +21,8 @@ class RunReport:
     interrupted: bool = False
     out_of_time: bool = False  # sending stopped at [schedule] max_send_time with changes left
     calls: dict[str, int] = field(default_factory=dict)  # per destination: calls sent (one per user)
+    # The state as read after the run, when the alerts judged it: the daemon's metrics show it too.
+    reading: Reading | None = None
 
     @property
     def delivered(self) -> bool:

@@ -1,77 +1,26 @@
 """The state store (the ledger): what each destination has acknowledged, snapshots, runs.
+All of syncd's SQL on the state database lives in this package.
 
 One module per job, in the order a run uses them:
 
 - engine     engines for the state and source databases, migrations, cancelling statements
 - tables     the SQLModel tables (the schema Alembic migrates)
-- snapshots  stage an audience's fresh members and merge them into `member`
+- snapshots  stage an audience's fresh members and merge them into `member` (or plan's scratch copy)
 - diff       desired vs acknowledged: PlanCounts and the WorkList a run pages through
 - sends      mark in flight, record outcomes (acknowledged moves only after a 2xx), recovery
-- runs       run records, retention, and the reads status and the daemon make of them
+- remote_ids a destination's own id per user (User.com), learned from its answers
+- runs       run records, retention, and the reads of them
 - lease      one run at a time per state database
 - operator   resync marks, failures, history, guard approvals
-- backlog    per configured pair: what a run would send now, and since when (status, metrics, alerts)
+- readings   the one read model: per configured pair, everything status shows, and the recent runs
+- alerts     what the alert webhook was told, and who is telling it now
 
-The names below are the store's public surface, re-exported for callers (tests, bench/)
-that want the whole store under one name; syncd's own modules import the job they use.
+The commit rule: **a function that takes an Engine is one transaction and commits it; a
+function that takes a Connection never commits** (its caller's transaction is the caller's
+to end). So a caller can always tell from a signature whether something is written for good
+when the call returns, and several connection-taking calls compose into one transaction.
+(A run's work lists live on a connection that `diff.DestinationWork`, given the engine, owns
+and commits step by step, so no transaction stays open while changes are sent.)
+
+Callers import each name from the module that owns it.
 """
-
-from syncd.errors import RunInProgress
-from syncd.model import RUN_TOTALS
-from syncd.state.diff import WORK, PlanCounts, WorkList, new_nonce, plan_counts, still_work
-from syncd.state.engine import now, upsert
-from syncd.state.lease import LEASE_TTL, LeaseHandle, acquire_lease, release_lease, renew_lease
-from syncd.state.operator import (
-    FailureGroup,
-    approval,
-    drop_approval,
-    failures,
-    mark_resync,
-    recent_runs,
-    record_approval,
-    requeue_failures,
-)
-from syncd.state.runs import (
-    Pruned,
-    acked_true_count,
-    finish_run,
-    last_results,
-    last_run,
-    last_snapshot_rows,
-    last_successes,
-    not_ok_since,
-    prune,
-    record_audience,
-    record_result,
-    start_run,
-)
-from syncd.state.sends import (
-    Outcome,
-    adopt_idents,
-    attribute_ensured,
-    mark_in_flight,
-    record_attribute,
-    record_outcomes,
-    recover_in_flight,
-)
-from syncd.state.snapshots import (
-    STAGE,
-    SnapshotCounts,
-    load_scratch,
-    member_count,
-    replace_members,
-    scratch_members,
-)
-from syncd.state.tables import APPROVAL, ATTRIBUTE, LEASE, RUN, RUN_AUDIENCE, RUN_RESULT, L, M
-
-__all__ = [
-    "APPROVAL", "ATTRIBUTE", "LEASE", "LEASE_TTL", "RUN", "RUN_AUDIENCE", "RUN_RESULT", "RUN_TOTALS", "STAGE",
-    "WORK", "FailureGroup", "L", "LeaseHandle", "M", "Outcome", "PlanCounts", "Pruned", "RunInProgress",
-    "SnapshotCounts", "WorkList", "acked_true_count", "acquire_lease", "adopt_idents", "approval",
-    "attribute_ensured", "drop_approval", "failures", "finish_run", "last_results", "last_run",
-    "last_snapshot_rows", "last_successes", "load_scratch", "mark_in_flight", "mark_resync", "member_count",
-    "new_nonce", "not_ok_since", "now", "plan_counts", "prune", "recent_runs", "record_approval",
-    "record_attribute", "record_audience", "record_outcomes", "record_result", "recover_in_flight",
-    "release_lease", "renew_lease", "replace_members", "requeue_failures", "scratch_members", "start_run",
-    "still_work", "upsert",
-]

@@ -1,5 +1,6 @@
 """The backlog: per configured (audience, destination), what a run would send now and since
-when the pair has had undelivered work. `status`, the metrics and the alerts all read it."""
+when the pair has had undelivered work. The reading (state/readings.py) reads it for `status`,
+the status page, the metrics and the alerts."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def backlog(config: Config, conn: Connection) -> Iterator[tuple[str, str, PlanCo
     not_ok_since = runs_not_ok_since(conn)
     for audience in config.audiences:
         for name in audience.destinations:
-            needs_email = config.destinations[name].facts.needs_email
+            needs_email = config.destinations[name].needs_email
             counts = plan_counts(conn, audience.key, name, needs_email)
             since = pending_since(counts, not_ok_since.get((audience.key, name)))
             yield audience.key, name, replace(counts, oldest_pending=since)

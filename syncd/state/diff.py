@@ -16,6 +16,7 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
+    Engine,
     Index,
     MetaData,
     Table,
@@ -169,7 +170,45 @@ def create_work(conn: Connection) -> None:
 def drop_work(conn: Connection) -> None:
     with suppress(SQLAlchemyError):  # an aborted transaction: its error matters, not this one
         WORK.drop(conn, checkfirst=True)
-        conn.commit()  # a rollback would keep the table in a pooled PostgreSQL session
+
+
+class DestinationWork:
+    """One destination's work lists for a run, on a connection of its own (given the engine).
+
+    Every pair's list goes into one temporary table (`make`), so a page of one pair can take
+    the same users' changes of the other pairs along (`WorkList.riders`): one call per user.
+    It owns its connection, so it commits its own transactions: once the table is made, once
+    each list is made and after each page or riders taken, so no transaction stays open
+    while changes are sent. A context manager: the table is dropped and the connection
+    closed on the way out."""
+
+    def __init__(self, engine: Engine, destination: str, needs_email: bool) -> None:
+        self.engine, self.destination, self.needs_email = engine, destination, needs_email
+
+    def __enter__(self) -> DestinationWork:
+        self.conn = self.engine.connect()
+        try:
+            create_work(self.conn)
+            self.conn.commit()
+        except BaseException:
+            self.conn.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            with suppress(SQLAlchemyError):  # an aborted transaction: its error matters
+                drop_work(self.conn)
+                self.conn.commit()  # a rollback would keep the table in a pooled PostgreSQL session
+        finally:
+            self.conn.close()
+
+    def make(self, audience_key: str) -> WorkList:
+        """The pair's list, made and committed (the run's biggest query: callers run it in a
+        thread)."""
+        work = WorkList(self.conn, audience_key, self.destination, self.needs_email, commits=True)
+        work.make(fresh=False)
+        return work
 
 
 class WorkList:
@@ -178,19 +217,25 @@ class WorkList:
     lookups a page; `drop()` removes it. Computing the diff per page instead re-read the
     whole audience for every page; with 1% churn that was most of an incremental run.
 
-    The lists of one destination's pairs can share the table (`make(fresh=False)` after
-    `create_work`): a page then also takes the same users' changes of the other audiences
-    (`riders`), so a user whose audiences changed together gets one call.
+    The lists of one destination's pairs can share the table (DestinationWork): a page
+    then also takes the same users' changes of the other audiences (`riders`), so a user
+    whose audiences changed together gets one call.
 
-    `make()` commits `conn` once the list is made and `page()` after each page, so no
-    transaction stays open while changes are sent. As a context manager: make, then drop."""
+    On a caller's connection it never commits (the state/ rule: `plan` rolls its dry run
+    back); the lists DestinationWork makes on its own connection (`commits`) commit each
+    step. As a context manager: make, then drop."""
 
     counts: PlanCounts
 
     def __init__(self, conn: Connection, audience_key: str, destination: str, needs_email: bool,
-                 members: Table = M) -> None:
+                 members: Table = M, *, commits: bool = False) -> None:
         self.conn, self.audience_key, self.destination = conn, audience_key, destination
-        self.needs_email, self.members = needs_email, members
+        self.needs_email, self.members, self.commits = needs_email, members, commits
+
+    def _done(self) -> None:
+        """The end of one step: committed where the list's owner owns the connection."""
+        if self.commits:
+            self.conn.commit()
 
     def make(self, fresh: bool = True) -> PlanCounts:
         conn = self.conn
@@ -207,7 +252,7 @@ class WorkList:
             conn.exec_driver_sql(f"ANALYZE {WORK.name}")  # temporary tables get no statistics otherwise
         mine = select(WORK).where(WORK.c.audience_key == self.audience_key).subquery()
         self.counts = _count(conn, mine, member_count(conn, self.audience_key, self.members))
-        conn.commit()
+        self._done()
         return self.counts
 
     def drop(self) -> None:
@@ -240,7 +285,7 @@ class WorkList:
         if changes:
             upto = tuple_(w.subject, w.ident) <= tuple_(*changes[-1].cursor)
             self.conn.execute(update(WORK).where(mine, upto).values(taken=True))
-        self.conn.commit()
+        self._done()
         return changes
 
     def riders(self, page: Sequence[Change], audiences: Collection[str],
@@ -265,7 +310,7 @@ class WorkList:
                 w.subject == bindparam("b_subject"), w.ident == bindparam("b_ident"),
             ).values(taken=True), [{"b_key": key, "b_value": c.value, "b_subject": c.subject,
                                     "b_ident": c.ident} for key, c in found])
-        self.conn.commit()
+        self._done()
         return found
 
     def _changes(self, where: ColumnElement[bool], value: bool, order: tuple[Any, ...],
@@ -303,7 +348,9 @@ class WorkList:
             L.c.audience_key == WORK.c.audience_key, L.c.destination == self.destination,
             L.c.ident == WORK.c.ident, L.c.subject == WORK.c.subject,
         ))).where(WORK.c.audience_key == self.audience_key, WORK.c.value == false(), _leave_condition())
-        return self.conn.scalar(query) or 0
+        left = self.conn.scalar(query) or 0
+        self._done()
+        return left
 
 
 def new_nonce() -> str:

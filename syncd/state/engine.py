@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import NoSuchModuleError, OperationalError, SQLAlchemyError
 
-from syncd.dburl import sqlite_file
+from syncd.config.dburl import redact_url, sqlite_file
 from syncd.errors import StateError
 from syncd.render import first_line
 
@@ -49,7 +49,7 @@ def create_state_engine(url: str, pool_size: int = 5) -> Engine:
             return create_engine(url, pool_pre_ping=True, pool_size=pool_size)
         engine = create_engine(url, connect_args={"timeout": 30}, pool_size=pool_size)
     except (ImportError, SQLAlchemyError) as exc:  # a driver or dialect that is not installed
-        raise StateError(f"state database {redact(url)}: {engine_problem(url, exc)}") from None
+        raise StateError(f"state database {redact_url(url)}: {engine_problem(url, exc)}") from None
     path = sqlite_file(url)
     if path is not None:
         _create_private(path)
@@ -192,14 +192,6 @@ def state_file_errors(engine: Engine) -> Iterator[None]:
             raise  # e.g. a locked database: not a problem of the configured file
         raise StateError(f"state database file {path}: {first_line(exc.orig)}"
                          f"{_folder_hint(Path(path))}") from None
-
-
-def redact(url: str) -> str:
-    """A database URL fit for a message: the password hidden."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except SQLAlchemyError:
-        return "the configured URL"
 
 
 def _create_private(path: str) -> None:

@@ -60,8 +60,13 @@ class FailureGroup:
     samples: list[str]
 
 
-def failures(conn: Connection, destination: str | None = None, samples: int = 5) -> list[FailureGroup]:
+def failures(engine: Engine, destination: str | None = None, samples: int = 5) -> list[FailureGroup]:
     """Changes the destination rejected last time that are still to be sent, grouped by reason."""
+    with engine.begin() as conn:
+        return _failures(conn, destination, samples)
+
+
+def _failures(conn: Connection, destination: str | None, samples: int) -> list[FailureGroup]:
     groups: dict[tuple[str, str, int | None, str], FailureGroup] = {}
     query = (
         select(L.c.destination, L.c.audience_key, L.c.last_status, L.c.last_error,
@@ -103,6 +108,12 @@ class RunSummary(RunRecord, Totals):
     pairs: int
     held: int  # pairs whose exits a guard held
     source_errors: int  # audiences whose query failed
+
+
+def history(engine: Engine, limit: int) -> list[RunSummary]:
+    """`syncd history`: the last `limit` runs, newest first, with their pairs' totals summed."""
+    with engine.begin() as conn:
+        return recent_runs(conn, limit)
 
 
 def recent_runs(conn: Connection, limit: int) -> list[RunSummary]:

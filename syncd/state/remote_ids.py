@@ -23,7 +23,7 @@ def known_ids(engine: Engine, destination: str, subjects: Iterable[str]) -> dict
     wanted = list(dict.fromkeys(subjects))
     found: dict[str, int] = {}
     r = REMOTE_ID.c
-    with engine.connect() as conn:
+    with engine.begin() as conn:
         for start in range(0, len(wanted), _LOOKUP):
             chunk = wanted[start:start + _LOOKUP]
             rows = conn.execute(select(r.subject, r.remote_id)

@@ -1,5 +1,4 @@
-"""Run records (run, run_audience, run_result), retention, and the reads the status
-commands and the daemon make of them."""
+"""Run records (run, run_audience, run_result), retention, and the reads of them."""
 
 from __future__ import annotations
 
@@ -123,7 +122,6 @@ def prune(engine: Engine, before: datetime) -> Pruned:
             delete(RUN_AUDIENCE).where(RUN_AUDIENCE.c.run_id.in_(old))).rowcount
         pruned.runs = conn.execute(
             delete(RUN).where(RUN.c.started_at < before, RUN.c.id.not_in(keep))).rowcount
-    with engine.begin() as conn:
         pruned.ledger_rows = conn.execute(delete(L).where(_settled_false(before))).rowcount
     return pruned
 
@@ -181,8 +179,10 @@ class PairResult(Totals):
     finished_at: datetime | None
 
 
-def last_run(conn: Connection) -> RunRecord | None:
-    row = conn.execute(select(RUN).order_by(RUN.c.id.desc()).limit(1)).first()
+def last_run(engine: Engine) -> RunRecord | None:
+    """The latest run, finished or not."""
+    with engine.begin() as conn:
+        row = conn.execute(select(RUN).order_by(RUN.c.id.desc()).limit(1)).first()
     return RunRecord(**row._mapping) if row is not None else None
 
 

@@ -4,7 +4,7 @@ SQLite) into a stage table and merge them into `member`, or into a scratch table
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -18,6 +18,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.model import SnapshotRow
 from syncd.state.tables import (
@@ -52,6 +53,7 @@ def replace_members(engine: Engine, audience_key: str, rows: Iterable[SnapshotRo
     database has: executemany of tuples on SQLite, COPY on PostgreSQL), then one
     set-based merge deletes who left, inserts who entered and rewrites only rows
     that changed. With 1% churn that writes ~2% of the rows instead of all of them.
+    On PostgreSQL, VACUUM ANALYZE follows the commit (it cannot run in a transaction).
     """
     with engine.begin() as conn:
         _stage_into(conn, M, audience_key, rows, counts)
@@ -173,7 +175,7 @@ def scratch_members(conn: Connection) -> Iterator[Table]:
     A TEMPORARY table lives in the connection's own session (PostgreSQL) or temp
     database (SQLite): writing it takes no lock a concurrent run could wait on, and
     nothing in the shared tables changes. Whatever was written is rolled back and
-    the table dropped on the way out.
+    the table dropped on the way out (the drop is the caller's to commit: `scratch`).
     """
     table = Table("syncd_plan_member", MetaData(),
                   *(Column(c.name, c.type, primary_key=c.primary_key) for c in M.columns),
@@ -185,6 +187,21 @@ def scratch_members(conn: Connection) -> Iterator[Table]:
     finally:
         conn.rollback()  # PostgreSQL: the table goes with the transaction that created it
         table.drop(conn, checkfirst=True)  # SQLite: created outside it
+
+
+@contextmanager
+def scratch(engine: Engine) -> Iterator[tuple[Connection, Table]]:
+    """`syncd plan`'s own connection and its scratch member table (`scratch_members`). What
+    plan wrote is rolled back and the table dropped on the way out; the drop is committed
+    here, so no pooled connection keeps the table or an open transaction."""
+    with engine.connect() as conn:
+        try:
+            with scratch_members(conn) as table:
+                yield conn, table
+        except BaseException:
+            with suppress(SQLAlchemyError):  # the block's error matters, not this one
+                conn.commit()
+            raise
         conn.commit()
 
 

@@ -2,16 +2,17 @@
 
 Loading the config already validated it (a mistake exits 2 before this runs). With
 `--connect`, each source is connected to, each audience's query runs wrapped in
-`LIMIT 0` (no row is fetched) to see its columns, and each destination gets one request
-that changes nothing: User.com lists attributes (so a refused key shows), Nat has no
-read-only call, so only reachability is known. No Identify is ever sent, and the state
-database is not opened.
+`LIMIT 0` (no row is fetched) to see its columns, and each destination is probed by its own
+class (`Destination.probe`) with read-only requests: User.com lists attributes (so a refused
+key shows), Nat has no read-only call, so only reachability is known. No Identify is ever
+sent, and the state database is not opened.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
@@ -21,7 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncd import __version__
 from syncd.config import AudienceConfig, Config, DestinationConfig
 from syncd.delivery.destinations import make_destination
-from syncd.delivery.sender import reason_of
+from syncd.delivery.sender import answer_of
+from syncd.delivery.wire import Answer, Request
 from syncd.errors import SourceError
 from syncd.render import one_line, redact
 from syncd.source import open_source, query_columns
@@ -117,41 +119,30 @@ def _check_query(conn: Connection, audience: AudienceConfig) -> Check:
 
 
 def check_destination(config: DestinationConfig, transport: httpx.BaseTransport | None = None) -> Check:
-    """One request that changes nothing; a refused key or an unreachable service fails."""
+    """The destination's own probe, read-only; a refused key or an unreachable service fails."""
     destination = make_destination(config)
     secrets = destination.secrets()
     headers = {**destination.headers(), "User-Agent": f"syncd/{__version__}"}
-    url = config.url + "attributes/" if config.type == "usercom" else config.url
     try:
         with httpx.Client(headers=headers, timeout=config.timeout, transport=transport) as client:
-            response = client.get(url)
-    except httpx.HTTPError as exc:
-        reason = redact(one_line(exc) or type(exc).__name__, secrets)
-        return Check("destination", False, f"cannot reach {url}: {type(exc).__name__}: {reason}",
+            ok, message = destination.probe(partial(_call, client))
+    except _Unreachable as exc:
+        reason = redact(one_line(exc.error) or type(exc.error).__name__, secrets)
+        return Check("destination", False, f"cannot reach {exc.url}: {type(exc.error).__name__}: {reason}",
                      destination=config.name)
-    ok, message = (_usercom if config.type == "usercom" else _nat)(response)
     return Check("destination", ok, redact(message, secrets), destination=config.name)
 
 
-def _usercom(response: httpx.Response) -> tuple[bool, str]:
-    status = response.status_code
-    if status in (401, 403):
-        return False, f"User.com refused the API key (HTTP {status}: {reason_of(response)})"
-    if not response.is_success:
-        return False, f"listing attributes answered HTTP {status}: {reason_of(response)}"
+class _Unreachable(Exception):
+    def __init__(self, url: str, error: httpx.HTTPError) -> None:
+        super().__init__(url)
+        self.url, self.error = url, error
+
+
+def _call(client: httpx.Client, request: Request) -> Answer:
+    """One request of a probe; a destination that cannot be reached ends the probe."""
     try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        return False, f"the answer was not JSON (HTTP {status}); is base_url the API's address?"
-    return True, "reachable; the API key is accepted (listed attributes)"
-
-
-def _nat(response: httpx.Response) -> tuple[bool, str]:
-    status = response.status_code
-    if status >= 500:
-        return False, f"answered HTTP {status}: {reason_of(response)}"
-    return True, f"reachable (HTTP {status}); Nat has no read-only call to check the key"
-
-
+        response = client.request(request.method, request.url, json=request.body)
+    except httpx.HTTPError as exc:
+        raise _Unreachable(request.url, exc) from None
+    return answer_of(response)

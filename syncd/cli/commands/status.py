@@ -10,35 +10,30 @@ from sqlalchemy import Engine
 from syncd.config import Config
 from syncd.model import PairOutcome
 from syncd.render import duration, maybe_iso, table
-from syncd.state.backlog import backlog
-from syncd.state.engine import now
-from syncd.state.runs import acked_true_count, last_results
+from syncd.state.readings import PairReading, read
 
 
 def status(config: Config, engine: Engine) -> list[dict[str, Any]]:
-    rows = []
-    at = now()
-    with engine.connect() as conn:
-        last = {(r.audience_key, r.destination): r for r in last_results(conn)}
-        for key, name, counts in backlog(config, conn):
-            result = last.get((key, name))
-            since = counts.oldest_pending
-            rows.append({
-                "audience": key,
-                "destination": name,
-                "members": counts.members,
-                "acknowledged": acked_true_count(conn, key, name),
-                "pending": counts.entered + counts.left,
-                "failed": counts.failed,
-                "skipped": counts.skipped,
-                "oldest_pending_at": maybe_iso(since),
-                "oldest_pending_age_seconds": max(0, round((at - since).total_seconds())) if since else None,
-                "last_run_id": result.run_id if result else None,
-                "last_run_at": maybe_iso(result.finished_at or result.started_at) if result else None,
-                "last_outcome": result.outcome if result else None,
-                "last_message": result.message if result else None,
-            })
-    return rows
+    """`syncd status --json`'s rows: the reading of every configured pair."""
+    return [_row(pair) for pair in read(config, engine).pairs]
+
+
+def _row(pair: PairReading) -> dict[str, Any]:
+    return {
+        "audience": pair.audience,
+        "destination": pair.destination,
+        "members": pair.members,
+        "acknowledged": pair.acknowledged,
+        "pending": pair.pending,
+        "failed": pair.failed,
+        "skipped": pair.skipped,
+        "oldest_pending_at": maybe_iso(pair.oldest_pending_at),
+        "oldest_pending_age_seconds": pair.oldest_pending_age_seconds,
+        "last_run_id": pair.last_run_id,
+        "last_run_at": maybe_iso(pair.last_run_finished_at or pair.last_run_started_at),
+        "last_outcome": pair.last_outcome,
+        "last_message": pair.last_message,
+    }
 
 
 def _age(seconds: int) -> str:

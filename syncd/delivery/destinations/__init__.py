@@ -1,21 +1,19 @@
-"""Destinations: one module per service behind the small interface in base.py. facts.py holds
-what the config needs to know about each type; importing it does not load the HTTP client."""
+"""Destinations: one module per type, each a class behind base.py's interface; the types are
+found in one registry (config/registry.py: built in, or registered by installed packages)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # config imports facts.py, which runs this file: import nothing heavy here
-    from syncd.config import DestinationConfig
-    from syncd.delivery.destinations.base import Destination
+from syncd.config import DestinationConfig
+from syncd.delivery.destinations.base import Destination
 
 
 def make_destination(config: DestinationConfig) -> Destination:
-    from syncd.delivery.destinations.nat import Nat
-    from syncd.delivery.destinations.usercom import UserCom
+    """The destination of `config`: an instance of its type's class (the registry checked it
+    is a Destination when the config was loaded)."""
+    kind = config.kind
+    if not issubclass(kind, Destination):
+        raise TypeError(f"destination type {config.type!r} is not a Destination")
+    return kind(config)
 
-    types: dict[str, type[Destination]] = {kind.facts.type: kind for kind in (Nat, UserCom)}
-    return types[config.type](config)
 
-
-__all__ = ["make_destination"]
+__all__ = ["Destination", "make_destination"]

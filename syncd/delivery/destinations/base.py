@@ -1,31 +1,83 @@
-"""The small interface every destination implements."""
+"""The destination interface: one class per destination type, carrying everything about it.
+
+A type is a subclass of `Destination`, in one module, registered by name: the built-in ones
+in config/registry.py (BUILT_IN), any other by its package's entry point in the
+`syncd.destinations` group (`<type> = "<module>:<Class>"`). The config loads the class to read
+its class attributes; delivery/ and `check --connect` make one instance per configured
+destination (`Destination(config)`) and call its methods. A destination module must not
+import httpx (or anything heavy) at import time: it is imported while the config is read.
+
+Class attributes (what the type is; read by the config before anything is sent):
+
+    type          the name in config.toml (`type = "..."`), the same as its entry point's
+    integration   its name in the Identify's `integrations` object ("Nat", "User.com")
+    settings      its own config keys, as config.settings declarations: exactly one
+                  `Address` (`endpoint`, or `base_url` with base=True: paths are appended),
+                  and any `Number` or `Choices`; their values are in `config.settings`
+                  (the address also as `config.url`). A type with mass updates declares
+                  `bulk_size` (users per mass update).
+    rate_limit    default requests per second; `concurrency`: default requests in flight
+    needs_email   it keys users by email: a member without one is skipped, and the ledger
+                  keeps a value per (user, email)
+    reserved      field names it sends itself: no audience key or query column may use
+                  them (the config takes the union over types)
+
+Methods (what it does; `self.config` is its DestinationConfig, the key resolved):
+
+    headers()                 authentication and protocol headers for every request
+    request(message, key)     the wire format: the Request that delivers one Identify
+                              (message: identify.py's dict, carrying one or more audiences)
+    classify(status)          what an answer means (wire.py: ACK, RETRY, REJECT, STOP);
+                              the default is wire.classify
+    probe(call)               `check --connect`: read-only requests only (never an
+                              Identify); `call(Request)` returns an Answer and raises if the
+                              destination cannot be reached (check reports that itself)
+    prepare(sender, key)      async; anything needed before an audience's first change
+                              (User.com: the boolean attribute); raise DestinationError
+                              to leave the pair undelivered this run
+    remote_id(answer)         bulk paths: its own id for the user, from the JSON answer to
+    mass_update(key, v, ids)  `request()`; one Request setting an audience's value for
+                              users known by those ids (chunks of `bulk_size`). A type
+                              without mass updates leaves both alone.
+    secrets()                 every form of the key an answer could echo (redacted)
+
+A problem that leaves a pair undelivered for this run is a DestinationError; every answer
+goes through the sender (pacing, retries, Retry-After), so a type never sleeps or retries.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from syncd.config import DestinationConfig
-from syncd.delivery.destinations.facts import Facts
-from syncd.delivery.sender import Request, Sender
+from syncd.config import DestinationConfig, Setting
+from syncd.delivery import wire
+from syncd.delivery.wire import Answer, Probe, Request, Verdict
+
+if TYPE_CHECKING:
+    from syncd.delivery.sender import Sender
+
+# What every Identify carries or a query names as the user: no destination lets a trait
+# overwrite them.
+IDENTITY_FIELDS = frozenset({"email", "user_id", "userId", "anonymous_id", "anonymousId", "url"})
 
 
 class Destination(ABC):
-    facts: ClassVar[Facts]  # its type, defaults and needs (facts.py)
+    type: ClassVar[str]
+    integration: ClassVar[str]
+    settings: ClassVar[tuple[Setting, ...]]
+    # Neither Nat nor User.com publishes a rate limit we could confirm, so the defaults stay
+    # well under what such APIs commonly allow; a destination that still answers 429 is
+    # slowed by its Retry-After.
+    rate_limit: ClassVar[float] = 10.0
+    concurrency: ClassVar[int] = 4
+    needs_email: ClassVar[bool] = False
+    reserved: ClassVar[frozenset[str]] = IDENTITY_FIELDS
 
     def __init__(self, config: DestinationConfig) -> None:
         self.config = config
         self.name = config.name
-
-    @property
-    def integration(self) -> str:
-        """The name in Segment's `integrations` object."""
-        return self.facts.integration
-
-    @property
-    def needs_email(self) -> bool:
-        return self.facts.needs_email
 
     @abstractmethod
     def headers(self) -> dict[str, str]:
@@ -40,12 +92,29 @@ class Destination(ABC):
     def request(self, message: dict[str, Any], audience_key: str) -> Request:
         """The HTTP request that delivers one Identify message."""
 
+    def classify(self, status: int) -> Verdict:
+        """What an answer with this status means for the change(s) it carried."""
+        return wire.classify(status)
+
+    def probe(self, call: Callable[[Request], Answer]) -> Probe:
+        """Without a read-only call that checks the key: the address answers, below 500."""
+        answer = call(Request("GET", self.config.url))
+        if answer.status >= 500:
+            return Probe(False, f"answered HTTP {answer.status}: {answer.reason}")
+        return Probe(True, f"reachable (HTTP {answer.status}); {self.integration} has no read-only "
+                           "call to check the key")
+
     async def prepare(self, sender: Sender, audience_key: str) -> None:  # noqa: B027
         """Anything the destination needs before an audience's first change."""
 
+    @property
+    def bulk_size(self) -> int | None:
+        """Users per mass update; None: the type has none (it declares no `bulk_size`)."""
+        return self.config.bulk_size
+
     def remote_id(self, answer: Any) -> int | None:
         """The destination's own id for the user, from its answer to `request()`; None where
-        it has no mass updates (config.bulk_size is None) or the answer names none."""
+        it has no mass updates or the answer names none."""
         return None
 
     def mass_update(self, audience_key: str, value: bool, ids: Sequence[int]) -> Request:

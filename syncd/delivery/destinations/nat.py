@@ -5,13 +5,18 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from syncd.config import Address
 from syncd.delivery.destinations.base import Destination
-from syncd.delivery.destinations.facts import NAT
-from syncd.delivery.sender import Request
+from syncd.delivery.wire import Request
 
 
 class Nat(Destination):
-    facts = NAT
+    type = "nat"
+    integration = "Nat"
+    settings = (Address("endpoint"),)
+    rate_limit = 20.0
+    concurrency = 8
+    needs_email = True  # Nat keeps contacts by email and refuses an Identify without traits.email
 
     def headers(self) -> dict[str, str]:
         token = base64.b64encode(f"{self.config.resolved_key.reveal()}:".encode()).decode()

@@ -3,17 +3,34 @@ users/mass_update_custom_attributes/ for users whose internal id syncd has learn
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from syncd.delivery.destinations.base import Destination
-from syncd.delivery.destinations.facts import USERCOM
-from syncd.delivery.sender import Request, Sender, Verdict
+from syncd.config import Address, Number
+from syncd.delivery.destinations.base import IDENTITY_FIELDS, Destination
+from syncd.delivery.wire import Answer, Probe, Request, Verdict
 from syncd.errors import DestinationError
+
+if TYPE_CHECKING:
+    from syncd.delivery.sender import Sender
+
+# User.com's standard user attributes (mapped from Identify traits and context): a trait of
+# that name would overwrite one.
+STANDARD_FIELDS = frozenset({
+    "first_name", "last_name", "phone", "gender", "address", "country", "region", "city",
+    "user_agent", "os", "device_name", "device_type", "language", "resolution", "ip_address",
+    "browser_family", "browser_version", "timezone", "current_url",
+})
 
 
 class UserCom(Destination):
-    facts = USERCOM
+    type = "usercom"
+    integration = "User.com"
+    # bulk_size is conservative: User.com documents no limit on ids per call.
+    settings = (Address("base_url", base=True), Number("bulk_size", int, 100, (1, 1000)))
+    rate_limit = 10.0
+    concurrency = 4
+    reserved = IDENTITY_FIELDS | {"custom_id", "id"} | STANDARD_FIELDS  # custom_id: how it keys users
 
     def headers(self) -> dict[str, str]:
         return {
@@ -26,6 +43,18 @@ class UserCom(Destination):
         body: dict[str, Any] = {"custom_id": message["userId"] or message["anonymousId"]}
         body.update(traits)
         return Request("POST", self.config.url + "users/update_or_create/", body)
+
+    def probe(self, call: Callable[[Request], Answer]) -> Probe:
+        """Listing attributes changes nothing and needs the key: a refused key shows."""
+        answer = call(Request("GET", self.config.url + "attributes/"))
+        if answer.status in (401, 403):
+            return Probe(False, f"User.com refused the API key (HTTP {answer.status}: {answer.reason})")
+        if not answer.ok:
+            return Probe(False, f"listing attributes answered HTTP {answer.status}: {answer.reason}")
+        if not isinstance(answer.body, dict):
+            return Probe(False, f"the answer was not JSON (HTTP {answer.status}); is base_url the "
+                                "API's address?")
+        return Probe(True, "reachable; the API key is accepted (listed attributes)")
 
     def remote_id(self, answer: Any) -> int | None:
         """update_or_create answers with the user, its internal `id` included."""

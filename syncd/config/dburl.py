@@ -1,4 +1,5 @@
-"""Database URLs read without SQLAlchemy, so reading the config (and failing on it) stays light.
+"""Database URLs read without SQLAlchemy, so reading the config (and failing on it) stays light;
+and `redact_url`, the one way a database URL goes into a message.
 
 The pattern is SQLAlchemy's own (`sqlalchemy.engine.url._parse_url`, 2.0): a URL this accepts is
 one `create_engine` accepts, and the two agree on the backend and the database part.
@@ -51,3 +52,12 @@ def sqlite_file(url: str) -> str | None:
     if parsed is None or parsed.backend != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return parsed.database
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit for a message: its password, if any, shown as ***."""
+    match = _URL.match(url)
+    if match is None or match["password"] is None:
+        return url
+    start, end = match.span("password")
+    return url[:start] + "***" + url[end:]

@@ -1,0 +1,239 @@
+"""Delivery of one run: every destination at once, and per destination its pairs (audience,
+destination), page by page through each pair's work list, with the guards and the send time
+limit. A page goes first to the destination's bulk paths (bulk.py: mass updates), then as
+grouped calls (calls.py); each job is a module, sharing the destination's Session.
+
+Up to PAIRS_AT_ONCE audiences of a destination send at the same time, sharing its pace and
+concurrency, so a big initial send does not hold up the other audiences' increments.
+Fairness stays per pair: each pages its own list; a rider is only taken."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import TypeVar
+
+from sqlalchemy import Engine
+
+from syncd import guards
+from syncd.config import AudienceConfig, Config, DestinationConfig
+from syncd.delivery import bulk, calls
+from syncd.delivery.destinations import Destination, make_destination
+from syncd.delivery.options import DeliveryOptions
+from syncd.delivery.sender import Sender
+from syncd.delivery.session import Pair, Session
+from syncd.errors import DestinationError
+from syncd.model import Change, PairOutcome, PairReport
+from syncd.state.diff import DestinationWork
+from syncd.state.operator import drop_approval
+from syncd.state.sends import attribute_ensured, record_attribute
+
+log = logging.getLogger("syncd")
+T = TypeVar("T")
+
+PAGE_SIZE = 500
+PAIRS_AT_ONCE = 4  # audiences one destination sends at the same time (one connection holds their lists)
+
+
+@dataclass
+class Delivered:
+    """What delivery did in a run: each pair's report, the calls per destination, and whether
+    sending stopped at the send time limit with changes left."""
+
+    pairs: list[PairReport]
+    calls: dict[str, int]
+    out_of_time: bool
+
+
+async def deliver_all(config: Config, options: DeliveryOptions, engine: Engine, snapshot_at: datetime,
+                      audiences: Sequence[AudienceConfig], deadline: float) -> Delivered:
+    """Every destination's pairs, the destinations at the same time (one's outage never
+    blocks another's delivery)."""
+    deliveries = []
+    for dest in config.destinations.values():
+        connected = [a for a in audiences if dest.name in a.destinations]
+        if connected:
+            deliveries.append((DestinationDelivery(dest, options, engine, snapshot_at, config, deadline),
+                               connected))
+    results = await asyncio.gather(*(delivery.run(connected) for delivery, connected in deliveries))
+    return Delivered(pairs=[pair for pairs in results for pair in pairs],
+                     calls={delivery.name: delivery.session.calls for delivery, _ in deliveries},
+                     out_of_time=any(delivery.out_of_time for delivery, _ in deliveries))
+
+
+class DestinationDelivery:
+    """Delivers every audience connected to one destination, page by page."""
+
+    def __init__(self, config: DestinationConfig, options: DeliveryOptions, engine: Engine,
+                 snapshot_at: datetime, run_config: Config, deadline: float) -> None:
+        destination = make_destination(config)
+        self.name, self.engine, self.progress = config.name, engine, options.progress
+        self.guard_config, self.config_path = run_config.guards, run_config.path
+        self.deadline, self.out_of_time = deadline, False
+        self.session = Session(destination, _sender(destination, options), engine, snapshot_at)
+
+    @property
+    def sender(self) -> Sender:
+        return self.session.sender
+
+    async def run(self, audiences: Sequence[AudienceConfig]) -> list[PairReport]:
+        # One work table holds every pair's list: a page of one pair can then take the same
+        # users' changes of the other pairs along (one call per user).
+        destination = self.session.destination
+        with DestinationWork(self.engine, self.name, destination.needs_email) as work:
+            pairs: list[Pair] = []
+            try:
+                for audience in audiences:
+                    pairs.append(await self._make(work, audience))
+                await self._prepare_all(pairs)
+                await self._send_pairs(pairs)
+                return [self._finish(pair) for pair in pairs]
+            finally:
+                for pair in pairs:
+                    if pair.task is not None:
+                        pair.task.close()
+                await self.sender.aclose()
+
+    async def _make(self, work: DestinationWork, audience: AudienceConfig) -> Pair:
+        # A run's biggest query, in a thread: requests the other destinations have in flight
+        # are answered meanwhile instead of timing out behind a blocked event loop.
+        pair_work = await _in_thread(partial(work.make, audience.key))
+        counts = pair_work.counts
+        with self.engine.connect() as conn:
+            guard = guards.check(conn, audience, self.guard_config, self.name, counts.members, counts.left)
+        self._log_guard(guard)
+        report = PairReport(audience.key, self.name, members=counts.members, entered=counts.entered,
+                            left=counts.left, skipped=counts.skipped)
+        return Pair(pair_work, guard, report)
+
+    async def _prepare_all(self, pairs: Sequence[Pair]) -> None:
+        """Each pair with work gets its progress task, and its destination set up (User.com's
+        attribute) before any page is sent: another pair's page may carry its changes."""
+        for pair in pairs:
+            if not pair.total or self.sender.interrupted():
+                continue
+            pair.task = self.progress.task(f"{self.name}: {pair.key}", pair.total, "delivered")
+            try:
+                await self._prepare(pair.key)
+                pair.ready = True
+            except DestinationError as exc:
+                pair.report.message = str(exc)
+        self.session.pairs = {pair.key: pair for pair in pairs}
+
+    async def _prepare(self, key: str) -> None:
+        with self.engine.connect() as conn:
+            if attribute_ensured(conn, self.name, key):
+                return
+        await self.session.destination.prepare(self.sender, key)
+        record_attribute(self.engine, self.name, key)
+
+    async def _send_pairs(self, pairs: Sequence[Pair]) -> None:
+        slots = asyncio.Semaphore(PAIRS_AT_ONCE)
+
+        async def in_turn(pair: Pair) -> None:
+            async with slots:
+                try:
+                    await self._send_all(pair)
+                except DestinationError as exc:
+                    pair.report.message = str(exc)
+
+        tasks = [asyncio.create_task(in_turn(pair)) for pair in pairs if pair.ready]
+        try:
+            await asyncio.gather(*tasks)
+            self.session.store_ids()
+        except BaseException:  # one pair failed: stop the others at their next await
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _send_all(self, pair: Pair) -> None:
+        """Every change of the pair's work list not taken by another pair's page: the
+        enters, then (unless held) the leaves. Past the send time limit no new page starts,
+        but every pair sends its first page in every run: audiences waiting for a turn
+        behind long initial sends still move, and so does a run whose snapshots took longer
+        than the limit."""
+        first = True
+        for value in (True, False) if not pair.guard.held else (True,):
+            after: tuple[str, str] | str = ""
+            while not self.sender.interrupted():
+                page = pair.work.page(value, after, PAGE_SIZE)
+                if not page or (not first and self._out_of_time()):
+                    break
+                first = False
+                after = page[-1].cursor
+                await self._send_page(pair, value, page)
+
+    async def _send_page(self, pair: Pair, value: bool, page: Sequence[Change]) -> None:
+        """Users the destination can update in bulk go by chunk first; the rest as calls."""
+        rest = await bulk.send_in_bulk(self.session, pair, value, page)
+        if rest:
+            await calls.send_page(self.session, pair, rest)
+
+    def _finish(self, pair: Pair) -> PairReport:
+        """The pair's outcome, once every pair is done (its changes may have gone out in
+        another pair's calls)."""
+        report, guard, sender = pair.report, pair.guard, self.sender
+        report.pending = pair.total - report.acknowledged
+        if report.pending and guard.held and not sender.refused:
+            report.outcome, report.message = PairOutcome.HELD, guard.hold_message(self.config_path)
+        elif report.pending:
+            report.outcome = PairOutcome.STOPPED if sender.refused else PairOutcome.UNDELIVERED
+            report.message = sender.stopped or report.message or _interrupted(sender) or (
+                f"the run reached its send time limit ([schedule] max_send_time); {report.pending} "
+                "changes wait for the next run" if self.out_of_time else None)
+        # An approval lasts until no exit of the pair is left to send.
+        if guard.approved_exits is not None and not guard.held and not pair.work.leaves_left():
+            drop_approval(self.engine, pair.key, self.name)
+        return report
+
+    def _out_of_time(self) -> bool:
+        """Asked only with work left: past the run's send time limit? (Remembered for the report.)"""
+        if time.monotonic() >= self.deadline:
+            self.out_of_time = True
+        return self.out_of_time
+
+    def _log_guard(self, guard: guards.GuardVerdict) -> None:
+        if guard.held:
+            log.error("%s", guard.hold_message(self.config_path))
+        elif guard.approved:
+            log.warning("sending %d exits of %s at %s, approved by %s: %s", guard.exits,
+                        guard.audience_key, self.name, guard.approved_by or "?", guard.reason())
+
+
+def _sender(destination: Destination, options: DeliveryOptions) -> Sender:
+    """The destination's HTTP client for the run: its headers, pace and answer classification."""
+    config, latency = destination.config, options.latency
+    return Sender(
+        name=destination.integration, headers=destination.headers(),
+        concurrency=config.concurrency, rate_limit=config.rate_limit, timeout=config.timeout,
+        policy=options.policy, stop_event=options.stop_event, secrets=destination.secrets(),
+        transport=options.transport() if options.transport else None,
+        on_latency=(lambda seconds: latency(config.name, seconds)) if latency else None,
+        classify=destination.classify,
+    )
+
+
+async def _in_thread(call: Callable[[], T]) -> T:
+    """`call()` in a worker thread while the event loop goes on. If the caller is cancelled
+    meanwhile, the thread is waited for: it may be using a connection the caller's cleanup
+    is about to use too."""
+    future = asyncio.get_running_loop().run_in_executor(None, call)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with suppress(Exception):
+            await future
+        raise
+
+
+def _interrupted(sender: Sender) -> str | None:
+    if sender.stop_event is not None and sender.stop_event.is_set():
+        return "stopped by signal; the rest waits for the next run"
+    return None
