@@ -16,11 +16,10 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult, Engine, create_engine, event
+from sqlalchemy import Connection, CursorResult, Engine, create_engine
 from sqlalchemy.exc import DBAPIError, ResourceClosedError, SQLAlchemyError
 
 from syncd.config import AudienceConfig, Config
@@ -30,7 +29,7 @@ from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
 from syncd.model import Change, SnapshotRow, Task, traits_json
 from syncd.render import first_line, iso, one_line
 from syncd.reserved import is_reserved
-from syncd.state.engine import cancelled_on, engine_problem
+from syncd.state.engine import cancelled_on, engine_problem, in_utc
 from syncd.state.snapshots import SnapshotCounts
 
 IDENTITY_COLUMNS = ("user_id", "anonymous_id")
@@ -67,9 +66,7 @@ def open_source(url: str) -> Engine:
                                connect_args={"read_only": True} if path and url.startswith("duckdb") else {})
     except (ImportError, SQLAlchemyError) as exc:
         raise SourceError(engine_problem(url, exc)) from None
-    setting = _UTC_SESSION.get(engine.dialect.name)
-    if setting is not None:
-        event.listen(engine, "connect", partial(_set_session, setting))
+    in_utc(engine)
     return engine
 
 
@@ -79,20 +76,6 @@ def _database_file(url: str) -> str | None:
     if parsed is None or parsed.backend not in ("sqlite", "duckdb"):
         return None
     return None if parsed.database in (None, "", ":memory:") else parsed.database
-
-
-# TIMESTAMP columns, NOW() and `:now` all in UTC, whatever the server's own time zone.
-_UTC_SESSION = {"postgresql": "SET TIME ZONE 'UTC'", "mysql": "SET time_zone = '+00:00'",
-                "mariadb": "SET time_zone = '+00:00'", "duckdb": "SET TimeZone = 'UTC'"}
-
-
-def _set_session(statement: str, dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(statement)
-    finally:
-        cursor.close()
-    dbapi_connection.commit()  # PostgreSQL's SET is transactional: the pool's rollback would undo it
 
 
 def now_param(snapshot_at: datetime, dialect: str = "sqlite") -> Any:

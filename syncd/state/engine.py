@@ -86,6 +86,27 @@ def engine_problem(url: str, exc: Exception) -> str:
     return f"the {backend} driver is not installed ({exc if missing else 'its SQLAlchemy dialect'}): {fix}"
 
 
+# TIMESTAMP columns, NOW() and `:now` all in UTC, whatever the server's own time zone.
+_UTC_SESSION = {"postgresql": "SET TIME ZONE 'UTC'", "mysql": "SET time_zone = '+00:00'",
+                "mariadb": "SET time_zone = '+00:00'", "duckdb": "SET TimeZone = 'UTC'"}
+
+
+def in_utc(engine: Engine) -> None:
+    """Every connection of a source engine starts its session in UTC (SQLite has no zone)."""
+    setting = _UTC_SESSION.get(engine.dialect.name)
+    if setting is not None:
+        event.listen(engine, "connect", partial(_set_session, setting))
+
+
+def _set_session(statement: str, dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
+    dbapi_connection.commit()  # PostgreSQL's SET is transactional: the pool's rollback would undo it
+
+
 CANCEL_POLL = 0.1  # seconds between looks at the stop flag while statements run
 
 
