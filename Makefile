@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 demo: venv  ## the real pipeline against local stand-ins of Nat and User.com
 	$(BIN)/python -m syncd.dev.demo
 
-test: venv  ## the test suite (PostgreSQL tests run when SYNCD_TEST_POSTGRES_URL is set)
+test: venv  ## the test suite (PostgreSQL and MySQL tests run when SYNCD_TEST_POSTGRES_URL and SYNCD_TEST_MYSQL_URL are set)
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: venv
