@@ -2,12 +2,15 @@
 
 The query goes to the database as written: only `:now` outside string literals, quoted
 names and comments is a parameter, so `x::text` and `'{"a":1}'::jsonb` mean what they say.
-A run's stop flag cancels the query in flight (PostgreSQL's cancel request, SQLite's
-interrupt) instead of waiting for it to finish.
+`:now` is bound in the type each database compares as a timestamp, and syncd's sessions run
+in UTC (as the snapshot time and the timestamps sent), so `:now - INTERVAL 30 DAY` means the
+same everywhere. A run's stop flag cancels the query in flight (PostgreSQL's cancel request,
+SQLite's and DuckDB's interrupt, MySQL's `KILL QUERY`) instead of waiting for it to finish.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -20,13 +23,13 @@ from sqlalchemy import Connection, CursorResult, Engine, create_engine
 from sqlalchemy.exc import DBAPIError, ResourceClosedError, SQLAlchemyError
 
 from syncd.config import AudienceConfig, Config
-from syncd.config.dburl import sqlite_file
+from syncd.config.dburl import parse_db_url
 from syncd.errors import SourceError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
 from syncd.model import Change, SnapshotRow, Task, traits_json
 from syncd.render import first_line, iso, one_line
 from syncd.reserved import is_reserved
-from syncd.state.engine import cancelled_on
+from syncd.state.engine import cancelled_on, engine_problem, in_utc
 from syncd.state.snapshots import SnapshotCounts
 
 IDENTITY_COLUMNS = ("user_id", "anonymous_id")
@@ -53,18 +56,37 @@ class QueryStopped(Exception):
 
 
 def open_source(url: str) -> Engine:
-    """An engine for a source database; a missing SQLite file is an error, not a new empty file."""
-    path = sqlite_file(url)
+    """An engine for a source database; a missing SQLite or DuckDB file is an error, not a new
+    empty file. A DuckDB file is opened read-only, so the team's own writer is not locked out."""
+    path = _database_file(url)
     if path is not None and not Path(path).is_file():
         raise SourceError(f"source database file {path} does not exist")
     try:
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True,
+                               connect_args={"read_only": True} if path and url.startswith("duckdb") else {})
     except (ImportError, SQLAlchemyError) as exc:
-        raise SourceError(f"cannot open the source database: {exc}") from None
+        raise SourceError(engine_problem(url, exc)) from None
+    in_utc(engine)
+    return engine
 
 
-def now_param(snapshot_at: datetime) -> str:
-    """The run's snapshot time as bound to `:now`: UTC, ISO-8601."""
+def _database_file(url: str) -> str | None:
+    """The file a SQLite or DuckDB URL names; None for another database or an in-memory one."""
+    parsed = parse_db_url(url)
+    if parsed is None or parsed.backend not in ("sqlite", "duckdb"):
+        return None
+    return None if parsed.database in (None, "", ":memory:") else parsed.database
+
+
+def now_param(snapshot_at: datetime, dialect: str = "sqlite") -> Any:
+    """The run's snapshot time as bound to `:now`, in the type the database compares as a
+    timestamp without a warning: PostgreSQL an aware datetime (timestamptz), MySQL/MariaDB and
+    DuckDB a naive UTC one (DATETIME, TIMESTAMP; their sessions are in UTC); SQLite, which has
+    no timestamp type, and any other database ISO-8601 text in UTC."""
+    if dialect == "postgresql":
+        return snapshot_at.astimezone(UTC)
+    if dialect in ("mysql", "mariadb", "duckdb"):
+        return snapshot_at.astimezone(UTC).replace(tzinfo=None)
     return iso(snapshot_at)
 
 
@@ -100,7 +122,7 @@ def stream_members(
     try:
         with cancelled_on(stop, engine), engine.connect() as conn:
             result = execute(conn, query, snapshot_at)
-            columns = Columns(list(result.keys()), audience_key)
+            columns = Columns(list(result.keys()), audience_key, _converters(conn.dialect.name, result))
             # partitions() fetches yield_per rows per round trip instead of one at a time.
             for partition in result.partitions(2_000):
                 if stop is not None and stop.is_set():
@@ -137,14 +159,14 @@ def query_columns(conn: Connection, query: str, snapshot_at: datetime, audience_
 
 def execute(conn: Connection, query: str, snapshot_at: datetime) -> CursorResult[Any]:
     """Run the query as written, streaming its rows; `:now` bound to the snapshot time."""
-    statement, params = bind_now(query, now_param(snapshot_at), conn.dialect.paramstyle)
+    statement, params = bind_now(query, now_param(snapshot_at, conn.dialect.name), conn.dialect.paramstyle)
     conn = conn.execution_options(stream_results=True, yield_per=2_000)
     if params is None:  # nothing to bind: the driver must not read `%` or `?` as placeholders
         return conn.execution_options(no_parameters=True).exec_driver_sql(statement)
     return conn.exec_driver_sql(statement, params)
 
 
-def bind_now(query: str, now: str, paramstyle: str) -> tuple[str, Any]:
+def bind_now(query: str, now: Any, paramstyle: str) -> tuple[str, Any]:
     """The query in the driver's parameter style, and its parameters (None: no `:now`)."""
     uses = sum(1 for m in _NOW_OR_QUOTED.finditer(query) if m.group("now"))
     if not uses:
@@ -161,10 +183,50 @@ def bind_now(query: str, now: str, paramstyle: str) -> tuple[str, Any]:
     return statement, {"now": now}
 
 
-class Columns:
-    """Where the known columns sit in the query's rows; every other column is an extra trait."""
+def _converters(dialect: str, result: CursorResult[Any]) -> dict[int, Callable[[Any], Any]]:
+    """Columns whose driver hands over another type than the database's: MySQL's BOOLEAN is
+    TINYINT(1) (an int), its JSON a string, and MariaDB's JSON a LONGTEXT; DuckDB's JSON a
+    string. Position -> conversion (a value that does not convert stays as it is)."""
+    description = (result.cursor.description if result.cursor is not None else None) or ()
+    found: dict[int, Callable[[Any], Any]] = {}
+    for i, column in enumerate(description):
+        code, size = column[1], column[3]
+        if dialect in ("mysql", "mariadb"):
+            if code in (_MYSQL_TINY, _MYSQL_BIT) and size == 1:
+                found[i] = _boolean
+            elif code == _MYSQL_JSON or (code == _MYSQL_BLOB and size == _LONGTEXT):
+                found[i] = _json
+        elif dialect == "duckdb" and str(code) == "JSON":
+            found[i] = _json
+    return found
 
-    def __init__(self, names: list[str], audience_key: str | None = None) -> None:
+
+_MYSQL_TINY, _MYSQL_BIT, _MYSQL_JSON, _MYSQL_BLOB = 1, 16, 245, 252  # pymysql.constants.FIELD_TYPE
+_LONGTEXT = 2**32 - 1  # MariaDB's JSON is LONGTEXT (with a json_valid check)
+
+
+def _boolean(value: Any) -> Any:
+    if isinstance(value, bytes):  # BIT(1)
+        value = int.from_bytes(value, "big")
+    return bool(value) if isinstance(value, int) else value
+
+
+def _json(value: Any) -> Any:
+    """JSON text -> its object or list; other text (a LONGTEXT that is not JSON) as it is."""
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+class Columns:
+    """Where the known columns sit in the query's rows; every other column is an extra trait,
+    converted first where `typed` says the driver's type is not the database's (_converters)."""
+
+    def __init__(self, names: list[str], audience_key: str | None = None,
+                 typed: dict[int, Callable[[Any], Any]] | None = None) -> None:
         if not any(c in names for c in IDENTITY_COLUMNS):
             raise SourceError(
                 f"the query returns no user_id or anonymous_id column (it returns: "
@@ -174,6 +236,7 @@ class Columns:
         at = {name: i for i, name in enumerate(names)}  # a repeated name: the last one counts
         self.user_id, self.anonymous_id, self.email, self.url = (at.get(c) for c in KNOWN_COLUMNS)
         self.extras = [(name, i) for name, i in at.items() if name not in KNOWN_COLUMNS]
+        self.typed = {i: convert for i, convert in (typed or {}).items() if i in dict(self.extras).values()}
 
 
 def _check_extras(names: list[str], audience_key: str | None) -> None:
@@ -211,6 +274,10 @@ def to_member(values: Sequence[Any], at: Columns, counts: SnapshotCounts) -> Sna
         counts.invalid_email += 1
         email = None
     url = None if at.url is None else _clean(_text(values[at.url]))
+    if at.typed:
+        values = list(values)
+        for i, convert in at.typed.items():
+            values[i] = convert(values[i])
     traits = {name: json_value(_clean(values[i])) for name, i in at.extras} if at.extras else None
     size = len(user_id or "") + len(anonymous_id or "") + len(email or "") + len(url or "")
     if traits:
@@ -272,7 +339,10 @@ def _one_line(exc: SQLAlchemyError) -> str:
         return "the query returns no rows: it must be one SELECT"
     orig = exc.orig if isinstance(exc, DBAPIError) else None
     if orig is not None:
-        message = first_line(orig)
+        args = orig.args
+        # MySQL drivers' errors are (code, message): the message alone reads as the others do.
+        mysql = len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str)
+        message = args[1] if mysql else first_line(orig)
         hint = getattr(getattr(orig, "diag", None), "message_hint", None)
         if hint:
             message += f" ({hint})"

@@ -37,6 +37,7 @@ HOOK_SECRET = "hook-SECRET-T0D1E2"
 SECRETS = (NAT_KEY, USERCOM_KEY, base64.b64encode(f"{NAT_KEY}:".encode()).decode(), HOOK_SECRET)
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, set_aside_after=3)
 POSTGRES_URL = os.environ.get("SYNCD_TEST_POSTGRES_URL")
+MYSQL_URL = os.environ.get("SYNCD_TEST_MYSQL_URL")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -48,20 +49,36 @@ def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if not POSTGRES_URL:
         pytest.skip("PostgreSQL state tests need SYNCD_TEST_POSTGRES_URL (e.g. "
                     "postgresql+psycopg://postgres@127.0.0.1:5432/test); .ci/run sets it")
-    yield from _fresh_postgres_database(POSTGRES_URL)
+    yield from _fresh_database(POSTGRES_URL)
 
 
-def _fresh_postgres_database(server_url: str) -> Iterator[str]:
+def _fresh_database(server_url: str) -> Iterator[str]:
+    """A new database on the PostgreSQL or MySQL server `server_url` names, dropped after: its
+    own name, so parallel test runs do not collide."""
     name = f"syncd_test_{uuid.uuid4().hex[:12]}"
+    mysql = server_url.startswith("mysql")
+    quoted, force = (f"`{name}`", "") if mysql else (f'"{name}"', " WITH (FORCE)")
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f"CREATE DATABASE {quoted}"))
     try:
         yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f"DROP DATABASE IF EXISTS {quoted}{force}"))
         admin.dispose()
+
+
+_fresh_postgres_database = _fresh_database  # the name the PostgreSQL source tests import
+
+
+@pytest.fixture
+def mysql_db() -> Iterator[str]:
+    """A fresh, empty MySQL/MariaDB database."""
+    if not MYSQL_URL:
+        pytest.skip("MySQL/MariaDB tests need SYNCD_TEST_MYSQL_URL (e.g. "
+                    "mysql+pymysql://root@127.0.0.1:3306/test); .ci/run sets it")
+    yield from _fresh_database(MYSQL_URL)
 
 
 class Shop:

@@ -43,8 +43,10 @@ def source_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 def _with_customers(url: str) -> Iterator[str]:
     engine = create_engine(url)
+    # PostgreSQL binds `:now` as timestamptz: the column must be a timestamp there to compare.
+    stamp = "TIMESTAMPTZ" if url.startswith("postgresql") else "TEXT"
     with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE customers (id TEXT, email TEXT, plan TEXT, last_order_at TEXT)"))
+        conn.execute(text(f"CREATE TABLE customers (id TEXT, email TEXT, plan TEXT, last_order_at {stamp})"))
         conn.execute(text("INSERT INTO customers VALUES ('u1', 'u1@example.com', 'pro', '2026-01-01')"))
     engine.dispose()
     yield url

@@ -195,6 +195,25 @@ def test_colons_in_literals_on_sqlite(sqlite_env: Env) -> None:
     assert (nat["meta"], nat["label"], nat["twice"]) == ('{"a":1}', "x:y", 1)
 
 
+def test_now_windows_on_postgresql_are_in_utc_whatever_the_servers_time_zone(
+        sqlite_env: Env, pg_source: str) -> None:
+    """`:now` is a timestamptz, and syncd's session is in UTC: a `timestamp` column (no time
+    zone) holds UTC, as the traits syncd sends say, even where the server's default is not."""
+    env = sqlite_env
+    name = pg_source.rsplit("/", 1)[1]
+    now = datetime.now(UTC).replace(tzinfo=None)
+    _sql(pg_source, f"ALTER DATABASE \"{name}\" SET timezone = 'Asia/Kolkata'",  # UTC+05:30
+         "CREATE TABLE people (id text, email text, seen timestamp)",
+         f"INSERT INTO people VALUES ('earlier', 'e@example.com', '{now - timedelta(hours=1)}'), "
+         f"('later', 'l@example.com', '{now + timedelta(hours=1)}')")
+    query = "SELECT id AS user_id, email FROM people WHERE seen <= :now AND seen > :now - interval '1 day'"
+
+    report = env.run(_pg_config(env, pg_source, _pg_audience(query)))
+
+    assert report.exit_code == 0, report.audience_errors
+    assert flags(env.nat.accepted()) == {"earlier": True}
+
+
 def test_an_sql_error_is_the_databases_message_on_one_line(sqlite_env: Env, pg_source: str) -> None:
     env = sqlite_env
     _sql(pg_source, "CREATE TABLE people (id text, email text)")

@@ -37,9 +37,10 @@ def _one_line_exit_2(env: Env, *needles: str) -> str:
 
 
 def test_a_state_url_whose_driver_is_missing_is_one_line(sqlite_env: Env) -> None:
-    env = replace(sqlite_env, state_url="mysql+mysqldb://syncd:hunter2@db.example/syncd")
-    line = _one_line_exit_2(env, "mysql+mysqldb://syncd:***@db.example/syncd", "driver is not installed")
+    env = replace(sqlite_env, state_url="postgresql+pg8000://syncd:hunter2@db.example/syncd")
+    line = _one_line_exit_2(env, "postgresql+pg8000://syncd:***@db.example/syncd", "driver is not installed")
     assert "hunter2" not in line
+    assert line.endswith("write postgresql+psycopg:// and pip install 'syncd[postgres]'")
 
 
 def test_a_state_file_in_a_missing_folder_is_one_line(sqlite_env: Env) -> None:
@@ -99,3 +100,23 @@ def test_the_state_file_and_its_wal_are_readable_by_the_owner_only(
                 assert stat.S_IMODE((env.tmp_path / name).stat().st_mode) == 0o600, name
     finally:
         engine.dispose()
+
+
+def test_a_state_file_readable_by_others_is_tightened_with_one_warning(
+        sqlite_env: Env, private_umask: None) -> None:
+    env = sqlite_env
+    env.shop.members("u1")
+    path = env.write_config()
+    assert env.cli("run-once", "--config", str(path)).returncode == 0
+    state = env.tmp_path / "state.db"
+    state.chmod(0o644)  # as an older syncd left it
+
+    first = env.cli("status", "--config", str(path))
+    second = env.cli("status", "--config", str(path))
+
+    assert first.returncode == 0 and second.returncode == 0
+    warnings = [line for line in first.stderr.splitlines() if "readable by other users" in line]
+    assert len(warnings) == 1 and f"state database file {state}" in warnings[0]
+    assert "(mode -rw-r--r--)" in warnings[0] and "0600" in warnings[0]
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    assert "readable by other users" not in second.stderr

@@ -128,6 +128,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     from syncd.cli.commands import operator
     from syncd.daemon import scheduler
     from syncd.run import pipeline
+    from syncd.state import schema
 
     if args.command in SENDING_COMMANDS or getattr(args, "connect", False):  # check --connect uses the keys
         config = config.with_secrets()
@@ -142,11 +143,12 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command == "check":  # needs no state database
         return _check(args, config)
     operator.check_args(config, getattr(args, "audience", None), getattr(args, "destination", None))
-    engine = pipeline.open_state(config)
+    if args.command == "migrate":  # says what it did
+        _print(str(schema.migrate_state(config.state_url)))
+        return 0
+    engine = pipeline.open_state(config, schema.Access.SEND if args.command in SENDING_COMMANDS
+                                 else schema.Access.READ)
     try:
-        if args.command == "migrate":
-            print("state database is up to date")
-            return 0
         output = _command(args, config, engine, shown)
         if args.json or output.text:
             _print(json.dumps(output.data, indent=2) if args.json else output.text)

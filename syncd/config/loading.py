@@ -70,7 +70,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         raise ConfigError(path, "", f"malformed TOML: {exc}") from None
     top = reader.table(raw, "", {"state", "schedule", "sources", "destinations", "audiences", "guards",
                                  "metrics", "alerts"})
-    state = reader.table(top.get("state", {}), "state", {"url", "retention"})
+    state = reader.table(top.get("state", {}), "state", {"url", "retention", "auto_migrate"})
     sources = _sources(reader, top.get("sources", {}))
     destinations = _destinations(reader, top.get("destinations", {}))
     guards = _guards(reader, top.get("guards", {}))
@@ -82,6 +82,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         destinations=destinations,
         audiences=_audiences(reader, top.get("audiences", []), sources, destinations, guards),
         retention=_retention(reader, state),
+        auto_migrate=reader.get(state, "state", "auto_migrate", bool, True),
         guards=guards,
         metrics=_metrics(reader, top.get("metrics", {})),
         alerts=_alerts(reader, top.get("alerts")),
@@ -89,9 +90,18 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     )
 
 
+STATE_BACKENDS = ("sqlite", "postgresql")
+
+
 def _state_url(reader: Reader, state: dict[str, Any]) -> str:
     url = reader.db_url(state, "state", DEFAULT_STATE_URL)
     parsed = parse_db_url(url)
+    if parsed is not None and parsed.backend not in STATE_BACKENDS:
+        # Checked before anything connects: syncd must not create its tables in, say, the
+        # application's MySQL database (its schema is written and tested for these two).
+        raise reader.error("state.url", f"the state is kept in SQLite or PostgreSQL only, not "
+                                        f"{parsed.backend} (e.g. sqlite:///syncd-state.db or "
+                                        "postgresql+psycopg://…); a database of any kind can be a source")
     if parsed is not None and parsed.backend == "sqlite" and sqlite_file(url) is None:
         raise reader.error("state.url", "an in-memory database keeps nothing between runs "
                                         "(every run would be a full initial send): use a file")

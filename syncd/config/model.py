@@ -153,6 +153,7 @@ class Config:
     destinations: Mapping[str, DestinationConfig]
     audiences: tuple[AudienceConfig, ...]
     retention: timedelta = DEFAULT_RETENTION  # run history and finished ledger rows older than this go
+    auto_migrate: bool = True  # sending commands create/upgrade the state schema; False: only `migrate`
     guards: GuardConfig = GuardConfig()
     metrics: MetricsConfig | None = None  # `syncd run` serves /metrics when set
     alerts: AlertsConfig | None = None  # alerts are pushed after each run when set

@@ -97,8 +97,12 @@ class Reader:
         url = self.get(data, key, "url", str, default)
         if url is None:
             raise self.error(f"{key}.url", "is required")
-        if parse_db_url(url) is None:
+        parsed = parse_db_url(url)
+        if parsed is None:
             raise self.error(f"{key}.url", f"{redact_url(url)!r} is not a database URL")
+        if parsed.backend == "postgres":  # SQLAlchemy dropped that alias: "Can't load plugin"
+            raise self.error(f"{key}.url", "SQLAlchemy has no 'postgres' dialect: write "
+                                           "postgresql+psycopg://…")
         return str(url)
 
     def http_url(self, table: dict[str, Any], key: str, field: str) -> str:

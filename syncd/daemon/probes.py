@@ -5,7 +5,8 @@ scheduler's executor, so a scheduler whose loop died or wedged stops ticking eve
 it still says it is running. The systemd watchdog and `/healthz` ask the same question.
 
 Readiness connects to the state database and compares its alembic revision with the
-newest one this syncd ships; the answer is cached for a few seconds, so a probe every
+newest one this syncd ships (a newer one: another machine on the shared ledger was
+upgraded and migrated it); the answer is cached for a few seconds, so a probe every
 second costs one query every few seconds.
 """
 
@@ -16,13 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.render import database_error
-from syncd.state.engine import alembic_config
+from syncd.state.schema import versions
 
 PULSE = 15.0  # seconds between the scheduler's ticks
 STALE_AFTER = 4 * PULSE  # no tick for this long: the scheduler is wedged
@@ -64,16 +63,17 @@ class Cached(Generic[T]):
 
 def readiness(engine: Engine) -> Callable[[], str]:
     """'' when the state database answers and is at syncd's newest revision, else why not (one line)."""
-    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
 
     def check() -> str:
         try:
-            with engine.connect() as conn:
-                current = MigrationContext.configure(conn).get_current_revision()
+            found = versions(engine)
         except SQLAlchemyError as exc:
             return f"state database unreachable: {database_error(exc, 200)}"
-        if current != head:
-            return f"state database not migrated: at revision {current or 'none'}, this syncd needs {head}"
+        if found.newer:
+            return found.newer_problem()
+        if found.current != found.head:
+            return (f"state database not migrated: at revision {found.current or 'none'}, this syncd "
+                    f"needs {found.head}: run `syncd migrate`")
         return ""
 
     return Cached(check, READY_TTL)

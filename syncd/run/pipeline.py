@@ -24,9 +24,10 @@ from syncd.render import plural
 from syncd.run import alerts
 from syncd.run.report import RunReport, summary_lines
 from syncd.source import QueryStopped, take_snapshot
-from syncd.state.engine import cancelled_on, create_state_engine, migrate, now
+from syncd.state.engine import cancelled_on, create_state_engine, now
 from syncd.state.lease import LeaseKeeper, acquire_lease, release_lease
 from syncd.state.runs import finish_run, last_snapshot_rows, prune, record_audience, record_result, start_run
+from syncd.state.schema import Access, ensure_schema
 from syncd.state.sends import adopt_idents, recover_in_flight
 from syncd.state.snapshots import SnapshotCounts, replace_members
 
@@ -45,9 +46,16 @@ class Options(DeliveryOptions):
     part: bool = False
 
 
-def open_state(config: Config) -> Engine:
+def open_state(config: Config, access: Access = Access.SEND) -> Engine:
+    """The state engine, its schema checked (and created or upgraded if `access` allows it)."""
     engine = create_state_engine(config.state_url, pool_size=5 + PAIRS_AT_ONCE * len(config.destinations))
-    migrate(engine)
+    try:
+        migration = ensure_schema(engine, access, config.auto_migrate)
+    except BaseException:
+        engine.dispose()
+        raise
+    if migration.changed:
+        log.info("state database: %s", migration)
     adopt_idents(engine, _email_pairs(config))
     return engine
 

@@ -1,7 +1,8 @@
 """Engines for the state and source databases, and running the migrations.
 
 The SQLite state file holds emails and traits: syncd creates it readable by its owner only
-(SQLite gives its -wal and -shm files the same mode).
+(SQLite gives its -wal and -shm files the same mode), and tightens one it finds readable by
+others (an older syncd created it with the umask's mode).
 
 A run's stop request cancels the statements its snapshot has running (`cancelled_on`), in the
 source and in the state database alike, instead of waiting for them to finish.
@@ -9,24 +10,34 @@ source and in the state database alike, instead of waiting for them to finish.
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from syncd.config.dburl import redact_url, sqlite_file
 from syncd.errors import StateError
 from syncd.render import first_line
+
+log = logging.getLogger("syncd")
+
+# Per documented database: the extra that installs its driver, and that driver's name in a URL
+# ("": the URL names none, e.g. duckdb:///file.duckdb).
+EXTRAS = {"postgresql": ("postgres", "psycopg"), "mysql": ("mysql", "pymysql"),
+          "mariadb": ("mysql", "pymysql"), "duckdb": ("duckdb", "")}
 
 
 def create_state_engine(url: str, pool_size: int = 5) -> Engine:
@@ -37,10 +48,8 @@ def create_state_engine(url: str, pool_size: int = 5) -> Engine:
         if parsed.get_backend_name() != "sqlite":
             return create_engine(url, pool_pre_ping=True, pool_size=pool_size)
         engine = create_engine(url, connect_args={"timeout": 30}, pool_size=pool_size)
-    except ImportError as exc:  # the URL names a driver that is not installed
-        raise StateError(f"state database {redact_url(url)}: its driver is not installed ({exc})") from None
-    except SQLAlchemyError as exc:  # e.g. an unknown dialect
-        raise StateError(f"state database {redact_url(url)}: {first_line(exc)}") from None
+    except (ImportError, SQLAlchemyError) as exc:  # a driver or dialect that is not installed
+        raise StateError(f"state database {redact_url(url)}: {engine_problem(url, exc)}") from None
     path = sqlite_file(url)
     if path is not None:
         _create_private(path)
@@ -57,6 +66,47 @@ def create_state_engine(url: str, pool_size: int = 5) -> Engine:
     return engine
 
 
+def engine_problem(url: str, exc: Exception) -> str:
+    """Why `create_engine(url)` failed, with what to do: a missing driver names the extra that
+    installs it (and the URL prefix that uses it), a missing dialect the package to install.
+    (`postgres://` is refused by the config already.)"""
+    scheme = url.partition("://")[0]
+    backend = scheme.partition("+")[0]
+    missing = exc.name if isinstance(exc, ImportError) else None
+    if missing is None and not isinstance(exc, NoSuchModuleError):
+        return first_line(exc)
+    if backend not in EXTRAS:
+        if missing is None:
+            return f"no SQLAlchemy dialect for {scheme}:// is installed: install the package that provides it"
+        return f"the driver for {scheme}:// is not installed ({exc})"
+    extra, ours = EXTRAS[backend]
+    fix = f"pip install 'syncd[{extra}]'"
+    if ours and missing not in (None, ours):  # e.g. mysql:// means mysqlclient (MySQLdb), not PyMySQL
+        fix = f"write {backend}+{ours}:// and {fix}"
+    return f"the {backend} driver is not installed ({exc if missing else 'its SQLAlchemy dialect'}): {fix}"
+
+
+# TIMESTAMP columns, NOW() and `:now` all in UTC, whatever the server's own time zone.
+_UTC_SESSION = {"postgresql": "SET TIME ZONE 'UTC'", "mysql": "SET time_zone = '+00:00'",
+                "mariadb": "SET time_zone = '+00:00'", "duckdb": "SET TimeZone = 'UTC'"}
+
+
+def in_utc(engine: Engine) -> None:
+    """Every connection of a source engine starts its session in UTC (SQLite has no zone)."""
+    setting = _UTC_SESSION.get(engine.dialect.name)
+    if setting is not None:
+        event.listen(engine, "connect", partial(_set_session, setting))
+
+
+def _set_session(statement: str, dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
+    dbapi_connection.commit()  # PostgreSQL's SET is transactional: the pool's rollback would undo it
+
+
 CANCEL_POLL = 0.1  # seconds between looks at the stop flag while statements run
 
 
@@ -69,12 +119,13 @@ def cancelled_on(stop: threading.Event | None, engine: Engine) -> Iterator[None]
         yield
         return
     me, lock, done = threading.get_ident(), threading.Lock(), threading.Event()
-    taken: dict[int, Any] = {}  # id -> driver connection, until cancelled or given back
+    taken: dict[int, Callable[[], Any]] = {}  # id -> how to cancel it, until cancelled or given back
 
     def on_checkout(dbapi: Any, _record: Any, _proxy: Any) -> None:
         if threading.get_ident() == me:
+            cancel = canceller(dbapi, engine)  # in this thread: mysqlclient refuses other threads
             with lock:
-                taken[id(dbapi)] = dbapi
+                taken[id(dbapi)] = cancel
 
     def on_checkin(dbapi: Any, _record: Any) -> None:
         with lock:
@@ -84,8 +135,9 @@ def cancelled_on(stop: threading.Event | None, engine: Engine) -> Iterator[None]
         while not done.is_set():
             if stop.wait(CANCEL_POLL) and not done.is_set():
                 with lock:  # a connection taken after the stop is cancelled in its turn
-                    for dbapi in taken.values():
-                        cancel(dbapi)
+                    for cancel in taken.values():
+                        with suppress(Exception):  # the statement may have just ended; the server gone
+                            cancel()
                     taken.clear()
                 done.wait(CANCEL_POLL)
 
@@ -102,15 +154,29 @@ def cancelled_on(stop: threading.Event | None, engine: Engine) -> Iterator[None]
         event.remove(engine, "checkin", on_checkin)
 
 
-def cancel(dbapi: Any) -> None:
-    """Ask the database to abandon the statement running on a driver connection (from another
-    thread): sqlite3's interrupt(), psycopg's cancel_safe() (3.2+) or cancel(), psycopg2's cancel()."""
+def canceller(dbapi: Any, engine: Engine) -> Callable[[], Any]:
+    """How another thread abandons the statement running on a driver connection: sqlite3's and
+    DuckDB's interrupt(), psycopg's cancel_safe() (3.2+) or cancel(), psycopg2's cancel();
+    MySQL/MariaDB drivers have none: `KILL QUERY` from a second connection."""
+    if engine.dialect.name in ("mysql", "mariadb"):
+        return partial(_kill_query, engine, dbapi.thread_id())
     for name in ("interrupt", "cancel_safe", "cancel"):
         method = getattr(dbapi, name, None)
         if method is not None:
-            with suppress(Exception):  # the statement may have just ended: nothing to cancel
-                method()
-            return
+            return cast(Callable[[], Any], method)
+    return lambda: None  # a driver that cannot cancel: the statement runs to its end
+
+
+def _kill_query(engine: Engine, thread_id: int) -> None:
+    """`KILL QUERY` stops the statement and keeps the connection; a user may kill its own."""
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    killer = engine.dialect.connect(*cargs, **cparams)  # outside the pool: no checkout events
+    try:
+        cursor = killer.cursor()
+        cursor.execute(f"KILL QUERY {int(thread_id)}")
+        cursor.close()
+    finally:
+        killer.close()
 
 
 def migrations_dir() -> Path:
@@ -130,10 +196,17 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the state schema up to date (idempotent). Every process does this first, so a
-    SQLite file that cannot be opened or written is reported here, as a StateError."""
-    try:
+    """Bring the state schema up to date (idempotent)."""
+    with state_file_errors(engine):
         command.upgrade(alembic_config(engine), "head")
+
+
+@contextmanager
+def state_file_errors(engine: Engine) -> Iterator[None]:
+    """A SQLite state file that cannot be opened or written, as a StateError naming it. Every
+    process reads the schema's version first, so that is where such a file is reported."""
+    try:
+        yield
     except OperationalError as exc:
         path = sqlite_file(engine.url.render_as_string(hide_password=False))
         if path is None or not any(s in str(exc.orig) for s in ("unable to open", "readonly")):
@@ -151,10 +224,29 @@ def _create_private(path: str) -> None:
         if not os.access(path, os.R_OK | os.W_OK):
             raise StateError(f"state database file {path} is not readable and writable by this "
                              "user") from None
+        _tighten(path)
         return
     except OSError as exc:
         raise StateError(f"state database file {path}: cannot create it: {exc.strerror}"
                          f"{_folder_hint(Path(path))}") from None
+
+
+def _tighten(path: str) -> None:
+    """A state file that others may read (an older syncd created it with the umask's mode)
+    becomes 0600, with its -wal and -shm files; one warning says so."""
+    loose = []
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+            if mode & 0o077:
+                os.chmod(name, 0o600)
+                loose.append(mode)
+        except OSError:  # no -wal file, or not ours to change: SQLite will say if it matters
+            continue
+    if loose:
+        log.warning("state database file %s was readable by other users (mode %s); it holds emails "
+                    "and traits: made it readable by its owner only (0600)", path,
+                    stat.filemode(stat.S_IFREG | loose[0]))
 
 
 def _folder_hint(path: Path) -> str:
