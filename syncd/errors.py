@@ -9,6 +9,7 @@
     ├── Stopped                a stop request (SIGTERM/SIGINT) ended `plan`: exit 1
     ├── MetricsError           the metrics endpoint cannot start (port taken): exit 1
     ├── SourceError            an audience's query failed: that audience fails, the run goes on
+    │   └── ColumnError        it ran, but its columns cannot be sent (no identifier, ...)
     └── DestinationError       this pair stays undelivered for this run; the others go on
 
 ConfigError and UsageError are the user's input: main() prints them as one plain line
@@ -71,6 +72,12 @@ class MetricsError(SyncdError):
 
 class SourceError(SyncdError):
     """The audience's query could not be run: this audience fails, the others go on."""
+
+
+class ColumnError(SourceError):
+    """The query runs, but its columns cannot be sent: no user_id or anonymous_id, or a column
+    that would overwrite the audience's trait or an identity. Named as such, not as a
+    failed query: the fix is in the query's select list."""
 
 
 class DestinationError(SyncdError):

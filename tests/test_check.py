@@ -162,6 +162,21 @@ def test_connect_names_a_refused_key_and_a_closed_port(tmp_path: Path, nat: NatS
     _nothing_sent(nat, usercom)
 
 
+def test_connect_takes_a_query_ending_in_a_semicolon_and_comments_and_names_column_problems(
+        tmp_path: Path, source_url: str, nat: NatStandIn, usercom: UserComStandIn) -> None:
+    """A query as people end it (`;`, then a comment) checks as it runs; columns that cannot be
+    sent are named as such, not as a failed query."""
+    audiences = {"ended": GOOD + ";  /* done */ -- buyers, as of :now\n",
+                 "no_id": AUDIENCES["no_id"] + "; -- no id column"}
+    path = write_config(tmp_path, source_url, nat.endpoint, usercom.base_url, audiences)
+    checks = _by_name(json.loads(run_cli("check", "--connect", "--json", "--config", str(path),
+                                         cwd=tmp_path).stdout))
+    assert checks["ended"]["ok"] and checks["ended"]["message"] == "query OK; columns: user_id, email, plan"
+    assert checks["no_id"]["message"] == ("the query runs, but its columns cannot be sent: the query returns "
+                                          "no user_id or anonymous_id column (it returns: email, plan)")
+    _nothing_sent(nat, usercom)
+
+
 def test_connect_names_a_name_that_does_not_resolve_and_a_failed_tls_handshake(
         tmp_path: Path, nat: NatStandIn, usercom: UserComStandIn) -> None:
     """DNS: a name under .invalid never resolves. TLS: https to the User.com stand-in's plain-HTTP

@@ -29,7 +29,7 @@ from syncd.config import AlertsConfig, AudienceConfig, Config, DestinationConfig
 from syncd.delivery.destinations import make_destination
 from syncd.delivery.sender import answer_of
 from syncd.delivery.wire import Answer, Request
-from syncd.errors import SourceError, UsageError
+from syncd.errors import ColumnError, SourceError, UsageError
 from syncd.render import database_error, one_line, plural, redact
 from syncd.run.alerts import send_test_message
 from syncd.source import open_source, query_columns
@@ -128,6 +128,8 @@ def _check_query(conn: Connection, audience: AudienceConfig) -> Check:
     where = {"source": audience.source, "audience": audience.key}
     try:
         columns = query_columns(conn, audience.query, now(), audience.key)
+    except ColumnError as exc:
+        return Check("audience", False, f"the query runs, but its columns cannot be sent: {exc}", **where)
     except SourceError as exc:
         return Check("audience", False, f"query failed: {exc}", **where)
     return Check("audience", True, f"query OK; columns: {', '.join(columns)}", **where)
