@@ -54,8 +54,8 @@ def test_status_human_and_json(sqlite_env: Env) -> None:
     human = sqlite_env.cli("status", "--config", str(path))
     assert human.returncode == 0
     assert human.stdout.splitlines()[0].split() == [
-        "audience", "destination", "members", "acknowledged", "pending", "oldest_pending", "failed",
-        "last_run", "last_outcome",
+        "audience", "destination", "members", "acknowledged", "pending", "oldest_pending", "skipped",
+        "failed", "last_run", "duration", "last_outcome",
     ]
     rows = json.loads(sqlite_env.cli("status", "--json", "--config", str(path)).stdout)
     nat = next(r for r in rows if r["destination"] == "nat")
