@@ -6,8 +6,10 @@
     │   └── cli.main.UsageExit argparse's complaint, shown with the usage line
     ├── StateError             the state database cannot be used as configured: exit 2
     ├── RunInProgress          another process holds the run lease: exit 1
+    ├── Stopped                a stop request (SIGTERM/SIGINT) ended `plan`: exit 1
     ├── MetricsError           the metrics endpoint cannot start (port taken): exit 1
     ├── SourceError            an audience's query failed: that audience fails, the run goes on
+    │   └── ColumnError        it ran, but its columns cannot be sent (no identifier, ...)
     └── DestinationError       this pair stays undelivered for this run; the others go on
 
 ConfigError and UsageError are the user's input: main() prints them as one plain line
@@ -60,12 +62,22 @@ class RunInProgress(SyncdError):
     """Another syncd process holds the run lease."""
 
 
+class Stopped(SyncdError):
+    """A stop request (SIGTERM/SIGINT) cancelled a command's queries before it finished."""
+
+
 class MetricsError(SyncdError):
     """The metrics endpoint could not be started (e.g. the port is taken)."""
 
 
 class SourceError(SyncdError):
     """The audience's query could not be run: this audience fails, the others go on."""
+
+
+class ColumnError(SourceError):
+    """The query runs, but its columns cannot be sent: no user_id or anonymous_id, or a column
+    that would overwrite the audience's trait or an identity. Named as such, not as a
+    failed query: the fix is in the query's select list."""
 
 
 class DestinationError(SyncdError):

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from syncd.config import AudienceConfig, GuardConfig
+from syncd.render import plural
 from syncd.state import operator as state_operator
 from syncd.state.runs import acked_true_count
 
@@ -52,13 +53,15 @@ class GuardVerdict:
         if self.members == 0:
             return (f"the query returned no members, but {self.destination} holds "
                     f"{self.acknowledged} as true")
-        return (f"{self.exits} exits are {self.exits / self.acknowledged:.0%} of the {self.acknowledged} "
-                f"members {self.destination} holds as true (limit {self.limit:.0%})")
+        are = "is" if self.exits == 1 else "are"
+        return (f"{plural(self.exits, 'exit')} {are} {self.exits / self.acknowledged:.0%} of the "
+                f"{plural(self.acknowledged, 'member')} {self.destination} holds as true "
+                f"(limit {self.limit:.0%})")
 
     def hold_message(self, config_path: str) -> str:
         beyond = (f"; an approval covers {self.approved_exits}, not {self.exits}"
                   if self.approved_exits is not None else "")
-        return (f"holding {self.exits} exits of {self.audience_key} at {self.destination}: "
+        return (f"holding {plural(self.exits, 'exit')} of {self.audience_key} at {self.destination}: "
                 f"{self.reason()}{beyond}. No `false` was sent. If these exits are right, run: "
                 f"syncd approve --config {shlex.quote(config_path)} --audience {self.audience_key} "
                 f"--destination {self.destination} (or raise max_exit_share)")

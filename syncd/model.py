@@ -26,6 +26,13 @@ def subject_of(user_id: str | None, anonymous_id: str | None) -> str | None:
     return None
 
 
+def who(subject: str) -> str:
+    """A subject as a person reads it: 'user u_123', 'anonymous id 7f3a' (never the ledger's
+    internal 'u:'/'a:' prefix)."""
+    kind, _, value = subject.partition(":")
+    return f"anonymous id {value}" if kind == "a" else f"user {value}"
+
+
 class SnapshotRow(NamedTuple):
     """One member of a snapshot, in the staging table's column order: the bulk loaders take
     these tuples as they are (millions of them: no per-row object beyond the tuple)."""

@@ -7,6 +7,7 @@ the same thing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +31,11 @@ def duration(seconds: int, units: str = "dhms", most: int | None = None, pad: bo
         parts.pop(0)
     shown = parts[:most]
     return "".join(f"{v:02d}{u}" if pad and i and u in "ms" else f"{v}{u}" for i, (v, u) in enumerate(shown))
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """'1 call', '2 calls', '0 calls'; `many` where adding an s is wrong ('1 query', '2 queries')."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
 
 
 def spelled(delta: timedelta, units: str = "dhms") -> str:
@@ -68,6 +74,19 @@ def first_line(exc: BaseException | None) -> str:
     """An exception's first line (drivers append context on the next ones), else its type."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+# What SQLAlchemy appends to a driver's message: the statement, its parameters, a documentation link.
+_DECORATION = re.compile(r"\[SQL: .*|\(Background on this error at: [^)]*\)", re.DOTALL)
+
+
+def database_error(exc: BaseException, limit: int = 300) -> str:
+    """A database error on one line, as a person reads it: the driver's own message (its first
+    line) without SQLAlchemy's decoration, which cut at `limit` left a dangling
+    "(Background on this error at:"."""
+    orig = getattr(exc, "orig", None)
+    text = first_line(orig) if orig is not None and str(orig).strip() else _DECORATION.sub("", str(exc))
+    return one_line(text, limit) or type(exc).__name__
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError, ResourceClosedError, SQLAlchemyError
 
 from syncd.config import AudienceConfig, Config
 from syncd.config.dburl import parse_db_url
-from syncd.errors import SourceError
+from syncd.errors import ColumnError, SourceError
 from syncd.identify import MAX_MESSAGE_BYTES, identify, json_value, size_of
 from syncd.model import Change, SnapshotRow, Task, traits_json
 from syncd.render import first_line, iso, one_line
@@ -46,6 +46,7 @@ _NOW_OR_QUOTED = re.compile(r"""
     | \$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?\$(?P=tag)\$   # a dollar-quoted string (PostgreSQL)
     | (?P<now>(?<![:\w]):now(?!\w))
 """, re.VERBOSE | re.DOTALL)
+_TRAILER = re.compile(r"[\s;]+$")  # what may end a statement's code: blanks and semicolons
 # Nat and User.com refuse what is not an address; such an email is dropped and counted.
 _EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
 LARGE_ROW = 8 * 1024  # rows smaller than this cannot make a 32 KB message
@@ -106,6 +107,8 @@ def take_snapshot(config: Config, audience: AudienceConfig, snapshot_at: datetim
             source.dispose()
             if task is not None:
                 task.close()
+    except ColumnError as exc:
+        return f"the query ran on source {audience.source!r}, but its columns cannot be sent: {exc}"
     except SourceError as exc:
         return f"query failed on source {audience.source!r}: {exc}"
     return None
@@ -143,8 +146,9 @@ def stream_members(
 def query_columns(conn: Connection, query: str, snapshot_at: datetime, audience_key: str) -> list[str]:
     """The query's column names, checked as a run checks them (SourceError otherwise), without
     fetching a row: it runs wrapped in `LIMIT 0`, so the database plans it and returns none.
-    The newline keeps a trailing `-- comment` in the query from swallowing the wrapper."""
-    wrapped = f"SELECT * FROM ({query.strip().rstrip(';')}\n) AS q LIMIT 0"
+    The query goes in without what may follow its statement (a `;`, comments); the newline
+    keeps a `-- comment` inside it from swallowing the wrapper."""
+    wrapped = f"SELECT * FROM ({statement_of(query)}\n) AS q LIMIT 0"
     try:
         result = execute(conn, wrapped, snapshot_at)
         names = list(result.keys())
@@ -155,6 +159,24 @@ def query_columns(conn: Connection, query: str, snapshot_at: datetime, audience_
         conn.rollback()  # a failed query must not spoil the next one's transaction (PostgreSQL)
     Columns(names, audience_key)
     return names
+
+
+def statement_of(query: str) -> str:
+    """The query up to the end of its statement: without the whitespace, comments and `;` a
+    person may end it with (`SELECT ... ; -- buyers`). Strings, quoted names and comments
+    inside it are kept as they are."""
+    end = pos = 0
+    for match in [*_NOW_OR_QUOTED.finditer(query), None]:
+        start = match.start() if match else len(query)
+        code = _TRAILER.sub("", query[pos:start])
+        if code:
+            end = pos + len(code)
+        if match is None:
+            break
+        if not match.group(0).startswith(("--", "/*")):
+            end = match.end()
+        pos = match.end()
+    return query[:end]
 
 
 def execute(conn: Connection, query: str, snapshot_at: datetime) -> CursorResult[Any]:
@@ -228,7 +250,7 @@ class Columns:
     def __init__(self, names: list[str], audience_key: str | None = None,
                  typed: dict[int, Callable[[Any], Any]] | None = None) -> None:
         if not any(c in names for c in IDENTITY_COLUMNS):
-            raise SourceError(
+            raise ColumnError(
                 f"the query returns no user_id or anonymous_id column (it returns: "
                 f"{', '.join(names) or 'nothing'})"
             )
@@ -248,10 +270,10 @@ def _check_extras(names: list[str], audience_key: str | None) -> None:
             continue
         std = _ATTRIBUTE_NAME.sub("_", name.lower()).strip("_")
         if audience_key in (name, std):
-            raise SourceError(f"column {name!r} would overwrite the trait of the audience key "
+            raise ColumnError(f"column {name!r} would overwrite the trait of the audience key "
                               f"{audience_key!r}: rename it in the query")
         if is_reserved(name) or is_reserved(std):
-            raise SourceError(f"column {name!r} would overwrite the field "
+            raise ColumnError(f"column {name!r} would overwrite the field "
                               f"{name if is_reserved(name) else std!r} that syncd sends itself "
                               "(an identity or a User.com standard attribute): rename it in the query")
 

@@ -351,3 +351,89 @@ def test_the_metrics_show_the_reading_the_alerts_judged(env: Env, hook: Hook) ->
         engine.dispose()
     assert shared.render() == fresh.render()
     assert 'syncd_pending_changes{audience="buyers",destination="nat"} 3' in shared.render()
+
+
+# --- alerts you can test, and alerts of what left the config -----------------------------
+
+
+@pytest.mark.parametrize("kind", ["json", "slack"])
+def test_check_alert_sends_one_test_message(sqlite_env: Env, hook: Hook, kind: str) -> None:
+    path = sqlite_env.write_config(audiences=audience_toml("Buyers", ["nat"]), extra=alerts_toml(format=kind))
+    result = sqlite_env.cli("check", "--alert", "--config", str(path), env={"SYNCD_ALERT_WEBHOOK": hook.url})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == f"alert webhook: ok: test message delivered ({kind} format)"
+    assert len(hook.bodies) == 1
+    if kind == "slack":
+        assert hook.bodies[0]["text"].startswith("[INFO] syncd: test message\na test message from "
+                                                 "`syncd check --alert` on ")
+        return
+    body = hook.bodies[0]
+    assert set(body) == FIELDS and (body["event"], body["severity"], body["run_id"]) == ("test", "info", None)
+    assert "syncd's alerts reach this webhook" in body["message"]
+    assert not (sqlite_env.tmp_path / "state.db").exists()  # check opens no state database
+    assert sqlite_env.nat.requests == 0
+
+
+def test_check_alert_names_a_webhook_that_is_down_or_refuses(sqlite_env: Env, hook: Hook) -> None:
+    path = sqlite_env.write_config(audiences=audience_toml("Buyers", ["nat"]), extra=alerts_toml())
+    closed = f"http://127.0.0.1:{free_port()}/services/{HOOK_SECRET}"
+    down = sqlite_env.cli("check", "--alert", "--json", "--config", str(path),
+                          env={"SYNCD_ALERT_WEBHOOK": closed})
+    assert down.returncode == 1
+    assert json.loads(down.stdout)[-1] == {
+        "check": "alert", "source": None, "audience": None, "destination": None, "ok": False,
+        "message": "test message not delivered: webhook unreachable (ConnectError)"}
+    hook.statuses = [404]
+    refused = sqlite_env.cli("check", "--alert", "--config", str(path), env={"SYNCD_ALERT_WEBHOOK": hook.url})
+    assert refused.returncode == 1 and hook.bodies == []
+    assert refused.stdout.splitlines()[-2:] == [
+        "alert webhook: FAILED: test message not delivered: webhook answered HTTP 404",
+        "1 check failed: alert webhook"]
+    assert HOOK_SECRET not in down.stdout + down.stderr + refused.stdout + refused.stderr
+
+
+def test_check_fails_when_the_webhook_url_cannot_be_read(sqlite_env: Env) -> None:
+    """`run` would exit 2 on it: so does `check`, naming where the URL should come from."""
+    path = sqlite_env.write_config(audiences=audience_toml("Buyers", ["nat"]), extra=alerts_toml())
+    env = {k: v for k, v in os.environ.items() if k != "SYNCD_ALERT_WEBHOOK"}
+    result = subprocess.run([sys.executable, "-m", "syncd", "check", "--config", str(path)], env=env,
+                            cwd=sqlite_env.tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"syncd: {path}: alerts.webhook_url_env: environment variable "
+                             "SYNCD_ALERT_WEBHOOK is not set\n")
+    without = sqlite_env.write_config(audiences=audience_toml("Buyers", ["nat"]))
+    usage = sqlite_env.cli("check", "--alert", "--config", str(without))
+    assert usage.returncode == 2 and "the config has no [alerts] table" in usage.stderr
+
+
+def test_alerts_of_what_left_the_config_are_resolved_once(sqlite_env: Env, hook: Hook) -> None:
+    """A query failing (audience), a key refused (destination), then the audience and the
+    destination are removed from the config: each alert is resolved once, by the next full
+    run; a resync (a run of part of the config) resolves nothing it left out."""
+    env = sqlite_env
+    env.shop.members("u1")
+    broken = audience_toml("Sellers", ["usercom"], query="SELECT id AS user_id FROM no_such_table")
+    env.run(_config(env, hook.url, keys={"NAT_API_KEY": "wrong-key"}, after_failed_runs=5,
+                    audiences=audience_toml("Buyers", ["nat", "usercom"]) + broken))
+    assert sorted(hook.events()) == [("key_refused", "critical", None, "nat"),
+                                     ("query_failed", "critical", "sellers", None)]
+
+    with_nat = env.write_config(audiences=audience_toml("Buyers", ["nat", "usercom"]),
+                                extra=alerts_toml(after_failed_runs=5))
+    resync = env.cli("resync", "--audience", "buyers", "--config", str(with_nat),
+                     env={"SYNCD_ALERT_WEBHOOK": hook.url, "NAT_API_KEY": "wrong-key"})
+    assert resync.returncode == 1 and len(hook.bodies) == 2  # `sellers` was not part of it: no word
+
+    without_nat = env.write_config(audiences=audience_toml("Buyers", ["usercom"]),
+                                   extra=alerts_toml(after_failed_runs=5))
+    text = without_nat.read_text().replace("[destinations.nat]", "[destinations.old_nat]")
+    without_nat.write_text(text)  # nat renamed away: a destination no longer in the config
+    config = load_config(without_nat, {**KEYS_ENV, "SYNCD_ALERT_WEBHOOK": hook.url})
+    assert env.run(config).exit_code == 0
+    assert sorted(hook.events()[2:]) == [("key_refused", "resolved", None, "nat"),
+                                         ("query_failed", "resolved", "sellers", None)]
+    messages = {b["event"]: b["message"] for b in hook.bodies[2:]}
+    gone = ": this alert no longer applies"
+    assert messages == {"key_refused": f"destination nat is no longer in the config{gone}",
+                        "query_failed": f"audience sellers is no longer in the config{gone}"}
+    assert env.run(config).exit_code == 0 and len(hook.bodies) == 4  # once

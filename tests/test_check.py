@@ -94,11 +94,11 @@ def test_offline_check_needs_no_database_or_network(tmp_path: Path) -> None:
                         "https://app.user.invalid/api/public/", {"good": GOOD})
     result = run_cli("check", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "config OK: 1 audiences, 2 destinations"
+    assert result.stdout.strip() == "config OK: 1 audience, 2 destinations"
     assert not (tmp_path / "state.db").exists()
     as_json = json.loads(run_cli("check", "--json", "--config", str(path), cwd=tmp_path).stdout)
     assert as_json == [{"check": "config", "source": None, "audience": None, "destination": None,
-                        "ok": True, "message": "config OK: 1 audiences, 2 destinations"}]
+                        "ok": True, "message": "config OK: 1 audience, 2 destinations"}]
 
 
 def test_offline_check_exits_2_on_a_config_error(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_connect_checks_every_query_and_destination(tmp_path: Path, source_url: 
     assert human.returncode == 1
     assert "audience bad_sql: FAILED: query failed" in human.stdout
     assert human.stdout.strip().endswith(
-        "4 check(s) failed: audience bad_sql, audience no_id, audience reserved, audience own_key")
+        "4 checks failed: audience bad_sql, audience no_id, audience reserved, audience own_key")
 
 
 def test_connect_all_good_exits_0(tmp_path: Path, source_url: str, nat: NatStandIn,
@@ -156,8 +156,45 @@ def test_connect_names_a_refused_key_and_a_closed_port(tmp_path: Path, nat: NatS
     checks = _by_name(json.loads(result.stdout))
     assert not checks["nat"]["ok"] and "ConnectError" in checks["nat"]["message"]
     assert not checks["usercom"]["ok"]
-    assert checks["usercom"]["message"].startswith("User.com refused the API key (HTTP 403")
+    # The status once, with User.com's own words.
+    assert checks["usercom"]["message"] == "User.com refused the API key (HTTP 403 Forbidden: Invalid token.)"
     assert "wrong-key" not in result.stdout
+    _nothing_sent(nat, usercom)
+
+
+def test_connect_takes_a_query_ending_in_a_semicolon_and_comments_and_names_column_problems(
+        tmp_path: Path, source_url: str, nat: NatStandIn, usercom: UserComStandIn) -> None:
+    """A query as people end it (`;`, then a comment) checks as it runs; columns that cannot be
+    sent are named as such, not as a failed query."""
+    audiences = {"ended": GOOD + ";  /* done */ -- buyers, as of :now\n",
+                 "no_id": AUDIENCES["no_id"] + "; -- no id column"}
+    path = write_config(tmp_path, source_url, nat.endpoint, usercom.base_url, audiences)
+    checks = _by_name(json.loads(run_cli("check", "--connect", "--json", "--config", str(path),
+                                         cwd=tmp_path).stdout))
+    assert checks["ended"]["ok"] and checks["ended"]["message"] == "query OK; columns: user_id, email, plan"
+    assert checks["no_id"]["message"] == ("the query runs, but its columns cannot be sent: the query returns "
+                                          "no user_id or anonymous_id column (it returns: email, plan)")
+    _nothing_sent(nat, usercom)
+
+
+def test_connect_names_a_name_that_does_not_resolve_and_a_failed_tls_handshake(
+        tmp_path: Path, nat: NatStandIn, usercom: UserComStandIn) -> None:
+    """DNS: a name under .invalid never resolves. TLS: https to the User.com stand-in's plain-HTTP
+    port fails the handshake. Each destination is named with what to look at; the other
+    checks go on."""
+    sqlite_url = f"sqlite:///{tmp_path / 'shop.db'}"
+    list(_with_customers(sqlite_url))
+    tls = usercom.base_url.replace("http://", "https://")
+    path = write_config(tmp_path, sqlite_url, "http://nat.syncd-check.invalid/segment", tls, {"good": GOOD})
+    result = run_cli("check", "--connect", "--json", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    checks = _by_name(json.loads(result.stdout))
+    assert checks["good"]["ok"] and not checks["nat"]["ok"] and not checks["usercom"]["ok"]
+    assert checks["nat"]["message"].startswith("cannot reach http://nat.syncd-check.invalid/segment: "
+                                               "DNS: nat.syncd-check.invalid does not resolve (")
+    assert checks["usercom"]["message"].startswith(f"cannot reach {tls}attributes/: TLS handshake failed (")
+    human = run_cli("check", "--connect", "--config", str(path), cwd=tmp_path)
+    assert human.returncode == 1 and "2 checks failed: destination nat, destination usercom" in human.stdout
     _nothing_sent(nat, usercom)
 
 

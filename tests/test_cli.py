@@ -28,7 +28,7 @@ def test_run_once_exit_0_when_everything_is_delivered(sqlite_env: Env) -> None:
 
     assert result.returncode == 0, result.stderr
     summary = [line for line in result.stderr.splitlines() if line.startswith("INFO nat:")]
-    assert summary == ["INFO nat: 1 audience(s), 2 entered, 0 left, 2 changes in 2 calls, 2 acknowledged, "
+    assert summary == ["INFO nat: 1 audience, 2 entered, 0 left, 2 changes in 2 calls, 2 acknowledged, "
                        "0 skipped (no email), 0 failed, 0 pending: ok"]
     _no_secrets(result.stdout, result.stderr)
 
@@ -54,8 +54,8 @@ def test_status_human_and_json(sqlite_env: Env) -> None:
     human = sqlite_env.cli("status", "--config", str(path))
     assert human.returncode == 0
     assert human.stdout.splitlines()[0].split() == [
-        "audience", "destination", "members", "acknowledged", "pending", "oldest_pending", "failed",
-        "last_run", "last_outcome",
+        "audience", "destination", "members", "acknowledged", "pending", "oldest_pending", "skipped",
+        "failed", "last_run", "duration", "last_outcome",
     ]
     rows = json.loads(sqlite_env.cli("status", "--json", "--config", str(path)).stdout)
     nat = next(r for r in rows if r["destination"] == "nat")

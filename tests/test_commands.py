@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, select
+import pytest
+from sqlalchemy import MetaData, create_engine, select, text
+from test_source import PG_SLOW, SQLITE_SLOW, _sql
 
 from syncd.dev.standins import Fault
 from syncd.model import SnapshotRow
@@ -15,7 +23,15 @@ from syncd.state.engine import create_state_engine
 from syncd.state.lease import acquire_lease, release_lease
 from syncd.state.snapshots import SnapshotCounts, load_scratch, replace_members, scratch_members
 
-from conftest import NAT_KEY, USERCOM_KEY, Env, audience_toml
+from conftest import (
+    NAT_KEY,
+    POSTGRES_URL,
+    USERCOM_KEY,
+    Env,
+    _fresh_postgres_database,
+    audience_toml,
+    wait_for,
+)
 
 
 def _flags(calls: list[dict[str, Any]], key: str = "buyers") -> dict[str, bool]:
@@ -104,6 +120,75 @@ def test_plan_reports_a_failing_query_and_goes_on(sqlite_env: Env) -> None:
     assert "no_such_table" in broken["error"]
     assert _pair(plan, "buyers", "nat")["entered"] == 1
     assert sqlite_env.nat.requests == 0
+
+
+def _opened(pid: int, path: Path) -> bool:
+    """Has process `pid` the file open (Linux: /proc/PID/fd)?"""
+    with suppress(OSError):
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
+    return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_plan_stops_promptly_on_a_signal_its_query_cancelled(sqlite_env: Env, signum: int) -> None:
+    """As `run-once`: the running source query is cancelled (SQLite's interrupt), the process
+    ends within seconds, not after the query, with one line; nothing was recorded."""
+    env = sqlite_env
+    with env.shop.connect() as db:
+        db.execute("CREATE TABLE slowness (steps INTEGER)")
+        db.execute("INSERT INTO slowness VALUES (2000000000)")  # minutes of counting
+    env.shop.members("u1", "u2")
+    path = env.write_config(audiences=audience_toml("Buyers", ["nat"], query=SQLITE_SLOW))
+    process = env.spawn("plan", config=path)
+    try:
+        wait_for(lambda: _opened(process.pid, env.shop.path), what="plan to query the shop")
+        time.sleep(0.5)
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=15)  # the query alone would take minutes
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert (process.returncode, stdout) == (1, ""), stderr
+    assert stderr.splitlines()[-1] == ("ERROR plan stopped by the stop request: its queries were cancelled; "
+                                       "nothing was sent or recorded")
+    assert "Traceback" not in stderr and env.nat.requests == 0
+    assert _state(env.state_url)["run"] == []
+
+
+@pytest.fixture
+def pg_source() -> Iterator[str]:
+    """A fresh PostgreSQL database to use as a source."""
+    if not POSTGRES_URL:
+        pytest.skip("PostgreSQL source tests need SYNCD_TEST_POSTGRES_URL")
+    yield from _fresh_postgres_database(POSTGRES_URL)
+
+
+def test_plan_on_sigterm_cancels_a_postgresql_query_at_the_server(sqlite_env: Env, pg_source: str) -> None:
+    env = sqlite_env
+    _sql(pg_source, "CREATE TABLE people (id text, email text)", "CREATE TABLE slowness (seconds int)",
+         "INSERT INTO slowness VALUES (600)", "INSERT INTO people VALUES ('u1', 'u1@example.com')")
+    audiences = audience_toml("Buyers", ["nat"], query=PG_SLOW).replace('source = "shop"', 'source = "pg"')
+    path = env.write_config(audiences=audiences, extra=f'\n[sources.pg]\nurl = "{pg_source}"\n')
+    watcher = create_engine(pg_source)
+
+    def sleeping() -> bool:
+        with watcher.connect() as conn:
+            return bool(conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event = "
+                                         "'PgSleep' AND datname = current_database()")))
+
+    process = env.spawn("plan", config=path)
+    try:
+        wait_for(sleeping, what="plan's query to run")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+        wait_for(lambda: not sleeping(), timeout=10, what="the query to be cancelled at the server")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        watcher.dispose()
+    assert process.returncode == 1 and "plan stopped by the stop request" in stderr, stderr
 
 
 def test_plan_needs_no_lease_and_blocks_no_run(env: Env) -> None:
@@ -200,11 +285,16 @@ def test_resync_during_another_run_keeps_its_marks_for_the_next_run(sqlite_env: 
     lease = acquire_lease(engine)
     try:
         busy = env.cli("resync", "--audience", "buyers", "--config", str(env.tmp_path / "config.toml"))
+        busy_json = env.cli("resync", "--audience", "buyers", "--json", "--config",
+                            str(env.tmp_path / "config.toml"))
     finally:
         release_lease(engine, lease)
         engine.dispose()
     assert busy.returncode == 1
     assert "another run is in progress" in busy.stderr and "the next run sends them" in busy.stderr
+    data = json.loads(busy_json.stdout)
+    assert busy_json.returncode == 1 and "another run is in progress" in data.pop("error")
+    assert data == {"run_id": None, "outcome": "skipped", "pairs": [], "audience_errors": {}}
     assert env.nat.requests == 0
 
     assert env.run(config).exit_code == 0
@@ -240,7 +330,10 @@ def test_failures_groups_rejections_by_reason_and_retry_sends_them_now(env: Env)
     env.shop.members("u1", "u2", "u3", "u4")
     env.nat.fail_next(2, Fault(400, body='{"error": "email is not valid"}'))
     env.nat.fail_next(1, Fault(422, body='{"error": "blocked"}'))
-    assert env.run(config).exit_code == 1
+    report = env.run(config)
+    assert report.exit_code == 1
+    message = report.pairs[0].message or ""  # the user as a person names them, not the ledger
+    assert message.startswith("user u") and ": HTTP 4" in message and "u:" not in message, message
 
     groups = _json(env, "failures")
 
@@ -274,6 +367,9 @@ def test_retry_with_nothing_failed_runs_nothing(sqlite_env: Env) -> None:
     result = sqlite_env.cli("retry", "--config", str(sqlite_env.tmp_path / "config.toml"))
     assert (result.returncode, result.stdout.strip()) == (0, "no failed changes to retry")
     assert sqlite_env.nat.requests == requests
+    # A script reads the same fields as after a run (SPEC 3), even with nothing to do.
+    assert _json(sqlite_env, "retry") == {"requeued": 0, "run_id": None, "outcome": "ok", "pairs": [],
+                                          "audience_errors": {}}
 
 
 def test_a_change_rejected_again_shows_the_new_reason(sqlite_env: Env) -> None:

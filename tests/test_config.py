@@ -222,6 +222,28 @@ MISTAKES = [
 
 AUDIENCE = "audiences[0] (Order Completed Last 30 Days)"
 # Reserved keys, URLs with credentials, numbers out of their bounds (issue 10).
+LONG_NAME = "Customers Who Ordered Twice In The Last Thirty Days " * 9  # 467 characters
+LONG_KEY = audience_key(LONG_NAME)
+# Key lengths (SPEC 2): User.com names attributes with at most 32 characters, syncd takes 64.
+MISTAKES += [
+    ("key too long for User.com", ('source = "shop"', f'key = "{"k" * 33}"\nsource = "shop"'),
+     f"{AUDIENCE}.key", f"'{'k' * 33}' is 33 characters, over the limit at User.com (destination "
+     f'usercom) of 32: set a shorter key, e.g. key = "{"k" * 32}"'),
+    ("name too long for any key", (f'name = "{AUDIENCE[14:-1]}"\nsource = "shop"\n'
+                                   'destinations = ["nat", "usercom"]',
+                                   f'name = "{LONG_NAME}"\nsource = "shop"\ndestinations = ["nat"]'),
+     f"audiences[0] ({LONG_NAME}).key",
+     f"'{LONG_KEY[:40]}…' (the snake_cased name) is {len(LONG_KEY)} characters, over syncd's limit of "
+     f'64: set a shorter key, e.g. key = "{LONG_KEY[:64].rstrip("_")}"'),
+]
+
+
+def test_a_key_of_64_characters_is_fine_where_user_com_does_not_get_it(tmp_path: Path) -> None:
+    text = GOOD.replace('source = "shop"', f'key = "{"k" * 64}"\nsource = "shop"').replace(
+        'destinations = ["nat", "usercom"]', 'destinations = ["nat"]')
+    assert load_config(write(tmp_path, text), KEYS_ENV).audiences[0].key == "k" * 64
+
+
 MISTAKES += [
     ("key of a field syncd sends", ('source = "shop"', 'key = "custom_id"\nsource = "shop"'),
      f"{AUDIENCE}.key", "'custom_id' is a field syncd sends itself (reserved); choose another key"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 from test_daemon import start_daemon, stop_daemon, wait_for
 
 from syncd.config import MetricsConfig
@@ -166,6 +168,44 @@ def test_render_is_escaped_self_contained_and_phone_ready() -> None:
     assert "7h05m" in html  # the oldest pending change's age
     assert html.count("<rect ") == 9  # 3 runs x sent/acknowledged/failed
     assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_the_chart_stays_readable_after_a_large_initial_send() -> None:
+    """An initial send of 5,165, then runs of 3 and 1 changes: on a linear scale those were
+    0.1-pixel bars; on the log scale they are about a sixth and a twelfth of the chart's
+    height, and the gridlines and the peak say what a height means."""
+    now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    runs = [RunSummary(id=i, started_at=now, snapshot_at=now, finished_at=now, outcome="ok", host="h", pid=1,
+                       entered=sent, left=0, sent=sent, acknowledged=sent, skipped=0, failed=0, pending=0,
+                       pairs=1, held=0, source_errors=0)
+            for i, sent in ((3, 1), (2, 3), (1, 5165))]
+    html = render(Reading(now, [], runs, {}))
+    sent = [float(h) for h in re.findall(r'<rect class="sent" [^>]*height="([\d.]+)"', html)]
+    assert sent[0] == 160  # oldest first: the initial send fills the chart
+    assert sent[1] > 20 and sent[2] > 10, sent
+    assert "log scale" in html and ">5165<" in html and ">1k<" in html and ">10<" in html
+
+
+def test_a_page_that_cannot_read_the_state_says_why_in_one_whole_line(
+        serve: Serve, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The warning is the database's own message: SQLAlchemy's statement and documentation
+    link are left out, not cut off in the middle ("(Background on this error at:")."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+
+    def broken_page() -> str:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT " + ", ".join(f"column_{i}" for i in range(40)) + " FROM nowhere"))
+        return ""
+
+    endpoints = Endpoints()
+    endpoints.page = broken_page
+    try:
+        response = httpx.get(serve(endpoints) + "/", timeout=5)
+    finally:
+        engine.dispose()
+    assert response.status_code == 503 and response.text == "the state database cannot be read now\n"
+    warning = next(r.getMessage() for r in caplog.records if "status page" in r.getMessage())
+    assert warning == "status page: cannot read the state database: no such table: nowhere"
 
 
 def test_render_without_runs_or_audiences() -> None:

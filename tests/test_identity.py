@@ -13,6 +13,7 @@ from alembic import command
 from sqlalchemy import select, text
 
 from syncd.model import Enter
+from syncd.run.report import summary_lines
 from syncd.state.engine import alembic_config, create_state_engine
 from syncd.state.tables import L
 
@@ -150,3 +151,32 @@ def test_an_upgraded_state_syncs_on_without_resending_what_was_acknowledged(env:
                                              "u2@example.com": True}
     assert [c["buyers"] for c in env.usercom.accepted() if c.get("custom_id") == "u1"] == [False]
     assert_message_ids_unique(env.nat.accepted())
+
+
+def test_a_user_who_leaves_with_two_emails_is_one_exit(sqlite_env: Env) -> None:
+    """At Nat a user is counted once, as `acknowledged` counts them: a user leaving with two
+    emails is one `left` (two changes, one per email) and one exit for the guard. Resync says
+    why it marks more rows than it resends: the earlier emails keep `true` until the user leaves."""
+    env = sqlite_env
+    path = env.write_config(audiences=NAT_ONLY)
+    config = env.config(audiences=NAT_ONLY)
+    users = [f"u{i}" for i in range(10)]
+    env.shop.set(*((u, f"{u}@example.com") for u in users))
+    assert env.run(config).exit_code == 0
+    env.shop.set(*((u, f"{u}@new.example.com" if u in users[:4] else f"{u}@example.com") for u in users))
+    assert env.run(config).exit_code == 0  # u0..u3 now have `true` under two emails each
+
+    resync = env.cli("resync", "--audience", "buyers", "--config", str(path))
+    assert resync.returncode == 0, resync.stderr
+    assert ("resync buyers at nat: 10 acknowledged users marked to be sent again; 4 contacts under "
+            "members' earlier emails keep `true` until the user leaves (not resent)") in resync.stderr
+    assert "resync buyers at nat: resent 10 (true) / 0 (false), 10 acknowledged" in resync.stderr
+
+    env.shop.set(*((u, f"{u}@example.com") for u in users[4:]))  # u0..u3 leave: 4 of 10 users
+    report = env.run(config)
+
+    pair = report.pairs[0]
+    assert report.outcome == "ok"  # 4 exits are 40% of 10 (the guard's limit is 50%), not 8 of 10
+    assert (pair.left, pair.sent, pair.acknowledged, pair.pending) == (4, 8, 8, 0)
+    assert "4 left, 8 changes in 8 calls" in summary_lines(report)[0]
+    assert sum(1 for flag in nat_flags(env.nat.contacts()).values() if flag is False) == 8

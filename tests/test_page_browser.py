@@ -6,7 +6,9 @@ there a missing browser is a failure, not a silent skip.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import struct
 import subprocess
 from html.parser import HTMLParser
@@ -112,9 +114,11 @@ def test_status_page_in_a_real_browser(sqlite_env: Env, chromium: str) -> None:
     pairs = {(row[0], row[1]): row for row in dom.tables["pairs"][1:]}
     header = dom.tables["pairs"][0]
     nat, usercom = pairs[("buyers", "nat")], pairs[("buyers", "usercom")]
-    column = {name: header.index(name) for name in ("Members", "Acknowledged", "Pending", "Last run")}
+    column = {name: header.index(name) for name in ("Members", "Acknowledged", "Pending", "Outcome")}
     assert [nat[column[c]] for c in column] == ["7", "0", "7", "undelivered"]
     assert [usercom[column[c]] for c in column] == ["7", "7", "0", "ok"]
+    assert "buyers → nat: undelivered" in dumped.stdout
+    assert "Next: nothing to do unless it persists" in dumped.stdout
     runs = dom.tables["runs"]
     assert len(runs) == 2 and runs[1][2] == "undelivered"  # header + one run
     assert "svg" in dom.tags and dom.tags.count("rect") == 3
@@ -125,3 +129,65 @@ def test_status_page_in_a_real_browser(sqlite_env: Env, chromium: str) -> None:
     assert taken.returncode == 0 and shot.exists(), taken.stderr[-2000:]
     assert png_size(shot) == (390, 844)
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank image
+
+
+def _customers(ids: range, plan: str) -> list[tuple[str, str, str, None, None, str]]:
+    return [(f"u{i:02d}", f"u{i:02d}@example.com", "2026-11-20 10:00:00", None, None, plan) for i in ids]
+
+
+def _screenshot(browser: str, env: Env, url: str, name: str, size: str) -> Path:
+    shot = env.tmp_path / f"{name}.png"
+    taken = browse(browser, env.tmp_path, url, f"--screenshot={shot}", f"--window-size={size}",
+                   "--hide-scrollbars")
+    assert taken.returncode == 0 and shot.stat().st_size > 10_000, taken.stderr[-2000:]
+    assert png_size(shot) == tuple(int(n) for n in size.split(","))
+    return shot
+
+
+def test_a_run_in_progress_and_a_held_pair_in_status_and_in_a_real_browser(
+        sqlite_env: Env, chromium: str) -> None:
+    """While `syncd run` sends slowly to User.com, another process sees the run in progress
+    (`status`, and the page); once it ends, the page names the held pair's reason and the
+    `syncd approve` command that releases it, and the daemon's next run. Screenshots at desktop
+    and phone width are kept in the test's folder."""
+    env = sqlite_env
+    env.shop.set(*_customers(range(20), "pro"))
+    buyers = audience_toml("Buyers", ["nat"],
+                           query="SELECT id AS user_id, email FROM customers WHERE plan = 'pro'")
+    assert env.run(env.config(audiences=buyers)).exit_code == 0  # nat holds the 20 as `true`
+    env.shop.set(*_customers(range(8), "pro"), *_customers(range(8, 40), "free"))  # 12 leave: held
+    env.usercom.delay = 1.5  # 40 users at 4 in flight: the run lasts a while
+    port = free_port()
+    config = env.write_config(extra=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n',
+                              audiences=buyers + audience_toml("Everyone", ["usercom"]))
+    url = f"http://127.0.0.1:{port}/"
+    process = start_daemon(env, config)
+
+    def status() -> list[dict[str, object]]:
+        return list(json.loads(env.cli("status", "--json", "--config", str(config)).stdout))
+
+    try:
+        wait_for(lambda: status()[0]["run_in_progress"] is not None, process)
+        human = env.cli("status", "--config", str(config)).stdout
+        during = browse(chromium, env.tmp_path, url, "--dump-dom")
+        wait_for(lambda: ">held<" in httpx.get(url, timeout=5).text, process, seconds=120)
+        after = browse(chromium, env.tmp_path, url, "--dump-dom")
+        _screenshot(chromium, env, url, "desktop", "1280,1000")
+        _screenshot(chromium, env, url, "phone", "390,1600")
+    finally:
+        if process.poll() is None:
+            stop_daemon(process)
+
+    assert "run 2 in progress since " in human and f"pid {process.pid} on " in human
+    dom = Dom()
+    dom.feed(during.stdout)
+    assert "Run 2 in progress" in during.stdout and dom.tables["pairs"][0][-1] == "This run"
+
+    assert after.returncode == 0, after.stderr[-2000:]
+    text = " ".join(re.sub(r"<[^>]+>", "", after.stdout).split())  # what a person reads
+    assert "buyers → nat: held holding 12 exits of buyers at nat: 12 exits are 60% of the 20 members" in text
+    assert f"syncd approve --config {config} --audience buyers --destination nat" in text
+    assert "No run in progress." in text and "Next run: " in text and f"pid {process.pid} on " in text
+    dom = Dom()
+    dom.feed(after.stdout)
+    assert "script" not in dom.tags and "This run" not in dom.tables["pairs"][0]

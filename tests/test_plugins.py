@@ -147,7 +147,7 @@ def test_a_destination_is_one_module_and_its_pyproject(site: Path, tmp_path: Pat
 
     run = _syncd(site, tmp_path, "run-once", "--config", str(path))
     assert run.returncode == 0, run.stderr
-    assert "hooks: 1 audience(s), 2 entered, 0 left, 2 changes in 2 calls, 2 acknowledged" in run.stderr
+    assert "hooks: 1 audience, 2 entered, 0 left, 2 changes in 2 calls, 2 acknowledged" in run.stderr
     received = sorted(hook.accepted(), key=lambda body: body["user"])
     assert [(b["user"], b["traits"], b["priority"]) for b in received] == [
         ("u1", {"email": "u1@example.com", "buyers": True}, 3),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from freezegun import freeze_time
 from sqlalchemy import select
+from test_status import rows_at
 
 from syncd.state.engine import create_state_engine
 from syncd.state.tables import RUN, RUN_AUDIENCE, L
@@ -72,3 +73,22 @@ def test_nothing_is_pruned_within_the_retention_period(env: Env) -> None:
     runs, nat_ledger, _ = _state(env)
     assert runs == ["10-01", "10-02", "10-20"]
     assert nat_ledger == {"u:u1": True, "u:u2": False}
+
+
+def test_a_backlog_streak_longer_than_the_retention_keeps_its_age(sqlite_env: Env) -> None:
+    """Held exits are never tried, so only the runs date the backlog: retention keeps the pair's
+    last `ok` run and the first run of the streak since, however old, and drops the rest."""
+    env = sqlite_env
+    buyers = audience_toml("Buyers", ["nat"])
+    ids = [f"u{i:02d}" for i in range(20)]
+    env.shop.members(*ids)
+    _run_at(env, "08-01", buyers)
+    _run_at(env, "09-01", buyers)
+    env.shop.members(*ids[:8])  # 12 of 20 leave: the guard holds them in every run from here
+    for day in ("09-02", "09-20", "10-05"):  # 10-05 prunes what started before 09-05
+        with freeze_time(f"2026-{day} 09:00:00", real_asyncio=True):
+            assert env.run(env.config(audiences=buyers)).outcome == "held"
+
+    assert _state(env)[0] == ["09-01", "09-02", "09-20", "10-05"]  # 08-01 went
+    row = rows_at(env.config(audiences=buyers), "2026-10-05 10:00:00")[0]
+    assert (row["pending"], row["oldest_pending_at"]) == (12, "2026-09-02T09:00:00Z")

@@ -10,16 +10,17 @@ from typing import Any
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from syncd.daemon.probes import readiness
-from syncd.state.engine import alembic_config, create_state_engine
+from syncd.state.engine import alembic_config, create_state_engine, migrations_dir
 from syncd.state.schema import versions
 
 from checks import flags
 from conftest import Env, dump_state
 
-HEAD = "0005"
+HEAD = ScriptDirectory(str(migrations_dir())).get_current_head()  # this syncd's newest migration
 OLD = "0004"  # the previous release's newest migration
 READ_ONLY = (["status"], ["history"], ["failures"], ["plan"], ["approve", "--audience", "buyers"])
 SENDING = (["run-once"], ["resync", "--audience", "buyers"], ["retry"])

@@ -249,6 +249,7 @@ def test_a_column_that_would_overwrite_a_trait_or_identity_fails_the_audience(
     assert result.returncode == 1
     line = next(x for x in result.stderr.splitlines() if "audience buyers" in x)
     assert f"column '{column}' would overwrite" in line
+    assert "the query ran on source 'shop', but its columns cannot be sent: " in line  # not "query failed"
     assert "Traceback" not in result.stderr
     for calls in (env.nat.accepted(), env.usercom.accepted()):  # nothing of `buyers` was sent
         assert "OVERWRITE" not in json.dumps(calls)

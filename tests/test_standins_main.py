@@ -138,3 +138,9 @@ def test_the_demo_runs_when_its_ports_are_free(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("seeded examples/shop.db with 40 customers; state reset\n")
     assert done.stdout.endswith("demo finished: every change delivered\n")
+    # Step 2's changes are listed under step 2's heading, and User.com's requests add up to
+    # syncd's calls (the run summary's) plus the attributes it created.
+    assert done.stdout.index("== 2. ") < done.stdout.index("   entered: ")
+    assert "29 changes in 24 calls" in done.stderr
+    assert ("User.com accepted 26 requests: syncd's 24 calls carrying changes and the 2 boolean "
+            "attributes it created before an audience's first change") in done.stdout

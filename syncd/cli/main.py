@@ -16,7 +16,7 @@ from syncd.cli.logs import LOG_FORMATS, setup_logging
 from syncd.config import Config, default_config_path, load_config
 from syncd.daemon.signals import stop_on_signals
 from syncd.errors import SyncdError, UsageError
-from syncd.render import one_line
+from syncd.render import database_error
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="validate the config; --connect: reach sources and destinations")
     check.add_argument("--connect", action="store_true",
                        help="also run each query for its columns and reach each destination")
+    check.add_argument("--alert", action="store_true",
+                       help="also send one test message to the [alerts] webhook")
     return parser
 
 
@@ -114,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not _database_error(exc):
             raise
-        log.error("state database error: %s", one_line(getattr(exc, "orig", exc), 300))
+        log.error("state database error: %s", database_error(exc))
         return 1
     except KeyboardInterrupt:
         return 130
@@ -130,6 +132,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
 
     if args.command in SENDING_COMMANDS or getattr(args, "connect", False):  # check --connect uses the keys
         config = config.with_secrets()
+    elif args.command == "check":  # a config with [alerts] that could not alert is not OK
+        config = config.with_alert_secret()
     shown = progress.for_stream(sys.stderr, args.log_format)
     if args.command == "run":
         scheduler.serve(config, progress=shown, environ=os.environ)
@@ -163,8 +167,10 @@ def _command(args: argparse.Namespace, config: Config, engine: Engine, shown: Pr
     if args.command == "status":
         rows = status.status(config, engine)
         return operator.Output(rows, status.format_status(rows))
-    if args.command == "plan":
-        return operator.plan(plan(config, engine))
+    if args.command == "plan":  # stops promptly on SIGTERM/SIGINT, its queries cancelled (as run-once)
+        stop = threading.Event()
+        stop_on_signals(stop)
+        return operator.plan(plan(config, engine, stop))
     if args.command == "resync":
         return operator.resync(run_operator.resync(config, engine, args.audience, args.destination,
                                                    _run_options(shown)))
@@ -180,7 +186,7 @@ def _command(args: argparse.Namespace, config: Config, engine: Engine, shown: Pr
 def _check(args: argparse.Namespace, config: Config) -> int:
     from syncd.cli.commands import check
 
-    checks = check.check(config, args.connect)
+    checks = check.check(config, args.connect, args.alert)
     _print(json.dumps([c.as_dict() for c in checks], indent=2) if args.json else check.format_checks(checks))
     return 0 if all(c.ok for c in checks) else 1
 

@@ -47,6 +47,9 @@ CONCURRENCY_BOUNDS = (1, 256)  # requests in flight
 MIN_ACKNOWLEDGED_BOUNDS = (0, 1_000_000_000)
 PENDING_OLDER_THAN_BOUNDS = (timedelta(minutes=1), timedelta(days=365))
 AFTER_FAILED_RUNS_BOUNDS = (1, 1000)
+# The longest audience key (SPEC 2): a trait name, a metric label and a status column; a
+# destination type may allow less (Destination.key_limit: User.com's attribute names, 32).
+MAX_KEY_LENGTH = 64
 _KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
@@ -262,6 +265,7 @@ def _audiences(
                 raise reader.error(f"{where}.destinations", f"no [destinations.{target}] is defined")
         if len(set(targets)) != len(targets):
             raise reader.error(f"{where}.destinations", "lists a destination twice")
+        _check_key_length(reader, where, key, "key" not in table, [destinations[t] for t in targets])
         result.append(AudienceConfig(
             name=name, key=key, source=source, destinations=tuple(targets),
             query=reader.required_str(table, where, "query"),
@@ -270,6 +274,23 @@ def _audiences(
     if not result:
         raise reader.error("audiences", "at least one [[audiences]] table is required")
     return tuple(result)
+
+
+def _check_key_length(reader: Reader, where: str, key: str, derived: bool,
+                      targets: list[DestinationConfig]) -> None:
+    """A key longer than syncd or one of the audience's destinations takes: a config error
+    naming the limit and the fix (a shorter `key`), with a suggestion."""
+    limit, at = MAX_KEY_LENGTH, "syncd's limit"
+    for dest in targets:
+        if dest.kind.key_limit is not None and dest.kind.key_limit < limit:
+            limit, at = dest.kind.key_limit, f"the limit at {dest.kind.integration} (destination {dest.name})"
+    if len(key) <= limit:
+        return
+    shown = key if len(key) <= 40 else key[:40] + "…"
+    origin = " (the snake_cased name)" if derived else ""
+    raise reader.error(f"{where}.key", f"{shown!r}{origin} is {len(key)} characters, over {at} of "
+                                       f"{limit}: set a shorter key, e.g. key = "
+                                       f"\"{key[:limit].rstrip('_')}\"")
 
 
 def _audience_key(reader: Reader, table: dict[str, Any], where: str, name: str,

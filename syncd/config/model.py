@@ -167,5 +167,9 @@ class Config:
         Reading again is a no-op: resolved secrets are kept."""
         destinations = {name: replace(dest, api_key=resolve_secret(dest.api_key, self.environ))
                         for name, dest in self.destinations.items()}
-        alerts = self.alerts and self.alerts.with_secret(self.path, self.environ)
-        return replace(self, destinations=destinations, alerts=alerts)
+        return replace(self.with_alert_secret(), destinations=destinations)
+
+    def with_alert_secret(self) -> Config:
+        """This config with only the alert webhook's URL read: `check` says whether a config
+        with [alerts] could alert (a ConfigError naming where the URL should come from)."""
+        return replace(self, alerts=self.alerts and self.alerts.with_secret(self.path, self.environ))

@@ -39,6 +39,7 @@ class DestinationType(Protocol):
     concurrency: ClassVar[int]
     needs_email: ClassVar[bool]
     reserved: ClassVar[frozenset[str]]
+    key_limit: ClassVar[int | None]
 
 
 # A destination class, as the config sees it (`type` is also a field name of DestinationConfig).

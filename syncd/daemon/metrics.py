@@ -40,7 +40,7 @@ from syncd import __version__
 from syncd.config import Config, MetricsConfig
 from syncd.errors import MetricsError
 from syncd.model import PairOutcome, RunOutcome, ScheduledOutcome
-from syncd.render import one_line
+from syncd.render import database_error
 from syncd.state.readings import Reading, read
 
 if TYPE_CHECKING:  # annotations only
@@ -283,7 +283,7 @@ def _routes(metrics: Metrics, endpoints: Endpoints) -> dict[str, Callable[[], Re
         try:
             return 200, HTML_TYPE, endpoints.page()
         except SQLAlchemyError as exc:  # the page is read-only: say so, the daemon goes on
-            log.warning("status page: cannot read the state database: %s", one_line(exc))
+            log.warning("status page: cannot read the state database: %s", database_error(exc))
             return 503, "text/plain; charset=utf-8", "the state database cannot be read now\n"
 
     return {

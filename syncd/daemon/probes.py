@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd.render import first_line, one_line
+from syncd.render import database_error
 from syncd.state.schema import versions
 
 PULSE = 15.0  # seconds between the scheduler's ticks
@@ -68,7 +68,7 @@ def readiness(engine: Engine) -> Callable[[], str]:
         try:
             found = versions(engine)
         except SQLAlchemyError as exc:
-            return f"state database unreachable: {_first_line(exc)}"
+            return f"state database unreachable: {database_error(exc, 200)}"
         if found.newer:
             return found.newer_problem()
         if found.current != found.head:
@@ -78,8 +78,3 @@ def readiness(engine: Engine) -> Callable[[], str]:
 
     return Cached(check, READY_TTL)
 
-
-def _first_line(exc: SQLAlchemyError) -> str:
-    """The driver's message, first line only (SQLAlchemy appends the SQL and a link)."""
-    orig = getattr(exc, "orig", None) or exc
-    return one_line(first_line(orig)) if str(orig).strip() else type(exc).__name__

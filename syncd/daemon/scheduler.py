@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from datetime import UTC, datetime
 
+from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
@@ -32,9 +33,10 @@ from syncd.daemon.probes import PULSE, Cached, Liveness, readiness
 from syncd.daemon.signals import stop_on_signals
 from syncd.errors import RunInProgress
 from syncd.model import Null, Progress, ScheduledOutcome
-from syncd.render import one_line, readable, spelled
+from syncd.render import database_error, plural, readable, spelled
 from syncd.run.pipeline import Options, open_state, run_once
 from syncd.run.report import RunReport
+from syncd.state import daemons
 from syncd.state.readings import Reading, read
 from syncd.state.runs import last_run
 
@@ -92,7 +94,14 @@ def serve(config: Config, stop_event: threading.Event | None = None, progress: P
             log.info("serving Prometheus metrics on http://%s/metrics and the status page on http://%s/",
                      server.address, server.address)
         pulse = Liveness()
+        name = daemons.holder()
+        running.callback(_gone, engine, name)  # after the scheduler's shutdown: no beat follows
         scheduler, first = _start_scheduler(config, engine, daemon.job, pulse)
+        daemon.after_run = _Beat(scheduler.get_job("sync"), engine, name)
+        scheduler.add_job(daemon.after_run, IntervalTrigger(seconds=int(daemons.BEAT.total_seconds()),
+                                                            timezone=UTC),
+                          id="beat", max_instances=1, coalesce=True, misfire_grace_time=None,
+                          next_run_time=datetime.now(UTC))
         running.callback(log.info, "syncd stopped")
         running.callback(scheduler.shutdown, wait=True)  # lets the run in flight record its page
 
@@ -124,8 +133,9 @@ def _start_scheduler(config: Config, engine: Engine, job: Callable[[], None],
                       max_instances=1, coalesce=True, misfire_grace_time=None, next_run_time=now)
     scheduler.start(paused=True)
     first_text = readable(first)
-    log.info("syncd started: %d audience(s), %d destination(s); first run at %s, then every %s + 0..%s",
-             len(config.audiences), len(config.destinations), first_text,
+    log.info("syncd started: %s, %s; first run at %s, then every %s + 0..%s",
+             plural(len(config.audiences), "audience"), plural(len(config.destinations), "destination"),
+             first_text,
              spelled(config.schedule.interval, "hms"), spelled(config.schedule.jitter, "hms"))
     return scheduler, first_text
 
@@ -138,13 +148,17 @@ class _Daemon:
         self.config, self.engine, self.options = config, engine, options
         self.notifier, self.metrics = notifier, metrics
         self.last_status = ""
+        self.after_run: Callable[[], None] = lambda: None  # tells the state when the next run starts
 
     def job(self) -> None:
         """One scheduled run; then, while runs stop at their send time limit with changes left
         (a big initial send), the next one at once: the destination is kept busy, and every
         audience gets a fresh snapshot at least every max_send_time."""
-        while self._run() and not (self.options.stop_event and self.options.stop_event.is_set()):
-            log.info("the run stopped at its send time limit with changes left: the next run starts now")
+        try:
+            while self._run() and not (self.options.stop_event and self.options.stop_event.is_set()):
+                log.info("the run stopped at its send time limit with changes left: the next run starts now")
+        finally:
+            self.after_run()
 
     def _run(self) -> bool:
         """One run; True if it stopped at its send time limit with changes left."""
@@ -182,7 +196,38 @@ class _Daemon:
         try:
             self.metrics.show(reading or read(self.config, self.engine))
         except SQLAlchemyError as exc:  # stale gauges are better than a dead daemon
-            log.warning("could not refresh the backlog metrics: %s", one_line(exc))
+            log.warning("could not refresh the backlog metrics: %s", database_error(exc))
+
+
+class _Beat:
+    """Tells the state database, every minute and after each run, that this daemon lives and
+    when its scheduler starts the next run (`status` and the page show it from any process).
+    A failure is logged once until a beat works again; the daemon goes on.
+
+    It reads the sync job's `next_run_time` from the Job itself: a job calling the scheduler
+    (`get_job`) while it shuts down would wait for the lock shutdown holds while it waits for
+    that job."""
+
+    def __init__(self, job: Job | None, engine: Engine, name: str) -> None:
+        self.job, self.engine, self.name = job, engine, name
+        self.failing = False
+
+    def __call__(self) -> None:
+        try:
+            daemons.beat(self.engine, self.name, self.job.next_run_time if self.job is not None else None)
+        except SQLAlchemyError as exc:
+            if not self.failing:
+                log.warning("could not record the next run time: %s", database_error(exc))
+            self.failing = True
+        else:
+            self.failing = False
+
+
+def _gone(engine: Engine, name: str) -> None:
+    try:
+        daemons.gone(engine, name)
+    except SQLAlchemyError as exc:  # the row ages out by itself
+        log.warning("could not remove this daemon from the state database: %s", database_error(exc))
 
 
 def status_line(report: RunReport) -> str:
@@ -194,7 +239,7 @@ def status_line(report: RunReport) -> str:
         acked_pending[1] += pair.pending
     parts = [f"{name} {acked} acknowledged, {pending} pending" for name, (acked, pending) in totals.items()]
     if report.audience_errors:
-        parts.append(f"{len(report.audience_errors)} audience query(ies) failed")
+        parts.append(f"{plural(len(report.audience_errors), 'audience query', 'audience queries')} failed")
     return f"last run {_hhmm(report.snapshot_at)} {report.outcome}: " + "; ".join(parts)
 
 

@@ -17,7 +17,7 @@ from syncd.delivery.destinations import Destination
 from syncd.delivery.sender import Sender
 from syncd.delivery.wire import Request, Result, Verdict
 from syncd.guards import GuardVerdict
-from syncd.model import Change, PairReport, Task
+from syncd.model import Change, PairReport, Task, who
 from syncd.state.diff import WorkList
 from syncd.state.remote_ids import learn_ids
 from syncd.state.sends import Outcome, mark_in_flight, record_outcomes
@@ -41,7 +41,8 @@ class Pair:
 
     @property
     def total(self) -> int:
-        return self.report.entered + self.report.left
+        """The pair's changes (at Nat a leaving user may have several: one per email)."""
+        return self.work.counts.changes
 
 
 class Session:
@@ -105,4 +106,4 @@ def _tally(pair: PairReport, outcomes: Sequence[Outcome]) -> None:
         pair.acknowledged += outcome.acked
         pair.failed += outcome.rejected
         if not outcome.acked and outcome.error and pair.message is None:
-            pair.message = f"{outcome.subject}: {outcome.error}" if outcome.rejected else outcome.error
+            pair.message = f"{who(outcome.subject)}: {outcome.error}" if outcome.rejected else outcome.error

@@ -50,10 +50,10 @@ def main() -> int:
         print("== 1. initial full send ==", flush=True)
         first = _run_once(config_path, env)
         _show(nat, usercom)
-        _change_shop(shop)
-        before_nat, before_usercom = len(nat.accepted()), len(usercom.accepted())
         print("\n== 2. shop data changed: 3 new orders, 2 customers' last order now 40 days old ==",
               flush=True)
+        _change_shop(shop)
+        before_nat, before_usercom = len(nat.accepted()), len(usercom.accepted())
         second = _run_once(config_path, env)
         _show_increment(nat, usercom, before_nat, before_usercom)
         print("\n== 3. nothing changed: a no-op run ==", flush=True)
@@ -141,8 +141,11 @@ def _show(nat: NatStandIn, usercom: UserComStandIn) -> None:
     if nat_calls:
         sample = nat_calls[0]
         print(f"     e.g. {sample['traits']}  (messageId {sample['messageId']})")
-    users = usercom.users()
-    print(f"   User.com accepted {len(usercom.accepted())} calls; it now holds {len(users)} users")
+    accepted = usercom.accepted()
+    created = [a for a in accepted if "value_type" in a]  # POST attributes/, not a change
+    print(f"   User.com accepted {len(accepted)} requests: syncd's {len(accepted) - len(created)} calls "
+          f"carrying changes and the {len(created)} boolean attributes it created before an "
+          f"audience's first change; it now holds {len(usercom.users())} users")
     for attribute in usercom.attributes():
         print(f"     attribute {attribute['name_std']} ({attribute['value_type']})")
 

@@ -36,7 +36,7 @@ from sqlalchemy import Engine
 from syncd import __version__
 from syncd.config import AlertsConfig, Config
 from syncd.model import PairOutcome, RunOutcome
-from syncd.render import iso, spelled
+from syncd.render import iso, plural, spelled
 from syncd.state import alerts as alert_state
 from syncd.state.engine import now
 from syncd.state.readings import Reading, read
@@ -49,10 +49,10 @@ log = logging.getLogger("syncd")
 ALERT_TIME_LIMIT = 5.0  # seconds all webhook calls of one evaluation may take together
 RESOLVED = "resolved"
 SEVERITY = {"key_refused": "critical", "query_failed": "critical", "runs_undelivered": "critical",
-            "exits_held": "warning", "backlog_stale": "warning"}
+            "exits_held": "warning", "backlog_stale": "warning", "test": "info"}
 TITLE = {"key_refused": "API key refused", "query_failed": "audience query failed",
          "runs_undelivered": "runs ending undelivered", "exits_held": "exits held by the guard",
-         "backlog_stale": "changes waiting too long"}
+         "backlog_stale": "changes waiting too long", "test": "test message"}
 
 
 @dataclass(frozen=True)
@@ -74,16 +74,19 @@ class Condition:
         return SEVERITY[self.event] if self.active else RESOLVED
 
 
-def evaluate(config: Config, engine: Engine, report: RunReport) -> Reading | None:
+def evaluate(config: Config, engine: Engine, report: RunReport, whole: bool = True) -> Reading | None:
     """After a run: send what changed since the webhook last heard. Returns the reading of
     the state it judged (the daemon's metrics show the same one), None without [alerts] or
-    when it could not be read. Never raises."""
+    when it could not be read. Never raises. `whole`: the run had the whole config (not a
+    resync's or retry's part of it), so an alert of what is no longer in it is resolved."""
     if config.alerts is None:
         return None
     reading = None
     try:
         reading = read(config, engine)
         found = conditions(config, engine, report, reading)
+        if whole:
+            found += removed(config, alert_state.told(engine))
         deliver(config.alerts, engine, found, report.run_id)
     except Exception as exc:  # an alert problem must never fail or stop a sync
         log.warning("alerts were not evaluated after run %d (%s); they are after the next run",
@@ -143,13 +146,44 @@ def _stale_backlogs(reading: Reading, older_than: timedelta) -> Iterator[Conditi
         key, name, pending, oldest = pair.audience, pair.destination, pair.pending, pair.oldest_pending_at
         if pending and oldest is not None and oldest < limit:
             yield Condition("backlog_stale", key, name, True,
-                            f"{pending} changes of {key} wait for {name}, the oldest since "
+                            f"{plural(pending, 'change')} of {key} {'waits' if pending == 1 else 'wait'} "
+                            f"for {name}, the oldest since "
                             f"{oldest:%Y-%m-%d %H:%M}Z (longer than {longer}): "
                             "see `syncd status` and `syncd failures`.")
         else:
             yield Condition("backlog_stale", key, name, False,
                             f"no change of {key} has waited for {name} longer than "
                             f"{longer}")
+
+
+def removed(config: Config, told: dict[alert_state.AlertKey, bool]) -> list[Condition]:
+    """Active alerts of an audience or destination no longer in the config, or of a pair no
+    longer configured: resolved once (nothing would ever clear them otherwise)."""
+    audiences = {a.key: a for a in config.audiences}
+    found = []
+    for (event, audience, destination), active in told.items():
+        if audience and audience not in audiences:
+            gone = f"audience {audience} is no longer in the config"
+        elif destination and destination not in config.destinations:
+            gone = f"destination {destination} is no longer in the config"
+        elif audience and destination and destination not in audiences[audience].destinations:
+            gone = f"audience {audience} is no longer sent to {destination}"
+        else:
+            continue
+        if active:
+            found.append(Condition(event, audience or None, destination or None, False,
+                                   f"{gone}: this alert no longer applies"))
+    return found
+
+
+def send_test_message(alerts: AlertsConfig) -> str | None:
+    """`syncd check --alert`: one test message to the webhook; None once it answered 2xx, else
+    why not (never the URL: it is a credential)."""
+    condition = Condition("test", None, None, True,
+                          f"a test message from `syncd check --alert` on {socket.gethostname()}: "
+                          "syncd's alerts reach this webhook")
+    with _client() as client:
+        return _send(client, alerts, body(alerts.format, condition, None), ALERT_TIME_LIMIT)
 
 
 def _undelivered_runs(outcomes: list[str], after: int) -> Condition:
@@ -172,7 +206,7 @@ def deliver(alerts: AlertsConfig, engine: Engine, found: Iterable[Condition], ru
     changed = [c for c in found if told.get(c.key, False) != c.active]
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline, sent = time.monotonic() + ALERT_TIME_LIMIT, 0
-    with httpx.Client(headers={"User-Agent": f"syncd/{__version__}"}, follow_redirects=False) as client:
+    with _client() as client:
         for index, condition in enumerate(changed):
             left = deadline - time.monotonic()
             if left <= 0.1:
@@ -207,18 +241,25 @@ def slack_text(condition: Condition) -> str:
     return f"{head} ({where})\n{condition.message}" if where else f"{head}\n{condition.message}"
 
 
+def _client() -> httpx.Client:
+    return httpx.Client(headers={"User-Agent": f"syncd/{__version__}"}, follow_redirects=False)
+
+
 def _post(client: httpx.Client, alerts: AlertsConfig, condition: Condition, payload: dict[str, Any],
           seconds: float) -> bool:
     """POST one alert; True on a 2xx. Failures are logged without the URL (a credential)."""
+    failure = _send(client, alerts, payload, seconds)
+    if failure is not None:
+        log.warning("alert webhook %s: the %s alert is sent again after the next run", failure,
+                    f"{condition.event} {condition.severity}")
+    return failure is None
+
+
+def _send(client: httpx.Client, alerts: AlertsConfig, payload: dict[str, Any], seconds: float) -> str | None:
+    """POST one body; None on a 2xx, else what went wrong, without the URL."""
     try:
         response = client.post(alerts.resolved_url.reveal(), json=payload, timeout=min(seconds, 5.0))
     except httpx.HTTPError as exc:
-        log.warning("alert webhook unreachable (%s): the %s alert is sent again after the next run",
-                    type(exc).__name__, f"{condition.event} {condition.severity}")
-        return False
-    if not response.is_success:
-        log.warning("alert webhook answered HTTP %d: the %s alert is sent again after the next run",
-                    response.status_code, f"{condition.event} {condition.severity}")
-        return False
-    return True
+        return f"unreachable ({type(exc).__name__})"
+    return None if response.is_success else f"answered HTTP {response.status_code}"
 

@@ -16,6 +16,7 @@ from syncd.config import AudienceConfig, Config
 from syncd.errors import RunInProgress
 from syncd.guards import GuardVerdict
 from syncd.model import PairOutcome
+from syncd.render import plural
 from syncd.run.pipeline import Options, run_once
 from syncd.run.report import RunReport
 from syncd.state.diff import plan_counts
@@ -38,9 +39,12 @@ def resync(config: Config, engine: Engine, audience: str, destination: str | Non
     """Send the pair's full state again: `true` to every member, `false` to every
     non-member the destination holds as `true`; marked in the ledger, then run now."""
     names = [destination] if destination else list(_audience(config, audience).destinations)
-    marked = {name: mark_resync(engine, audience, name) for name in names}
-    for name, count in marked.items():
-        log.info("resync %s at %s: %d acknowledged users marked to be sent again", audience, name, count)
+    for name in names:
+        marked = mark_resync(engine, audience, name)
+        earlier = (f"; {plural(marked.earlier_emails, 'contact')} under members' earlier emails keep "
+                   "`true` until the user leaves (not resent)" if marked.earlier_emails else "")
+        log.info("resync %s at %s: %s marked to be sent again%s", audience, name,
+                 plural(marked.users, "acknowledged user"), earlier)
     return _run_now(config, engine, {(audience, name) for name in names},
                     replace(options, summary=resync_lines), "the marks stay: the next run sends them")
 
@@ -66,7 +70,7 @@ def retry(config: Config, engine: Engine, destination: str | None, options: Opti
     if not pairs:
         return TargetedRun(None)
     total = sum(requeued.values())
-    log.info("requeued %d failed change(s): %s", total,
+    log.info("requeued %s: %s", plural(total, "failed change"),
              ", ".join(f"{k} at {d}: {n}" for (k, d), n in sorted(requeued.items())))
     return replace(_run_now(config, engine, pairs, options, "they stay queued for the next run"),
                    requeued=total)
@@ -75,7 +79,7 @@ def retry(config: Config, engine: Engine, destination: str | None, options: Opti
 def _run_now(config: Config, engine: Engine, pairs: set[tuple[str, str]], options: Options,
              if_busy: str) -> TargetedRun:
     try:
-        return TargetedRun(run_once(only(config, pairs), options, engine=engine))
+        return TargetedRun(run_once(only(config, pairs), replace(options, part=True), engine=engine))
     except RunInProgress as exc:
         log.error("%s; %s", exc, if_busy)
         return TargetedRun(None, busy=str(exc))

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from functools import partial
+from typing import TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,6 +20,7 @@ from syncd.config import AudienceConfig, Config
 from syncd.delivery.options import DeliveryOptions
 from syncd.delivery.pairs import PAIRS_AT_ONCE, deliver_all
 from syncd.model import PairOutcome, PairReport, SnapshotRow
+from syncd.render import plural
 from syncd.run import alerts
 from syncd.run.report import RunReport, summary_lines
 from syncd.source import QueryStopped, take_snapshot
@@ -30,6 +32,7 @@ from syncd.state.sends import adopt_idents, recover_in_flight
 from syncd.state.snapshots import SnapshotCounts, replace_members
 
 log = logging.getLogger("syncd")
+T = TypeVar("T")
 
 
 @dataclass
@@ -39,6 +42,8 @@ class Options(DeliveryOptions):
 
     # The lines a run ends with (logged once); `resync` words its own.
     summary: Callable[[RunReport], list[str]] | None = None
+    # A run of part of the config (resync, retry): what it leaves out is not gone from the config.
+    part: bool = False
 
 
 def open_state(config: Config, access: Access = Access.SEND) -> Engine:
@@ -75,7 +80,8 @@ def run_once(config: Config, options: Options | None = None, engine: Engine | No
         keeper.start()
         try:
             report = _run(config, options, engine)
-            report.reading = alerts.evaluate(config, engine, report)  # under the lease: one process at a time
+            # Under the lease: one process at a time.
+            report.reading = alerts.evaluate(config, engine, report, whole=not options.part)
             return report
         finally:
             keeper.finish()
@@ -88,8 +94,8 @@ def run_once(config: Config, options: Options | None = None, engine: Engine | No
 def _run(config: Config, options: Options, engine: Engine) -> RunReport:
     recovered = recover_in_flight(engine)
     if recovered:
-        log.warning("%d changes were in flight when the last run stopped; they will be re-sent "
-                    "with the same messageId where still needed", recovered)
+        log.warning("%s in flight when the last run stopped; they will be re-sent with the same "
+                    "messageId where still needed", plural(recovered, "change was", "changes were"))
     snapshot_at = now()
     report = RunReport(start_run(engine, snapshot_at), snapshot_at)
     log.info("run %d started (snapshot time %s)", report.run_id, snapshot_at.isoformat(),
@@ -97,7 +103,7 @@ def _run(config: Config, options: Options, engine: Engine) -> RunReport:
     for audience in config.audiences:
         if _stopped(options):
             break
-        _off_main_thread(partial(_snapshot, config, engine, report, audience, options))
+        off_main_thread(partial(_snapshot, config, engine, report, audience, options))
     # Stopped while taking snapshots: nothing is sent (not even the diffs are worked out).
     ready = [] if _stopped(options) else [a for a in config.audiences
                                            if a.key not in report.audience_errors]
@@ -129,15 +135,14 @@ def _prune(config: Config, engine: Engine) -> None:
                  pruned.run_results, pruned.ledger_rows)
 
 
-def _off_main_thread(call: Callable[[], None]) -> None:
+def off_main_thread(call: Callable[[], T]) -> T:
     """`call()` in a worker thread, waited for. Python runs signal handlers in the main thread
     between bytecodes: a query running there (SQLite computes inside one C call) would hold
     back SIGTERM's stop flag, and with it the query's cancellation, until the query ended."""
     if threading.current_thread() is not threading.main_thread():
-        call()
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="syncd-snapshot") as pool:
-        pool.submit(call).result()
+        return call()
+    with ThreadPoolExecutor(1, thread_name_prefix="syncd-query") as pool:
+        return pool.submit(call).result()
 
 
 def _stopped(options: Options) -> bool:
@@ -171,7 +176,7 @@ def _snapshot(config: Config, engine: Engine, report: RunReport, audience: Audie
     record_audience(engine, report.run_id, audience.key, counts, error)
     if error is None:
         log.log(logging.WARNING if counts.skipped or counts.invalid_email else logging.INFO,
-                "audience %s: %d rows, %d members; skipped: %d without identifier, %d duplicates, "
-                "%d too large (32 KB); %d invalid emails dropped", audience.key, counts.rows,
-                counts.members, counts.no_identifier, counts.duplicates, counts.too_large,
-                counts.invalid_email)
+                "audience %s: %s, %s; skipped: %d without identifier, %s, %d too large (32 KB); %s "
+                "dropped", audience.key, plural(counts.rows, "row"), plural(counts.members, "member"),
+                counts.no_identifier, plural(counts.duplicates, "duplicate"), counts.too_large,
+                plural(counts.invalid_email, "invalid email"))

@@ -6,19 +6,23 @@ nor disturbed."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 
 from sqlalchemy import Connection, Engine, Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import guards
 from syncd.config import AudienceConfig, Config
+from syncd.errors import Stopped
 from syncd.guards import GuardVerdict
 from syncd.model import Change
-from syncd.source import take_snapshot
+from syncd.run.pipeline import off_main_thread
+from syncd.source import QueryStopped, take_snapshot
 from syncd.state.diff import WorkList
-from syncd.state.engine import now
+from syncd.state.engine import cancelled_on, now
 from syncd.state.snapshots import SnapshotCounts, load_scratch, scratch
 
 SAMPLES = 5  # users shown per kind of change
@@ -59,19 +63,35 @@ class Plan:
     audiences: list[AudiencePlan]
 
 
-def plan(config: Config, engine: Engine) -> Plan:
-    """A dry run: a fresh snapshot into a temporary table, compared with the ledger."""
+def plan(config: Config, engine: Engine, stop: threading.Event | None = None) -> Plan:
+    """A dry run: a fresh snapshot into a temporary table, compared with the ledger. Once
+    `stop` is set (SIGTERM/SIGINT), the running queries are cancelled, as a run's are (the
+    source query, and the scratch table's work on the state database): Stopped. It runs in a
+    worker thread, so the signal's handler is not held back by a query in the main thread."""
+    return off_main_thread(partial(_plan, config, engine, stop))
+
+
+def _plan(config: Config, engine: Engine, stop: threading.Event | None) -> Plan:
     snapshot_at = now()
-    with scratch(engine) as (conn, members):
-        return Plan(snapshot_at, [_audience(config, conn, members, a, snapshot_at) for a in config.audiences])
+    try:
+        with cancelled_on(stop, engine), scratch(engine) as (conn, members):
+            return Plan(snapshot_at, [_audience(config, conn, members, a, snapshot_at, stop)
+                                      for a in config.audiences])
+    except (QueryStopped, SQLAlchemyError):
+        if stop is None or not stop.is_set():
+            raise
+    raise Stopped("plan stopped by the stop request: its queries were cancelled; nothing was sent "
+                  "or recorded")
 
 
 def _audience(config: Config, conn: Connection, members: Table, audience: AudienceConfig,
-              snapshot_at: datetime) -> AudiencePlan:
+              snapshot_at: datetime, stop: threading.Event | None) -> AudiencePlan:
+    if stop is not None and stop.is_set():
+        raise QueryStopped
     counts = SnapshotCounts()
     # The run's snapshot step, loading the scratch table instead of `member`.
     error = take_snapshot(config, audience, snapshot_at, counts,
-                          partial(load_scratch, conn, members, audience.key, counts=counts))
+                          partial(load_scratch, conn, members, audience.key, counts=counts), stop=stop)
     if error is not None:
         return AudiencePlan(audience.key, error)
     return AudiencePlan(audience.key, None, counts,
@@ -88,7 +108,7 @@ def _pair(config: Config, conn: Connection, members: Table, audience: AudienceCo
                    for label, value in (("entered", True), ("left", False))}
     return PairPlan(
         name, counts.entered, counts.left, counts.retries, counts.skipped, samples,
-        sends=counts.entered + (0 if guard.held else counts.left),
+        sends=counts.entered + (0 if guard.held else counts.leaves),
         rate_limit=config.destinations[name].rate_limit, guard=guard,
         guard_message=guard.hold_message(config.path) if guard.held else None,
     )

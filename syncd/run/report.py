@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from syncd.model import PairOutcome, PairReport, RunOutcome
+from syncd.render import plural
 from syncd.state.readings import Reading
 from syncd.state.snapshots import SnapshotCounts
 
@@ -60,8 +61,8 @@ def summary_lines(report: RunReport) -> list[str]:
             f"{p.audience_key}: {p.outcome}" + (f" ({p.message})" if p.message else "") for p in bad
         )
         lines.append(
-            f"{name}: {len(pairs)} audience(s), {total('entered')} entered, {total('left')} left, "
-            f"{total('sent')} changes in {report.calls.get(name, 0)} calls, "
+            f"{name}: {plural(len(pairs), 'audience')}, {total('entered')} entered, {total('left')} left, "
+            f"{plural(total('sent'), 'change')} in {plural(report.calls.get(name, 0), 'call')}, "
             f"{total('acknowledged')} acknowledged, "
             f"{total('skipped')} skipped (no email), {total('failed')} failed, "
             f"{total('pending')} pending: {verdict}"

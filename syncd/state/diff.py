@@ -114,25 +114,34 @@ def _changes(audience_key: str, destination: str, needs_email: bool, members: Ta
 @dataclass
 class PlanCounts:
     members: int
-    entered: int
-    left: int
+    entered: int  # users to send `true` (one change each)
+    left: int  # users to send `false`: what a person and the guard count (as acknowledged)
+    # Changes to send `false`: at Nat one per email that may hold `true`, so a user who
+    # leaves with two emails is one `left` and two leaves; elsewhere the same as `left`.
+    leaves: int
     skipped: int  # would enter, but the destination needs an email they lack
     failed: int  # of the work, how many were rejected last time
     retries: int = 0  # of the work, how many were attempted before and not acknowledged
     oldest_pending: datetime | None = None  # since when the oldest of those has been tried
 
+    @property
+    def changes(self) -> int:
+        """The changes a run would send: every enter and every leave."""
+        return self.entered + self.leaves
+
 
 def _count(conn: Connection, changes: Any, members: int) -> PlanCounts:
     c = changes.c
     enter, sendable = c.value == true(), c.sendable == true()
+    # Still one pass: the users who leave are the distinct subjects among the leaves.
     row = conn.execute(select(
         _count_if(and_(enter, sendable)), _count_if(and_(enter, not_(sendable))), _count_if(not_(enter)),
         _count_if(and_(sendable, c.failed == true())), _count_if(and_(sendable, c.tried == true())),
-        func.min(c.pending_since),
+        func.count(func.distinct(case((not_(enter), c.subject)))), func.min(c.pending_since),
     ).select_from(changes)).one()
-    entered, skipped, left, failed, retries = (int(n or 0) for n in row[:5])
-    return PlanCounts(members, entered, left, skipped, failed, retries,
-                      row[5] if isinstance(row[5], datetime) else None)
+    entered, skipped, leaves, failed, retries, left = (int(n or 0) for n in row[:6])
+    return PlanCounts(members, entered, left, leaves, skipped, failed, retries,
+                      row[6] if isinstance(row[6], datetime) else None)
 
 
 def _count_if(condition: ColumnElement[bool]) -> Any:
@@ -365,6 +374,12 @@ def _change_seq(value: bool) -> Any:
     one as a repeat of an older change with the same number."""
     replaces = and_(L.c.pending.is_not(None), L.c.pending == (false() if value else true()))
     return func.coalesce(L.c.seq, 0) + case((replaces, 1), else_=0)
+
+
+def earlier_ident(audience_key: str) -> ColumnElement[bool]:
+    """A ledger row under a member's earlier email (a destination keyed by email): it keeps
+    what it holds until the user leaves, and no run sends it anything before."""
+    return and_(_is_member(audience_key), not_(_current()))
 
 
 def still_work(audience_key: str | ColumnElement[str]) -> ColumnElement[bool]:

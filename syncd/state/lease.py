@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.errors import RunInProgress
-from syncd.render import one_line, readable
+from syncd.render import database_error, readable
 from syncd.state.engine import now, upsert
 from syncd.state.tables import (
     LEASE,
@@ -38,9 +38,10 @@ class LeaseHandle:
 
 
 LEASE_TTL = timedelta(minutes=5)
+RUN_LEASE = "run"  # the lease every run takes
 
 
-def acquire_lease(engine: Engine, name: str = "run", ttl: timedelta = LEASE_TTL) -> LeaseHandle:
+def acquire_lease(engine: Engine, name: str = RUN_LEASE, ttl: timedelta = LEASE_TTL) -> LeaseHandle:
     host, pid = socket.gethostname(), os.getpid()
     holder = f"{host}:{pid}:{uuid.uuid4().hex[:8]}"
     at = now()
@@ -115,7 +116,7 @@ class LeaseKeeper(threading.Thread):
                         self.stop.set()
                     return
             except SQLAlchemyError as exc:  # keep trying: the lease outlives a short outage
-                log.warning("could not renew the run lease: %s", one_line(exc))
+                log.warning("could not renew the run lease: %s", database_error(exc))
 
     def finish(self) -> None:
         self.done.set()

@@ -19,7 +19,7 @@ from sqlalchemy import (
 )
 
 from syncd.model import RUN_TOTALS, PairOutcome, Totals
-from syncd.state.diff import still_work
+from syncd.state.diff import earlier_ident, still_work
 from syncd.state.engine import now, upsert
 from syncd.state.runs import RunRecord
 from syncd.state.tables import (
@@ -32,21 +32,30 @@ from syncd.state.tables import (
 )
 
 
-def mark_resync(engine: Engine, audience_key: str, destination: str) -> int:
-    """Make the next run send the pair's full state again; returns the rows marked.
+class Marked(NamedTuple):
+    """What `mark_resync` marked."""
+
+    users: int  # users the destination holds as `true`: a run sends them their value again
+    # Of the rows marked, those under a member's earlier email (Nat): they keep `true` until the
+    # user leaves, so nothing is resent to them; they are why rows marked exceed users resent.
+    earlier_emails: int
+
+
+def mark_resync(engine: Engine, audience_key: str, destination: str) -> Marked:
+    """Make the next run send the pair's full state again.
 
     Users the destination holds as `true` are marked "may hold false": members get
     `true` again, non-members get `false` as any leave does. Members never
     acknowledged need no mark. The attribute check (User.com) is redone too.
     """
+    held = and_(L.c.audience_key == audience_key, L.c.destination == destination, L.c.acked == true())
     with engine.begin() as conn:
-        marked = conn.execute(
-            update(L).where(L.c.audience_key == audience_key, L.c.destination == destination,
-                            L.c.acked == true()).values(maybe_false=True)
-        ).rowcount or 0
+        users = conn.scalar(select(func.count(func.distinct(L.c.subject))).where(held)) or 0
+        earlier = conn.scalar(select(func.count()).select_from(L).where(held, earlier_ident(audience_key)))
+        conn.execute(update(L).where(held).values(maybe_false=True))
         conn.execute(delete(ATTRIBUTE).where(ATTRIBUTE.c.audience_key == audience_key,
                                              ATTRIBUTE.c.destination == destination))
-    return marked
+    return Marked(int(users), int(earlier or 0))
 
 
 

@@ -27,8 +27,10 @@ from sqlalchemy import (
 
 from syncd.model import PairOutcome, RunOutcome, Totals
 from syncd.state.engine import now
+from syncd.state.lease import RUN_LEASE
 from syncd.state.snapshots import SnapshotCounts
 from syncd.state.tables import (
+    LEASE,
     RUN,
     RUN_AUDIENCE,
     RUN_RESULT,
@@ -75,14 +77,9 @@ def finish_run(engine: Engine, run_id: int, outcome: str) -> None:
 
 def not_ok_since(conn: Connection) -> dict[tuple[str, str], datetime]:
     """Per (audience, destination) pair whose latest result is not `ok`: when the first run of
-    that unbroken streak of not-`ok` results started (runs without the pair do not break it)."""
-    last_ok = (
-        select(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination,
-               func.max(RUN_RESULT.c.run_id).label("run_id"))
-        .where(RUN_RESULT.c.outcome == PairOutcome.OK.value)
-        .group_by(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination)
-        .subquery()
-    )
+    that unbroken streak of not-`ok` results started (runs without the pair do not break it).
+    Retention keeps that first run and the last `ok` one before it (_latest_runs)."""
+    last_ok = _last_ok().subquery()
     query = (
         select(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination, func.min(RUN.c.started_at))
         .join(RUN, RUN.c.id == RUN_RESULT.c.run_id)
@@ -127,14 +124,35 @@ def prune(engine: Engine, before: datetime) -> Pruned:
 
 
 def _latest_runs(conn: Connection) -> list[int]:
-    """The latest run overall, of every audience and of every (audience, destination) pair."""
+    """The runs retention keeps, however old: the latest run overall, of every audience and of
+    every (audience, destination) pair; and per pair its latest `ok` run and the first run of
+    the streak of not-`ok` runs since (not_ok_since dates a backlog from it, also when the
+    streak has lasted longer than the retention)."""
+    pair = (RUN_RESULT.c.audience_key, RUN_RESULT.c.destination)
+    last_ok = _last_ok().subquery()
+    streak_start = (
+        select(func.min(RUN_RESULT.c.run_id))
+        .outerjoin(last_ok, and_(last_ok.c.audience_key == RUN_RESULT.c.audience_key,
+                                 last_ok.c.destination == RUN_RESULT.c.destination))
+        .where(RUN_RESULT.c.run_id > func.coalesce(last_ok.c.run_id, 0))
+        .group_by(*pair)
+    )
     queries = [
         select(func.max(RUN.c.id)),
         select(func.max(RUN_AUDIENCE.c.run_id)).group_by(RUN_AUDIENCE.c.audience_key),
-        select(func.max(RUN_RESULT.c.run_id)).group_by(RUN_RESULT.c.audience_key,
-                                                       RUN_RESULT.c.destination),
+        select(func.max(RUN_RESULT.c.run_id)).group_by(*pair),
+        select(last_ok.c.run_id),
+        streak_start,
     ]
     return sorted({run_id for query in queries for run_id in conn.scalars(query) if run_id is not None})
+
+
+def _last_ok() -> Any:
+    """Per pair, its latest run that ended `ok` for it."""
+    return (select(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination,
+                   func.max(RUN_RESULT.c.run_id).label("run_id"))
+            .where(RUN_RESULT.c.outcome == PairOutcome.OK.value)
+            .group_by(RUN_RESULT.c.audience_key, RUN_RESULT.c.destination))
 
 
 def _settled_false(before: datetime) -> ColumnElement[bool]:
@@ -203,6 +221,50 @@ def last_results(conn: Connection) -> Iterator[PairResult]:
     )
     for row in conn.execute(query):
         yield PairResult(**row._mapping)
+
+
+def last_snapshots(conn: Connection) -> dict[str, datetime]:
+    """Per audience, when the run that took its latest snapshot started."""
+    query = (
+        select(RUN_AUDIENCE.c.audience_key, func.max(RUN.c.started_at))
+        .join(RUN, RUN.c.id == RUN_AUDIENCE.c.run_id)
+        .where(RUN_AUDIENCE.c.error.is_(None))
+        .group_by(RUN_AUDIENCE.c.audience_key)
+    )
+    return {r[0]: r[1] for r in conn.execute(query) if isinstance(r[1], datetime)}
+
+
+@dataclass(frozen=True)
+class InProgress:
+    """The run going on now (any process), and how far it got."""
+
+    run: RunRecord
+    snapshots: int  # audiences whose snapshot it has taken
+    acknowledged: dict[tuple[str, str], int]  # per (audience, destination): changes acknowledged so far
+
+
+def in_progress(conn: Connection, at: datetime) -> InProgress | None:
+    """The latest run, if it is still going: not finished, and its process holds the run lease
+    (a killed run stays "running" until the next run finishes and calls it crashed). Its
+    progress comes from what it has recorded: snapshots taken, and the ledger rows
+    acknowledged since it started."""
+    row = conn.execute(select(RUN).order_by(RUN.c.id.desc()).limit(1)).first()
+    if row is None or row.outcome != RunOutcome.RUNNING.value:
+        return None
+    run = RunRecord(**row._mapping)
+    lease = conn.execute(select(LEASE.c.name).where(
+        LEASE.c.name == RUN_LEASE, LEASE.c.expires_at > at, LEASE.c.host == run.host, LEASE.c.pid == run.pid,
+    )).first()
+    if lease is None:
+        return None
+    snapshots = conn.scalar(select(func.count()).select_from(RUN_AUDIENCE)
+                            .where(RUN_AUDIENCE.c.run_id == run.id)) or 0
+    acknowledged = conn.execute(
+        select(L.c.audience_key, L.c.destination, func.count())
+        .where(L.c.acked_at >= run.started_at)
+        .group_by(L.c.audience_key, L.c.destination)
+    )
+    return InProgress(run, int(snapshots), {(r[0], r[1]): int(r[2]) for r in acknowledged})
 
 
 def last_snapshot_rows(conn: Connection, audience_key: str) -> int | None:

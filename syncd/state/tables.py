@@ -207,6 +207,20 @@ class AlertState(SQLModel, table=True):
     claimed_until: datetime | None = Field(default=None, sa_column=_ts())
 
 
+class Daemon(SQLModel, table=True):
+    """A `syncd run` daemon using this state database, and when its scheduler starts the next
+    run: `status` and the page, from any process, show it. Refreshed every minute
+    (`seen_at`), deleted on a clean stop; a row not seen for a few minutes is a daemon gone."""
+
+    __tablename__ = "daemon"
+    holder: str = Field(primary_key=True)  # host:pid:random, as the run lease's holder
+    host: str
+    pid: int
+    started_at: datetime = Field(sa_column=_ts(nullable=False))
+    next_run_at: datetime | None = Field(default=None, sa_column=_ts())
+    seen_at: datetime = Field(sa_column=_ts(nullable=False))
+
+
 # The Core tables the state modules query (bulk work is SQLAlchemy Core, not the ORM).
 M = Member.__table__  # type: ignore[attr-defined]
 L = Ledger.__table__  # type: ignore[attr-defined]
@@ -218,3 +232,4 @@ REMOTE_ID = RemoteId.__table__  # type: ignore[attr-defined]
 LEASE = Lease.__table__  # type: ignore[attr-defined]
 APPROVAL = GuardApproval.__table__  # type: ignore[attr-defined]
 ALERT = AlertState.__table__  # type: ignore[attr-defined]
+DAEMON = Daemon.__table__  # type: ignore[attr-defined]

@@ -14,8 +14,8 @@ from typing import Any
 from syncd.config import Config
 from syncd.errors import UsageError
 from syncd.guards import GuardVerdict
-from syncd.model import RUN_TOTALS
-from syncd.render import duration, maybe_iso
+from syncd.model import RUN_TOTALS, RunOutcome, ScheduledOutcome
+from syncd.render import duration, maybe_iso, plural
 from syncd.render import table as render_table
 from syncd.run.operator import TargetedRun
 from syncd.run.plan import AudiencePlan, PairPlan, Plan
@@ -114,19 +114,25 @@ def _hms(seconds: float) -> str:
 
 
 def resync(result: TargetedRun) -> Output:
+    """The run's fields at the top level, always (SPEC 3): also when another run held the lease
+    (`outcome` "skipped", as the daemon's metrics count it, with the `error`)."""
     if result.report is None:
-        return Output({"run_id": None, "error": result.busy}, "", 1)
+        return Output({**_no_run(ScheduledOutcome.SKIPPED), "error": result.busy}, "", 1)
     # The run logged its summary (stderr, like run-once): printed again on stdout it showed twice.
     report = result.report
     return Output(_report(report), "" if report.pairs else "nothing to send", report.exit_code)
 
 
 def retry(result: TargetedRun) -> Output:
-    if result.report is None and result.busy is None:
-        return Output({"requeued": 0, "run_id": None}, "no failed changes to retry")
+    if result.report is None and result.busy is None:  # nothing to retry: no run, all is well
+        return Output({"requeued": 0, **_no_run(RunOutcome.OK)}, "no failed changes to retry")
     output = resync(result)
     output.data = {"requeued": result.requeued, **output.data}
     return output
+
+
+def _no_run(outcome: str) -> dict[str, Any]:
+    return {"run_id": None, "outcome": outcome, "pairs": [], "audience_errors": {}}
 
 
 def _report(report: RunReport) -> dict[str, Any]:
@@ -146,7 +152,7 @@ def failures(groups: list[FailureGroup]) -> Output:
     data = [_renamed(asdict(g)) for g in groups]
     if not groups:
         return Output(data, "no failed changes")
-    lines = [f"{sum(g.count for g in groups)} failed change(s); each is tried again every run "
+    lines = [f"{plural(sum(g.count for g in groups), 'failed change')}; each is tried again every run "
              "(`syncd retry` to try now)"]
     for g in groups:
         more = ", …" if g.count > len(g.samples) else ""
@@ -184,11 +190,12 @@ def approve(verdicts: list[GuardVerdict]) -> Output:
     data, lines = [], []
     for v in verdicts:
         if v.tripped:
-            lines.append(f"approved: the next run sends {v.exits} exits of {v.audience_key} at "
+            lines.append(f"approved: the next run sends {plural(v.exits, 'exit')} of {v.audience_key} at "
                          f"{v.destination} ({v.reason()})")
         else:
-            lines.append(f"nothing held for {v.audience_key} at {v.destination}: {v.exits} exits of "
-                         f"{v.acknowledged} acknowledged members are within the guard")
+            lines.append(f"nothing held for {v.audience_key} at {v.destination}: {plural(v.exits, 'exit')} "
+                         f"of {plural(v.acknowledged, 'acknowledged member')} "
+                         f"{'is' if v.exits == 1 else 'are'} within the guard")
         data.append({"audience": v.audience_key, "destination": v.destination, "approved": v.tripped,
                      **v.as_dict()})
     return Output(data, "\n".join(lines))

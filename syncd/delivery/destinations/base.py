@@ -21,6 +21,8 @@ Class attributes (what the type is; read by the config before anything is sent):
                   keeps a value per (user, email)
     reserved      field names it sends itself: no audience key or query column may use
                   them (the config takes the union over types)
+    key_limit     the longest audience key it can store (User.com: 32, its attribute
+                  names); None: only syncd's own limit (64)
 
 Methods (what it does; `self.config` is its DestinationConfig, the key resolved):
 
@@ -74,6 +76,7 @@ class Destination(ABC):
     concurrency: ClassVar[int] = 4
     needs_email: ClassVar[bool] = False
     reserved: ClassVar[frozenset[str]] = IDENTITY_FIELDS
+    key_limit: ClassVar[int | None] = None
 
     def __init__(self, config: DestinationConfig) -> None:
         self.config = config
@@ -100,7 +103,7 @@ class Destination(ABC):
         """Without a read-only call that checks the key: the address answers, below 500."""
         answer = call(Request("GET", self.config.url))
         if answer.status >= 500:
-            return Probe(False, f"answered HTTP {answer.status}: {answer.reason}")
+            return Probe(False, f"answered {answer.reason}")
         return Probe(True, f"reachable (HTTP {answer.status}); {self.integration} has no read-only "
                            "call to check the key")
 

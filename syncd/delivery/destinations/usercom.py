@@ -31,6 +31,7 @@ class UserCom(Destination):
     rate_limit = 10.0
     concurrency = 4
     reserved = IDENTITY_FIELDS | {"custom_id", "id"} | STANDARD_FIELDS  # custom_id: how it keys users
+    key_limit = 32  # the key names an attribute: User.com takes names of up to 32 characters
 
     def headers(self) -> dict[str, str]:
         return {
@@ -48,9 +49,9 @@ class UserCom(Destination):
         """Listing attributes changes nothing and needs the key: a refused key shows."""
         answer = call(Request("GET", self.config.url + "attributes/"))
         if answer.status in (401, 403):
-            return Probe(False, f"User.com refused the API key (HTTP {answer.status}: {answer.reason})")
+            return Probe(False, f"User.com refused the API key ({answer.reason})")
         if not answer.ok:
-            return Probe(False, f"listing attributes answered HTTP {answer.status}: {answer.reason}")
+            return Probe(False, f"listing attributes answered {answer.reason}")
         if not isinstance(answer.body, dict):
             return Probe(False, f"the answer was not JSON (HTTP {answer.status}); is base_url the "
                                 "API's address?")
