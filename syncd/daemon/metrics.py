@@ -94,9 +94,14 @@ class Metrics:
         with self.lock:
             self.runs[outcome] = self.runs.get(outcome, 0) + 1
 
-    def record_run(self, report: RunReport) -> None:
+    def record_run(self, report: RunReport, reading: Reading | None = None) -> None:
+        """A finished run's counters and, with `reading` (the state after it), the gauges: a
+        scrape sees both or neither, never a finished run beside the backlog from before it."""
         finished = self.clock()
+        gauges = _Gauges.of(reading) if reading is not None else None
         with self.lock:
+            if gauges is not None:
+                self._set(gauges)
             self.runs[report.outcome] = self.runs.get(report.outcome, 0) + 1
             for pair in report.pairs:
                 for kind in _CHANGE_COUNTERS:
@@ -112,24 +117,21 @@ class Metrics:
     def show(self, reading: Reading) -> None:
         """The gauges from a reading: backlogs, held exits, refused keys, the latest run's start,
         and (what counts at start-up) last successes."""
-        pending = {(p.audience, p.destination): p.pending for p in reading.pairs}
-        oldest = {(p.audience, p.destination): p.oldest_pending_at.timestamp()
-                  if p.oldest_pending_at and p.pending else None for p in reading.pairs}
-        held = {(p.audience, p.destination): p.held_exits for p in reading.pairs}
-        refused = {p.destination: 0 for p in reading.pairs}
-        for p in reading.pairs:
-            if p.last_outcome == PairOutcome.STOPPED:  # the sender stopped: 401/403
-                refused[p.destination] = 1
+        gauges = _Gauges.of(reading)
         with self.lock:
-            self.pending, self.oldest_pending = pending, oldest
-            self.held_exits, self.key_refused = held, refused
-            for audience_key, name in pending:
-                for kind in _CHANGE_COUNTERS:
-                    self.changes.setdefault((kind, audience_key, name), 0)
-            for pair, moment in reading.last_successes.items():
-                self.last_success[pair] = max(self.last_success.get(pair, 0.0), moment.timestamp())
-            if reading.runs:
-                self.last_run = reading.runs[0].started_at.timestamp()
+            self._set(gauges)
+
+    def _set(self, gauges: _Gauges) -> None:
+        """Called with the lock held."""
+        self.pending, self.oldest_pending = gauges.pending, gauges.oldest
+        self.held_exits, self.key_refused = gauges.held, gauges.refused
+        for audience_key, name in gauges.pending:
+            for kind in _CHANGE_COUNTERS:
+                self.changes.setdefault((kind, audience_key, name), 0)
+        for pair, moment in gauges.last_successes.items():
+            self.last_success[pair] = max(self.last_success.get(pair, 0.0), moment)
+        if gauges.last_run is not None:
+            self.last_run = gauges.last_run
 
     def render(self) -> str:
         with self.lock:
@@ -179,6 +181,34 @@ class Metrics:
             yield f"{name}_bucket{_fmt_labels((*labels, ('le', '+Inf')))} {histogram.total}\n"
             yield f"{name}_sum{_fmt_labels(labels)} {_num(histogram.sum)}\n"
             yield f"{name}_count{_fmt_labels(labels)} {histogram.total}\n"
+
+
+@dataclass(frozen=True)
+class _Gauges:
+    """What a reading sets, worked out before the lock is taken."""
+
+    pending: dict[tuple[str, str], int]
+    oldest: dict[tuple[str, str], float | None]  # unix seconds
+    held: dict[tuple[str, str], int]
+    refused: dict[str, int]
+    last_successes: dict[tuple[str, str], float]  # unix seconds
+    last_run: float | None  # unix seconds
+
+    @classmethod
+    def of(cls, reading: Reading) -> _Gauges:
+        refused = {p.destination: 0 for p in reading.pairs}
+        for p in reading.pairs:
+            if p.last_outcome == PairOutcome.STOPPED:  # the sender stopped: 401/403
+                refused[p.destination] = 1
+        return cls(
+            pending={(p.audience, p.destination): p.pending for p in reading.pairs},
+            oldest={(p.audience, p.destination): p.oldest_pending_at.timestamp()
+                    if p.oldest_pending_at and p.pending else None for p in reading.pairs},
+            held={(p.audience, p.destination): p.held_exits for p in reading.pairs},
+            refused=refused,
+            last_successes={pair: moment.timestamp() for pair, moment in reading.last_successes.items()},
+            last_run=reading.runs[0].started_at.timestamp() if reading.runs else None,
+        )
 
 
 class _Histogram:

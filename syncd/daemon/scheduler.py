@@ -175,10 +175,11 @@ class _Daemon:
             self._ended(ScheduledOutcome.ERROR, f"run at {_hhmm()} failed: see the journal")
         else:
             if self.metrics is not None:
-                self.metrics.record_run(report)
+                self.metrics.record_run(report, self._reading(report.reading))
             self._tell(status_line(report))
-        self.refresh_metrics(report.reading if report is not None else None)
-        return report is not None and report.out_of_time
+            return report.out_of_time
+        self.refresh_metrics()
+        return False
 
     def _ended(self, outcome: str, status: str) -> None:
         if self.metrics is not None:
@@ -189,14 +190,23 @@ class _Daemon:
         self.last_status = status
         self.notifier.status(status)
 
-    def refresh_metrics(self, reading: Reading | None = None) -> None:
-        """The gauges from `reading` (the one the run's alerts judged), else from a fresh one."""
-        if self.metrics is None:
-            return
+    def refresh_metrics(self) -> None:
+        """The gauges from a fresh reading (at start-up, after a run that produced no report)."""
+        if self.metrics is not None:
+            reading = self._reading(None)
+            if reading is not None:
+                self.metrics.show(reading)
+
+    def _reading(self, reading: Reading | None) -> Reading | None:
+        """`reading` (the one a run's alerts judged), else a fresh one; None if the state
+        cannot be read (stale gauges are better than a dead daemon)."""
+        if reading is not None:
+            return reading
         try:
-            self.metrics.show(reading or read(self.config, self.engine))
-        except SQLAlchemyError as exc:  # stale gauges are better than a dead daemon
+            return read(self.config, self.engine)
+        except SQLAlchemyError as exc:
             log.warning("could not refresh the backlog metrics: %s", database_error(exc))
+            return None
 
 
 class _Beat:
