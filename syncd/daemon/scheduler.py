@@ -31,7 +31,7 @@ from syncd.daemon.notify import Heartbeat, Notifier
 from syncd.daemon.page import page_renderer
 from syncd.daemon.probes import PULSE, Cached, Liveness, readiness
 from syncd.daemon.signals import stop_on_signals
-from syncd.errors import RunInProgress
+from syncd.errors import RunInProgress, StateError
 from syncd.model import Null, Progress, ScheduledOutcome
 from syncd.render import database_error, plural, readable, spelled
 from syncd.run.pipeline import Options, open_state, run_once
@@ -117,6 +117,8 @@ def serve(config: Config, stop_event: threading.Event | None = None, progress: P
         notifier.ready(f"started; first run at {first}")
         scheduler.resume()  # only now: systemd hears READY before anything a run says
         stop.wait()
+    if daemon.fatal is not None:  # after the clean stop: main() reports it and exits 2
+        raise daemon.fatal
 
 
 def _start_scheduler(config: Config, engine: Engine, job: Callable[[], None],
@@ -149,6 +151,8 @@ class _Daemon:
         self.notifier, self.metrics = notifier, metrics
         self.last_status = ""
         self.after_run: Callable[[], None] = lambda: None  # tells the state when the next run starts
+        # Why the daemon must stop (a state schema newer than this syncd): serve() raises it.
+        self.fatal: StateError | None = None
 
     def job(self) -> None:
         """One scheduled run; then, while runs stop at their send time limit with changes left
@@ -170,6 +174,12 @@ class _Daemon:
         except RunInProgress as exc:
             log.warning("skipping this run: %s", exc)
             self._ended(ScheduledOutcome.SKIPPED, f"run skipped at {_hhmm()}: {exc}")
+        except StateError as exc:  # e.g. another machine migrated the shared ledger past this syncd
+            self.fatal = exc
+            self._ended(ScheduledOutcome.ERROR, f"stopping at {_hhmm()}: {exc}")
+            if self.options.stop_event is not None:
+                self.options.stop_event.set()
+            return False
         except Exception:  # the daemon must outlive one bad run; the next run retries
             log.exception("run failed")
             self._ended(ScheduledOutcome.ERROR, f"run at {_hhmm()} failed: see the journal")

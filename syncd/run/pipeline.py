@@ -60,6 +60,14 @@ def open_state(config: Config, access: Access = Access.SEND) -> Engine:
     return engine
 
 
+def _schema_still_ours(config: Config, engine: Engine) -> None:
+    """Before a run on an engine opened earlier: a schema another syncd migrated past this one
+    stops the run (StateError, exit 2) before it writes; an older one is upgraded as at start."""
+    migration = ensure_schema(engine, Access.SEND, config.auto_migrate)
+    if migration.changed:
+        log.info("state database: %s", migration)
+
+
 def _email_pairs(config: Config) -> list[tuple[str, str]]:
     """The (audience, destination) pairs whose destination keys its users by email (Nat)."""
     keyed = {name for name, dest in config.destinations.items() if dest.needs_email}
@@ -73,7 +81,10 @@ def run_once(config: Config, options: Options | None = None, engine: Engine | No
     if options.stop_event is None:  # the lease keeper must be able to stop the run
         options = replace(options, stop_event=threading.Event())
     own_engine = engine is None
-    engine = engine or open_state(config)
+    if engine is None:
+        engine = open_state(config)
+    else:  # a long-lived engine (the daemon's): another machine may have migrated the ledger since
+        _schema_still_ours(config, engine)
     try:
         lease = acquire_lease(engine)
         keeper = LeaseKeeper(engine, lease, options.stop_event)

@@ -1,0 +1,68 @@
+"""A fleet sharing one ledger: another machine upgrades syncd and migrates the state while this
+older daemon is running. Its next run must not write into a schema it does not know: the run
+stops before it starts (one line, exit 2, which the systemd unit does not restart)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import text
+
+from syncd.errors import StateError
+from syncd.run.pipeline import Options, open_state, run_once
+from syncd.state.engine import create_state_engine
+
+from conftest import KEYS_ENV, Env, wait_for
+
+NEWER = "0042"  # a revision no syncd of this version knows
+
+
+def _stamp_newer(url: str) -> None:
+    """What `syncd migrate` of a newer release leaves behind, as far as this one can tell."""
+    engine = create_state_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": NEWER})
+    finally:
+        engine.dispose()
+
+
+def test_a_run_on_an_engine_opened_before_the_ledger_was_migrated_stops_before_it_sends(env: Env) -> None:
+    env.shop.members("u1", "u2")
+    config = env.config()
+    engine = open_state(config)  # the daemon's engine, opened at start
+    try:
+        assert run_once(config, Options(), engine=engine).exit_code == 0
+        env.shop.members("u1", "u2", "u3")
+        _stamp_newer(env.state_url)  # another machine, newer syncd: `syncd migrate`
+        sent = (env.nat.requests, env.usercom.requests)
+        with pytest.raises(StateError, match=f"state schema {NEWER} is newer than this syncd"):
+            run_once(config, Options(), engine=engine)
+        assert (env.nat.requests, env.usercom.requests) == sent  # u3 waits for an upgraded syncd
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("state_url", ["sqlite"], indirect=True)
+def test_a_daemon_whose_ledger_is_migrated_past_it_stops_with_exit_2(env: Env) -> None:
+    env.shop.members("u1")
+    config = env.write_config(extra='\n[schedule]\ninterval = "1m"\njitter = "0s"\n')
+    daemon = subprocess.Popen([sys.executable, "-m", "syncd", "run", "--config", str(config)],
+                              cwd=env.tmp_path, env={**os.environ, **KEYS_ENV},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: env.usercom.requests > 0 or daemon.poll() is not None, timeout=30,
+                 what="the first run")
+        _stamp_newer(env.state_url)
+        _, stderr = daemon.communicate(timeout=120)  # the next run starts a minute after the first
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+    assert daemon.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert f"state schema {NEWER} is newer than this syncd" in stderr
+    assert "syncd stopped" in stderr  # a clean stop, the scheduler shut down first
