@@ -38,11 +38,20 @@ def run_migrations_online() -> None:
             connection=connection,
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
+            # One transaction for the whole upgrade on SQLite too (see BEGIN IMMEDIATE below);
+            # Alembic would otherwise commit after each migration.
+            transactional_ddl=True,
         )
         with context.begin_transaction():
+            # Several processes may meet a new or older schema at once (a daemon starting while
+            # `syncd status` runs): migrate one at a time, and let the others see either the old
+            # schema or the new one, never a half-built one.
             if connection.dialect.name == "postgresql":
-                # Several daemons may start at once on one shared ledger: migrate one at a time.
                 connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727465)")
+            else:
+                # Python's sqlite3 runs DDL outside any transaction unless one was begun
+                # explicitly; IMMEDIATE also takes the write lock (the others wait: busy_timeout).
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
             context.run_migrations()
         connection.commit()
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from syncd.errors import StateError
 from syncd.run.pipeline import Options, open_state, run_once
@@ -66,3 +66,37 @@ def test_a_daemon_whose_ledger_is_migrated_past_it_stops_with_exit_2(env: Env) -
     assert "Traceback" not in stderr
     assert f"state schema {NEWER} is newer than this syncd" in stderr
     assert "syncd stopped" in stderr  # a clean stop, the scheduler shut down first
+
+
+
+def test_an_upgrade_that_fails_halfway_leaves_the_schema_as_it_was(env: Env) -> None:
+    """The whole upgrade is one transaction (SQLite too): what another process can see is the
+    schema before or after it, never one left half-way (a migration failing here: a table that
+    0003 creates is there already)."""
+    engine = create_state_engine(env.state_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE alert_state (event TEXT)"))
+    finally:
+        engine.dispose()
+    result = env.cli("migrate", "--config", str(env.write_config()))
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    engine = create_state_engine(env.state_url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert tables == {"alert_state"}  # no ledger from 0001, no alembic_version at 0002
+
+
+def test_commands_meeting_a_new_state_at_once_all_see_a_whole_schema(env: Env) -> None:
+    """A daemon starting while someone runs `syncd status` (or several daemons at once): one
+    creates the schema, the others wait and see it whole, never a half-built one ("state schema
+    0003 is older…", "table … already exists" before SQLite's migrations ran in one transaction)."""
+    config = env.write_config()
+    processes = [subprocess.Popen([sys.executable, "-m", "syncd", "status", "--config", str(config)],
+                                  cwd=env.tmp_path, env={**os.environ, **KEYS_ENV},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(6)]
+    results = [(p.wait(timeout=120), p.communicate()[1]) for p in processes]
+    assert [code for code, _ in results] == [0] * 6, [err for _, err in results]
