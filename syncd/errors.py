@@ -11,6 +11,7 @@
     ├── SourceError            an audience's query failed: that audience fails, the run goes on
     │   └── ColumnError        it ran, but its columns cannot be sent (no identifier, ...)
     └── DestinationError       this pair stays undelivered for this run; the others go on
+        └── DestinationConflict  ...and in every run until a person changes the destination
 
 ConfigError and UsageError are the user's input: main() prints them as one plain line
 (`syncd: ...`); the others are logged. SourceError and DestinationError are handled inside
@@ -82,3 +83,9 @@ class ColumnError(SourceError):
 
 class DestinationError(SyncdError):
     """A destination-level problem that leaves this audience undelivered for this run."""
+
+
+class DestinationConflict(DestinationError):
+    """The destination holds something syncd must not change on its own (User.com: the
+    audience's attribute with another type than boolean): the pair sends nothing, in every
+    run, until a person fixes it; an alert says so."""

@@ -181,14 +181,27 @@ class Task(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Pace:
+    """How a task's ETA is worked out where its work is paced: at most `rate` per second (a
+    destination's rate limit, shared by all its audiences; None: unpaced, the average so far
+    alone), and nothing new starts after `stops_at` (time.monotonic(): the run's send time
+    limit, max_send_time). `eta` False: no ETA of its own (an audience's deliveries: its
+    destination's calls show the ETA, counted in calls, not changes)."""
+
+    rate: float | None = None
+    stops_at: float | None = None
+    eta: bool = True
+
+
 class Progress(Protocol):
-    def task(self, label: str, total: int | None, unit: str) -> Task: ...
+    def task(self, label: str, total: int | None, unit: str, pace: Pace | None = None) -> Task: ...
 
 
 class Null:
     """No output."""
 
-    def task(self, label: str, total: int | None, unit: str) -> Task:
+    def task(self, label: str, total: int | None, unit: str, pace: Pace | None = None) -> Task:
         return _NullTask()
 
 

@@ -12,6 +12,7 @@ import subprocess
 
 from alembic import command
 from sqlalchemy import select, text
+from test_alerts import Hook, alerts_toml
 
 from syncd.dev.standins import Fault
 from syncd.state.engine import alembic_config, create_state_engine
@@ -260,3 +261,108 @@ def test_a_state_from_0004_upgrades_and_learns_ids_as_it_syncs(env: Env) -> None
     assert _calls(env) == {ONE: 1, MASS: 1}
     assert _held(env) == {"u1": False, "u3": False}
     assert set(_remote_ids(env)) == {"u1", "u3"}
+
+
+# --- the attribute is kept boolean (issue 17) --------------------------------------------
+
+ATTRIBUTES = ("GET /api/public/attributes/", "POST /api/public/attributes/")
+
+
+def _attribute_calls(env: Env) -> dict[str, int]:
+    return {route: n for route, n in env.usercom.routes.items() if route in ATTRIBUTES}
+
+
+def test_an_attribute_deleted_in_the_dashboard_is_made_again_and_bulk_goes_on(env: Env) -> None:
+    _initial(env)
+    env.usercom.routes.clear()
+    env.usercom.delete_attribute("buyers")  # and every user's value of it
+    env.shop.members("u1", "u2")  # u3..u6 leave: chunks [u3, u4], [u5, u6]
+
+    report = env.run(env.config(audiences=PLAIN, extra="bulk_size = 2\n"))
+
+    assert report.exit_code == 0
+    # Both chunks refused (no such attribute), one check re-creates it, both sent again.
+    assert _attribute_calls(env) == {ATTRIBUTES[0]: 1, ATTRIBUTES[1]: 1}
+    assert _calls(env) == {MASS: 4}  # never one call per user
+    assert {a["name"]: a["value_type"] for a in env.usercom.attributes()} == {"buyers": "boolean"}
+    assert _held(env) == dict.fromkeys(("u3", "u4", "u5", "u6"), False)
+
+
+def test_an_attribute_deleted_before_calls_of_users_own_is_made_again_first(env: Env) -> None:
+    """User.com makes an attribute it does not have from a user's own call, as text: a run
+    with such calls checks the attribute before any of them goes out."""
+    _initial(env, audiences=WITH_PLAN)
+    env.usercom.delete_attribute("buyers")
+    env.shop.members("u1", "u2", "u3", "u4", "u5", "u6", "u7")  # u7's entry carries `plan`
+
+    assert env.run(env.config(audiences=WITH_PLAN, extra="bulk_size = 2\n")).exit_code == 0
+
+    assert {a["name"]: a["value_type"] for a in env.usercom.attributes()}["buyers"] == "boolean"
+    assert env.usercom.users()["u7"]["attributes"]["buyers"] is True
+
+
+def test_an_attribute_changed_to_text_fails_the_pair_every_run_with_an_alert(env: Env) -> None:
+    hook = Hook()
+    try:
+        _initial(env)
+        config = env.config(audiences=PLAIN, extra="bulk_size = 2\n" + alerts_toml(after_failed_runs=9),
+                            keys={"SYNCD_ALERT_WEBHOOK": hook.url})
+        env.usercom.set_attribute_type("buyers", "string")  # in User.com's dashboard
+        env.shop.members("u1", "u2")
+        message = "User.com attribute 'buyers' exists with type 'string', not boolean: change or delete it"
+
+        for run in range(2):  # every run, not only the one that found it
+            report = env.run(config)
+            [pair] = report.pairs
+            assert (report.exit_code, pair.outcome, pair.acknowledged) == (1, "undelivered", 0)
+            assert pair.message == message
+            calls = _calls(env)
+            assert ONE not in calls  # never a silent fallback to one call per user
+            assert calls == ({MASS: 2} if run == 0 else {})  # then checked before any mass update
+        assert [(b["event"], b["severity"], b["audience"], b["destination"]) for b in hook.bodies] == [
+            ("attribute_conflict", "critical", "buyers", "usercom")]
+        assert message in hook.bodies[0]["message"]
+        failures = env.cli("failures", "--config", str(env.tmp_path / "config.toml"))
+        assert "is of type string" in failures.stdout  # the chunks' own refusal, for `syncd failures`
+
+        env.usercom.set_attribute_type("buyers", "boolean")  # fixed in the dashboard
+        retried = env.cli("retry", "--json", "--config", str(env.tmp_path / "config.toml"),
+                          env={"SYNCD_ALERT_WEBHOOK": hook.url})
+        assert retried.returncode == 0, retried.stderr
+        assert _calls(env) == {MASS: 2}  # retry goes through the same bulk paths
+        assert _held(env) == dict.fromkeys(("u3", "u4", "u5", "u6"), False)
+        assert [(b["event"], b["severity"]) for b in hook.bodies][1:] == [("attribute_conflict", "resolved")]
+    finally:
+        hook.close()
+
+
+def test_a_state_from_0005_upgrades_keeping_its_ids_and_syncs_on(env: Env) -> None:
+    """At 0005: u1..u3 acknowledged `true` at User.com, their ids learned. Upgraded (the
+    listing table, ids that may be missing), the ids go on carrying mass updates."""
+    env.usercom.seed_users(["u1", "u2", "u3"])
+    ids = {u: data["id"] for u, data in env.usercom.users().items()}
+    engine = create_state_engine(env.state_url)
+    try:
+        command.upgrade(alembic_config(engine), "0005")
+        with engine.begin() as conn:
+            for user in ("u1", "u2", "u3"):
+                conn.execute(text(
+                    "INSERT INTO ledger (audience_key, destination, ident, subject, user_id, email, nonce, "
+                    "acked, seq, maybe_true, maybe_false, attempts, failed) VALUES ('buyers', 'usercom', "
+                    "'', :subject, :user, :email, 'n0nce', true, 1, false, false, 0, false)"),
+                    {"subject": f"u:{user}", "user": user, "email": f"{user}@example.com"})
+                conn.execute(text("INSERT INTO remote_id (destination, subject, remote_id, learned_at) "
+                                  "VALUES ('usercom', :subject, :id, '2026-11-30 10:00:00')"),
+                             {"subject": f"u:{user}", "id": ids[user]})
+            conn.execute(text("INSERT INTO attribute (destination, audience_key, ensured_at) "
+                              "VALUES ('usercom', 'buyers', '2026-11-30 10:00:00')"))
+    finally:
+        engine.dispose()
+    env.usercom.add_attribute("buyers")
+    env.shop.members("u1")  # u2 and u3 leave
+
+    assert env.run(env.config(audiences=PLAIN, extra="bulk_size = 2\n")).exit_code == 0  # migrates first
+
+    assert _calls(env) == {MASS: 1}
+    assert _held(env) == {"u2": False, "u3": False}
+    assert _remote_ids(env) == ids

@@ -54,7 +54,7 @@ def test_status_human_and_json(sqlite_env: Env) -> None:
     human = sqlite_env.cli("status", "--config", str(path))
     assert human.returncode == 0
     assert human.stdout.splitlines()[0].split() == [
-        "audience", "destination", "members", "acknowledged", "pending", "oldest_pending", "skipped",
+        "audience", "destination", "members", "acknowledged", "pending", "oldest_pending", "eta", "skipped",
         "failed", "last_run", "duration", "last_outcome",
     ]
     rows = json.loads(sqlite_env.cli("status", "--json", "--config", str(path)).stdout)

@@ -1,13 +1,17 @@
 """Property: whatever sequence of snapshots (members join, leave, change their email) and
 destination behaviour (success, 5xx, 429, timeouts, a SIGKILL mid-delivery; at User.com also
-a user deleted in its dashboard, so a mass update naming its id is refused), after a final
-healthy run:
+a user deleted in its dashboard, so a mass update naming its id is refused (a stale id); the
+users syncd has not sent yet created there (its CRM), so the listing finds them, its first
+page failing once; an audience's attribute deleted there, with every user's value of it),
+after a final healthy run:
 
 - Nat (keyed by email) holds `true` at every member's current email, and `false` last at
   every email that ever got `true` for a user who is no longer a member;
 - User.com (keyed by custom_id) holds exactly the source's membership, but for users deleted
-  there that no later change re-created (syncd cannot know of a deletion); once their ids
-  are learned, users go in mass updates of `bulk_size` 2, so the faults hit chunks too;
+  there that no later change re-created, and users whose value a deleted attribute took
+  along that no later change sent again (syncd cannot know of a deletion); it never holds a
+  wrong value, and its attributes stay boolean; once their ids are learned (from answers or
+  the listing), users go in mass updates of `bulk_size` 2, so the faults hit chunks too;
 - the same for a second audience at both destinations (a subset of the first: users move
   in and out of both at once, and their changes of both go out in one call, or in chunks);
 - Nat never saw a stale value after a newer one, and no messageId carried two contents.
@@ -36,7 +40,7 @@ SEED = int(os.environ.get("SYNCD_CONVERGENCE_SEED", "20261128"))
 EXAMPLES = int(os.environ.get("SYNCD_CONVERGENCE_EXAMPLES", "12"))
 USERS = ("u1", "u2", "u3", "u4", "u5")
 BEHAVIOURS = ("ok", "5xx", "429", "timeout", "crash")
-USERCOM_BEHAVIOURS = (*BEHAVIOURS, "deleted")
+USERCOM_BEHAVIOURS = (*BEHAVIOURS, "deleted", "listing", "attribute")
 # No extra columns: members have nothing to send but their memberships, so known users go in
 # mass updates at User.com.
 KEY, PRO = "buyers", "pro_buyers"
@@ -88,6 +92,37 @@ def _delete_one(usercom: UserComStandIn, members: dict[str, str], pick: int) -> 
     return user
 
 
+def _crm_has_them(usercom: UserComStandIn) -> None:
+    """Users syncd has not sent yet are created in User.com (its CRM): a listing finds them. Its
+    first page fails once (retried)."""
+    usercom.seed_users([user for user in USERS if user not in usercom.users()])
+    usercom.fail_next(1, Fault(503, body="<html>busy</html>", route=UserComStandIn.LISTING))
+
+
+def _delete_attribute(usercom: UserComStandIn, pick: int) -> tuple[str, set[str]] | None:
+    """Delete one audience's attribute in User.com's dashboard; (its key, the users whose
+    value went with it)."""
+    keys = [a["name"] for a in usercom.attributes() if a["name"] in (KEY, PRO)]
+    if not keys:
+        return None
+    key = keys[pick % len(keys)]
+    holding = {user for user, data in usercom.users().items() if key in data["attributes"]}
+    usercom.delete_attribute(key)
+    return key, holding
+
+
+def _sent_since(usercom: UserComStandIn, start: int, key: str) -> set[str]:
+    """Users `key` was sent to in User.com's calls accepted after the first `start`."""
+    by_id = {data["id"]: user for user, data in usercom.users().items()}
+    sent: set[str] = set()
+    for call in usercom.accepted()[start:]:
+        if call.get("attribute") == key:
+            sent |= {by_id[i] for i in call["ids"] if i in by_id}
+        elif key in call and call.get("custom_id"):
+            sent.add(call["custom_id"])
+    return sent
+
+
 def _crash_after(env: Env, server: StandIn, calls: int) -> None:
     """`syncd run-once` as a real process, killed when `server` has accepted `calls` more calls
     (applied, not yet answered: the kill leaves a send whose outcome syncd cannot know)."""
@@ -124,6 +159,12 @@ def _assert_nat_converged(nat: NatStandIn, members: dict[str, str], key: str) ->
            ((frozenset({"u1", "u2", "u3"}), (0,) * 5, frozenset({"u2", "u3"})), "ok", "5xx", 1),
            ((frozenset({"u1", "u2", "u3", "u4"}), (1,) * 5, frozenset({"u4"})), "ok", "crash", 1)],
     final=(frozenset({"u2", "u5"}), (1,) * 5, frozenset({"u5"})))
+@example(  # the listing finds users the CRM has; an attribute deleted, then made again
+    first=(frozenset({"u1"}), (0,) * 5, frozenset()),
+    steps=[((frozenset(USERS), (0,) * 5, frozenset()), "ok", "listing", 1),
+           ((frozenset({"u1", "u2"}), (0,) * 5, frozenset({"u1"})), "5xx", "attribute", 0),
+           ((frozenset({"u1", "u3"}), (1,) * 5, frozenset({"u3"})), "ok", "ok", 1)],
+    final=(frozenset({"u3", "u4", "u5"}), (1,) * 5, frozenset({"u4"})))
 @given(first=snapshots, steps=st.lists(step, min_size=1, max_size=4), final=snapshots)
 def test_destinations_converge_to_the_source(tmp_path_factory: pytest.TempPathFactory, first: Snapshot,
                                              steps: list[tuple[Snapshot, str, str, int]],
@@ -136,10 +177,17 @@ def test_destinations_converge_to_the_source(tmp_path_factory: pytest.TempPathFa
         _load(env.shop, first)
         env.run(config)  # healthy: User.com's answers teach the first members' ids
         deleted: set[str] = set()
+        wiped: list[tuple[str, set[str], int]] = []  # attribute deleted: key, its users, when
         for snapshot, nat_does, usercom_does, crash_after in steps:
             emails, _ = _load(env.shop, snapshot)
             if usercom_does == "deleted":
                 deleted |= {_delete_one(usercom, emails, crash_after)} - {None}
+            elif usercom_does == "listing":
+                _crm_has_them(usercom)
+            elif usercom_does == "attribute":
+                gone_with = _delete_attribute(usercom, crash_after)
+                if gone_with is not None:
+                    wiped.append((*gone_with, len(usercom.accepted())))
             _misbehave(nat, nat_does)
             _misbehave(usercom, usercom_does)
             if "crash" in (nat_does, usercom_does):
@@ -154,8 +202,11 @@ def test_destinations_converge_to_the_source(tmp_path_factory: pytest.TempPathFa
         gone = {user for user in deleted if user not in usercom.users()}
         for key, expected in ((KEY, members), (PRO, pros)):
             _assert_nat_converged(nat, expected, key)
-            assert usercom_view(usercom, set(USERS), key) == set(expected) - gone
+            lost = {user for k, users, at in wiped if k == key
+                    for user in users - _sent_since(usercom, at, key)}
+            assert set(expected) - gone - lost <= usercom_view(usercom, set(USERS), key) <= set(expected)
             assert all(data["attributes"].get(key) is (user in expected)
                        for user, data in usercom.users().items() if key in data["attributes"])
+        assert {a["value_type"] for a in usercom.attributes() if a["name"] in (KEY, PRO)} <= {"boolean"}
         assert_no_stale_values(nat.accepted())
         assert_message_ids_unique(nat.accepted())

@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from syncd.cli.progress import Bar, LogLines, Meter, for_stream, format_seconds
+from syncd.model import Pace
 from syncd.run.pipeline import Options, open_state, run_once
 
 from conftest import FAST, Env
@@ -137,3 +138,39 @@ def test_a_run_reports_rows_read_and_changes_delivered(sqlite_env: Env,
     assert {"nat: buyers 3/3 delivered (100%)", "usercom: buyers 3/3 delivered (100%)"} <= first
     assert "buyers: 4/3 rows read (100%)" in second  # the last run's 3 rows as the estimate
     assert "nat: buyers 1/1 delivered (100%)" in second
+
+
+def test_paced_work_goes_at_most_at_its_rate_limit() -> None:
+    """A destination's calls: before any is measured, the rate limit gives the ETA; a faster
+    start (a burst) does not promise more than the limit."""
+    clock = Clock()
+    meter = Meter("usercom:", 530, "calls", clock, Pace(rate=10))
+    assert meter.eta() == 53.0
+    clock.now += 10
+    meter.done = 200  # 20/s so far
+    assert meter.eta() == 33.0
+    assert meter.describe() == "usercom: 200/530 calls (37%), ETA 33s"
+
+
+def test_work_past_the_send_time_limit_says_what_it_leaves_instead_of_an_eta(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    progress = LogLines(every=0, clock=clock)
+    caplog.set_level(logging.INFO, logger="syncd.progress")
+    task = progress.task("usercom:", 53_000, "calls", Pace(rate=10, stops_at=clock.now + 600))
+    clock.now += 60
+    task.advance(600)
+    assert caplog.records[-1].getMessage() == (
+        "usercom: 600/53000 calls (1%), stops at max_send_time in 9m0s: about 47000 calls left for the "
+        "next run")
+    assert caplog.records[-1].eta_seconds is None  # type: ignore[attr-defined]
+    meter = Meter("usercom:", 530, "calls", clock, Pace(rate=10, stops_at=clock.now + 600))
+    assert meter.describe() == "usercom: 0/530 calls (0%), ETA 53s"  # done well before the limit
+
+
+def test_an_audience_of_a_shared_destination_shows_no_eta_of_its_own() -> None:
+    clock = Clock()
+    meter = Meter("usercom: buyers", 10, "delivered", clock, Pace(eta=False))
+    clock.now += 1
+    meter.done = 3
+    assert meter.describe() == "usercom: buyers 3/10 delivered (30%)"

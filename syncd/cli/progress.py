@@ -1,6 +1,6 @@
 """Progress of long work: snapshot rows read, changes delivered per destination.
 
-A run only calls `progress.task(label, total, unit)` and then `advance()` /
+A run only calls `progress.task(label, total, unit, pace)` and then `advance()` /
 `close()` on what it returns (the Progress and Task interfaces in model.py). Who shows it
 is chosen at the edge (cli):
 
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from syncd.model import Progress, Task
+from syncd.model import Pace, Progress, Task
 from syncd.render import duration
 
 log = logging.getLogger("syncd.progress")
@@ -29,10 +29,12 @@ Clock = Callable[[], float]
 
 
 class Meter:
-    """Counts done out of total since a start time; rate and ETA from the average so far."""
+    """Counts done out of total since a start time; rate and ETA from the average so far, or
+    for paced work (`pace`) at most its rate limit, and what a send time limit leaves over."""
 
-    def __init__(self, label: str, total: int | None, unit: str, clock: Clock) -> None:
-        self.label, self.total, self.unit, self.clock = label, total, unit, clock
+    def __init__(self, label: str, total: int | None, unit: str, clock: Clock,
+                 pace: Pace | None = None) -> None:
+        self.label, self.total, self.unit, self.clock, self.pace = label, total, unit, clock, pace
         self.started = clock()
         self.done = 0
 
@@ -41,12 +43,40 @@ class Meter:
         elapsed = self.clock() - self.started
         return self.done / elapsed if self.done and elapsed > 0 else None
 
-    def eta(self) -> float | None:
-        """Seconds left at the average rate so far; None if unknown."""
-        rate = self.rate()
-        if self.total is None or rate is None:
+    def _rate_ahead(self) -> float | None:
+        """The rate the rest goes at: the average so far, never above the pace's rate limit
+        (shared with the destination's other work); before anything is measured, the limit."""
+        observed, limit = self.rate(), self.pace.rate if self.pace else None
+        if observed is None or limit is None:
+            return observed or limit
+        return min(observed, limit)
+
+    def _ahead(self) -> tuple[int, float] | None:
+        """What is left and the rate it goes at; None where there is no ETA to give."""
+        if self.total is None or (self.pace is not None and not self.pace.eta):
             return None
-        return max(0, self.total - self.done) / rate
+        rate = self._rate_ahead()
+        return None if rate is None else (max(0, self.total - self.done), rate)
+
+    def _stops_in(self) -> float | None:
+        """Seconds until the run starts nothing new (its max_send_time); None: no such limit."""
+        if self.pace is None or self.pace.stops_at is None:
+            return None
+        return max(0.0, self.pace.stops_at - self.clock())
+
+    def eta(self) -> float | None:
+        """Seconds left; None if unknown, or if the run stops first (see `left_at_stop`)."""
+        ahead, stops_in = self._ahead(), self._stops_in()
+        if ahead is None or (stops_in is not None and ahead[0] / ahead[1] > stops_in):
+            return None
+        return ahead[0] / ahead[1]
+
+    def left_at_stop(self) -> int | None:
+        """What the run's send time limit will leave for the next run (None: it ends before)."""
+        ahead, stops_in = self._ahead(), self._stops_in()
+        if ahead is None or stops_in is None or ahead[0] / ahead[1] <= stops_in:
+            return None
+        return max(1, round(ahead[0] - ahead[1] * stops_in))
 
     def percent(self) -> int | None:
         if not self.total:
@@ -60,9 +90,15 @@ class Meter:
         percent = self.percent()
         if percent is not None:
             text += f" ({percent}%)"
-        eta = self.eta()
-        if eta is not None and self.done < (self.total or 0):
+        if self.done >= (self.total or 0):
+            return text
+        eta, left = self.eta(), self.left_at_stop()
+        if eta is not None:
             text += f", ETA {format_seconds(eta)}"
+        elif left is not None:
+            stops_in = self._stops_in() or 0.0
+            text += (f", stops at max_send_time in {format_seconds(stops_in)}: about {left} {self.unit} "
+                     "left for the next run")
         return text
 
 
@@ -78,8 +114,8 @@ class LogLines:
                  logger: logging.Logger = log) -> None:
         self.every, self.clock, self.logger = every, clock, logger
 
-    def task(self, label: str, total: int | None, unit: str) -> Task:
-        return _LogTask(Meter(label, total, unit, self.clock), self)
+    def task(self, label: str, total: int | None, unit: str, pace: Pace | None = None) -> Task:
+        return _LogTask(Meter(label, total, unit, self.clock, pace), self)
 
 
 class _LogTask:
@@ -112,8 +148,8 @@ class Bar:
         self.active: list[Meter] = []
         self.drawn_at: float | None = None
 
-    def task(self, label: str, total: int | None, unit: str) -> Task:
-        meter = Meter(label, total, unit, self.clock)
+    def task(self, label: str, total: int | None, unit: str, pace: Pace | None = None) -> Task:
+        meter = Meter(label, total, unit, self.clock, pace)
         self.active.append(meter)
         return _BarTask(meter, self)
 

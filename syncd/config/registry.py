@@ -15,10 +15,14 @@ from __future__ import annotations
 import importlib
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
-from typing import ClassVar, Protocol, TypeAlias, cast
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeAlias, cast
 
 from syncd.config.settings import Setting
 from syncd.render import one_line
+
+if TYPE_CHECKING:
+    from syncd.config.model import DestinationConfig
+    from syncd.estimate import CallEstimate, Workload
 
 GROUP = "syncd.destinations"
 BUILT_IN = {
@@ -30,7 +34,8 @@ BASE = "syncd.delivery.destinations.base:Destination"
 
 class DestinationType(Protocol):
     """What the config reads of a destination class (the whole interface is documented once,
-    in delivery/destinations/base.py)."""
+    in delivery/destinations/base.py), and what reading the state asks of one without sending:
+    the calls its work takes (`status`, `plan`)."""
 
     type: ClassVar[str]
     integration: ClassVar[str]
@@ -40,6 +45,10 @@ class DestinationType(Protocol):
     needs_email: ClassVar[bool]
     reserved: ClassVar[frozenset[str]]
     key_limit: ClassVar[int | None]
+
+    def __init__(self, config: DestinationConfig) -> None: ...
+
+    def estimate(self, work: Workload) -> CallEstimate: ...
 
 
 # A destination class, as the config sees it (`type` is also a field name of DestinationConfig).

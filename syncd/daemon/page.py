@@ -112,7 +112,7 @@ def _pairs_table(data: Reading) -> str:
     if not data.pairs:
         return "<p>No audiences configured.</p>"
     headers = ["Audience", "Destination", "Members", "Acknowledged", "Pending", "Oldest pending",
-               "Skipped", "Failed", "Held exits", "Last run", "Outcome"]
+               "ETA", "Skipped", "Failed", "Held exits", "Last run", "Outcome"]
     if data.running is not None:
         headers.append("This run")
 
@@ -120,9 +120,10 @@ def _pairs_table(data: Reading) -> str:
         for p in data.pairs:
             seconds = p.oldest_pending_age_seconds
             age = _age(seconds) if p.pending and seconds is not None else "-"
+            eta = _age(p.eta_seconds) if p.pending and p.eta_seconds is not None else "-"
             last = _started(p.last_run_started_at, p.last_run_duration_seconds)
             cells = [_td(p.audience, "l"), _td(p.destination, "l"), _td(p.members), _td(p.acknowledged),
-                     _count(p.pending, "warn"), _td(age), _td(p.skipped), _count(p.failed, "bad"),
+                     _count(p.pending, "warn"), _td(age), _td(eta), _td(p.skipped), _count(p.failed, "bad"),
                      _count(p.held_exits, "bad"), _td(last), _outcome(p.last_outcome)]
             if data.running is not None:
                 cells.append(_td(p.running_acknowledged or 0))

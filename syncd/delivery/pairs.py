@@ -1,7 +1,9 @@
 """Delivery of one run: every destination at once, and per destination its pairs (audience,
 destination), page by page through each pair's work list, with the guards and the send time
-limit. A page goes first to the destination's bulk paths (bulk.py: mass updates), then as
-grouped calls (calls.py); each job is a module, sharing the destination's Session.
+limit. Before the pages, a destination that lists its users learns their ids in bulk where that
+pays (listing.py). A page goes first to the destination's bulk paths (bulk.py: mass updates),
+then as grouped calls (calls.py); each job is a module, sharing the destination's Session, and
+the class's `bulk_paths` say which a destination has.
 
 Up to PAIRS_AT_ONCE audiences of a destination send at the same time, sharing its pace and
 concurrency, so a big initial send does not hold up the other audiences' increments.
@@ -12,30 +14,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from contextlib import suppress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import TypeVar
 
 from sqlalchemy import Engine
 
 from syncd import guards
 from syncd.config import AudienceConfig, Config, DestinationConfig
-from syncd.delivery import bulk, calls
+from syncd.delivery import bulk, calls, listing
 from syncd.delivery.destinations import Destination, make_destination
 from syncd.delivery.options import DeliveryOptions
 from syncd.delivery.sender import Sender
-from syncd.delivery.session import Pair, Session
-from syncd.errors import DestinationError
-from syncd.model import Change, PairOutcome, PairReport
+from syncd.delivery.session import Pair, Session, in_thread
+from syncd.errors import DestinationConflict, DestinationError
+from syncd.model import Change, Pace, PairOutcome, PairReport
 from syncd.state.diff import DestinationWork
 from syncd.state.operator import drop_approval
 from syncd.state.sends import attribute_ensured, record_attribute
 
 log = logging.getLogger("syncd")
-T = TypeVar("T")
 
 PAGE_SIZE = 500
 PAIRS_AT_ONCE = 4  # audiences one destination sends at the same time (one connection holds their lists)
@@ -43,12 +42,14 @@ PAIRS_AT_ONCE = 4  # audiences one destination sends at the same time (one conne
 
 @dataclass
 class Delivered:
-    """What delivery did in a run: each pair's report, the calls per destination, and whether
-    sending stopped at the send time limit with changes left."""
+    """What delivery did in a run: each pair's report, the calls per destination, whether
+    sending stopped at the send time limit with changes left, and the pairs whose setup
+    conflicts with the destination's (audience, destination) -> why (the alerts tell)."""
 
     pairs: list[PairReport]
     calls: dict[str, int]
     out_of_time: bool
+    conflicts: dict[tuple[str, str], str]
 
 
 async def deliver_all(config: Config, options: DeliveryOptions, engine: Engine, snapshot_at: datetime,
@@ -64,7 +65,9 @@ async def deliver_all(config: Config, options: DeliveryOptions, engine: Engine, 
     results = await asyncio.gather(*(delivery.run(connected) for delivery, connected in deliveries))
     return Delivered(pairs=[pair for pairs in results for pair in pairs],
                      calls={delivery.name: delivery.session.calls for delivery, _ in deliveries},
-                     out_of_time=any(delivery.out_of_time for delivery, _ in deliveries))
+                     out_of_time=any(delivery.out_of_time for delivery, _ in deliveries),
+                     conflicts={(key, delivery.name): str(exc) for delivery, _ in deliveries
+                                for key, exc in delivery.session.conflicts.items()})
 
 
 class DestinationDelivery:
@@ -91,19 +94,22 @@ class DestinationDelivery:
             try:
                 for audience in audiences:
                     pairs.append(await self._make(work, audience))
-                await self._prepare_all(pairs)
+                held = [pair.key for pair in pairs if pair.guard.held]
+                await self._prepare_all(pairs, await self._own_calls(work, held))
+                await listing.learn_ids(self.session, work, held, self.progress, self.deadline)
+                await self._count_calls(work, held)
                 await self._send_pairs(pairs)
                 return [self._finish(pair) for pair in pairs]
             finally:
-                for pair in pairs:
-                    if pair.task is not None:
-                        pair.task.close()
+                for task in [pair.task for pair in pairs] + [self.session.calls_task]:
+                    if task is not None:
+                        task.close()
                 await self.sender.aclose()
 
     async def _make(self, work: DestinationWork, audience: AudienceConfig) -> Pair:
         # A run's biggest query, in a thread: requests the other destinations have in flight
         # are answered meanwhile instead of timing out behind a blocked event loop.
-        pair_work = await _in_thread(partial(work.make, audience.key))
+        pair_work = await in_thread(partial(work.make, audience.key))
         counts = pair_work.counts
         with self.engine.connect() as conn:
             guard = guards.check(conn, audience, self.guard_config, self.name, counts.members, counts.left)
@@ -112,24 +118,50 @@ class DestinationDelivery:
                             left=counts.left, skipped=counts.skipped)
         return Pair(pair_work, guard, report)
 
-    async def _prepare_all(self, pairs: Sequence[Pair]) -> None:
+    async def _own_calls(self, work: DestinationWork, held: Sequence[str]) -> bool:
+        """Whether some user's changes go in a call of the user's own this run (not surely in
+        bulk): User.com creates an attribute it does not have as text from such a call."""
+        if "mass_updates" not in self.session.destination.bulk_paths:
+            return True
+        load = await self.session.workload(work, held)
+        return load.users > load.plain_known
+
+    async def _prepare_all(self, pairs: Sequence[Pair], check: bool) -> None:
         """Each pair with work gets its progress task, and its destination set up (User.com's
-        attribute) before any page is sent: another pair's page may carry its changes."""
+        attribute) before any page is sent: another pair's page may carry its changes. Set up
+        once, it is checked again (`check`) in every run with calls of users' own; a run of
+        mass updates alone relies on a refused one (bulk.py)."""
         for pair in pairs:
             if not pair.total or self.sender.interrupted():
                 continue
-            pair.task = self.progress.task(f"{self.name}: {pair.key}", pair.total, "delivered")
+            # No ETA of its own: the destination's calls show one (its audiences share its pace).
+            pair.task = self.progress.task(f"{self.name}: {pair.key}", pair.total, "delivered",
+                                           Pace(eta=False))
             try:
-                await self._prepare(pair.key)
+                await self._prepare(pair.key, check)
                 pair.ready = True
             except DestinationError as exc:
                 pair.report.message = str(exc)
+                if isinstance(exc, DestinationConflict):
+                    self.session.conflicts[pair.key] = exc
         self.session.pairs = {pair.key: pair for pair in pairs}
 
-    async def _prepare(self, key: str) -> None:
-        with self.engine.connect() as conn:
-            if attribute_ensured(conn, self.name, key):
-                return
+    async def _count_calls(self, work: DestinationWork, held: Sequence[str]) -> None:
+        """The calls the ready pairs' changes will take (the destination's estimate, after any
+        listing), shown as the destination's progress with its ETA at its rate limit."""
+        ready = self.session.ready()
+        if not ready or self.sender.interrupted():
+            return
+        estimate = self.session.destination.estimate(await self.session.workload(work, held, ready))
+        if estimate.calls:
+            self.session.calls_task = self.progress.task(
+                f"{self.name}:", estimate.calls, "calls", Pace(self.sender.rate_limit, self.deadline))
+
+    async def _prepare(self, key: str, check: bool) -> None:
+        if not check:
+            with self.engine.connect() as conn:
+                if attribute_ensured(conn, self.name, key):
+                    return
         await self.session.destination.prepare(self.sender, key)
         record_attribute(self.engine, self.name, key)
 
@@ -169,10 +201,14 @@ class DestinationDelivery:
                 first = False
                 after = page[-1].cursor
                 await self._send_page(pair, value, page)
+            if "mass_updates" in self.session.destination.bulk_paths:
+                await bulk.flush(self.session, pair, value)  # a chunk held back for a fuller one
 
     async def _send_page(self, pair: Pair, value: bool, page: Sequence[Change]) -> None:
         """Users the destination can update in bulk go by chunk first; the rest as calls."""
-        rest = await bulk.send_in_bulk(self.session, pair, value, page)
+        rest = list(page)
+        if "mass_updates" in self.session.destination.bulk_paths:
+            rest = await bulk.send_in_bulk(self.session, pair, value, page)
         if rest:
             await calls.send_page(self.session, pair, rest)
 
@@ -218,19 +254,6 @@ def _sender(destination: Destination, options: DeliveryOptions) -> Sender:
         on_latency=(lambda seconds: latency(config.name, seconds)) if latency else None,
         classify=destination.classify,
     )
-
-
-async def _in_thread(call: Callable[[], T]) -> T:
-    """`call()` in a worker thread while the event loop goes on. If the caller is cancelled
-    meanwhile, the thread is waited for: it may be using a connection the caller's cleanup
-    is about to use too."""
-    future = asyncio.get_running_loop().run_in_executor(None, call)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        with suppress(Exception):
-            await future
-        raise
 
 
 def _interrupted(sender: Sender) -> str | None:

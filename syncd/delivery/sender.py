@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx
 
@@ -89,10 +90,7 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
 def reason_of(response: httpx.Response) -> str:
     """A short reason from the destination's answer, whatever shape the body has."""
     text = response.text.strip()
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body = _json(response)
     if isinstance(body, dict):
         for key in ("error", "message", "detail", "errors"):
             if key in body:
@@ -109,11 +107,15 @@ def reason_of(response: httpx.Response) -> str:
 
 def answer_of(response: httpx.Response) -> Answer:
     """The answer as a destination's probe reads it."""
+    return Answer(response.status_code, reason_of(response), _json(response))
+
+
+def _json(response: httpx.Response) -> Any:
+    """The answer's JSON body; None if it has none."""
     try:
-        body = response.json()
+        return response.json()
     except ValueError:
-        body = None
-    return Answer(response.status_code, reason_of(response), body)
+        return None
 
 
 # Exceptions raised after the request may have reached the destination.
@@ -196,13 +198,11 @@ class Sender:
             if self.on_latency is not None:
                 self.on_latency(time.monotonic() - started)
         verdict = self.classify(response.status_code)
+        body = _json(response)  # a refusal's too: it may say what was wrong
         if verdict is Verdict.ACK:
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
             return Result(verdict, attempt, response.status_code, body=body), 0.0
-        result = Result(verdict, attempt, response.status_code, redact(reason_of(response), self.secrets))
+        result = Result(verdict, attempt, response.status_code, redact(reason_of(response), self.secrets),
+                        body=body)
         if verdict is Verdict.STOP and not self.refused:
             self.stopped, self.refused = f"{self.name} refused the API key ({result.error})", True
         wait = self.policy.backoff(attempt)

@@ -6,9 +6,12 @@ flight before a request leaves, recorded after (the acknowledged value moves onl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Callable, Collection, Iterable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import TypeVar
 
 from sqlalchemy import Engine
@@ -16,11 +19,14 @@ from sqlalchemy import Engine
 from syncd.delivery.destinations import Destination
 from syncd.delivery.sender import Sender
 from syncd.delivery.wire import Request, Result, Verdict
+from syncd.errors import DestinationConflict
+from syncd.estimate import Workload
 from syncd.guards import GuardVerdict
 from syncd.model import Change, PairReport, Task, who
-from syncd.state.diff import WorkList
+from syncd.state.diff import DestinationWork, WorkList
 from syncd.state.remote_ids import learn_ids
 from syncd.state.sends import Outcome, mark_in_flight, record_outcomes
+from syncd.state.workload import count_work
 
 T = TypeVar("T")
 
@@ -34,6 +40,9 @@ class Pair:
     report: PairReport
     task: Task | None = None
     ready: bool = False  # set up at the destination: its changes may be sent
+    # Per value, changes bulk.py holds back for a fuller mass update, with their remote ids:
+    # taken from the list, not yet marked in flight.
+    held_back: dict[bool, list[tuple[Change, int]]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -52,13 +61,36 @@ class Session:
         self.name, self.snapshot_at = destination.name, snapshot_at
         self.pairs: dict[str, Pair] = {}
         self.calls = 0  # calls sent (each carries one or more changes; a mass update many)
+        self.calls_task: Task | None = None  # the destination's calls, for the ETA
         self.learned: dict[str, int] = {}  # subject -> the destination's id, not yet stored
+        # Per audience, how often its setup (User.com's attribute) was checked again this run
+        # (bulk.py), one check at a time: chunks refused together trigger one check.
+        self.rechecks: dict[str, int] = {}
+        self.recheck_lock = asyncio.Lock()
+        # Audiences whose setup conflicts with the destination's (an attribute of another
+        # type): nothing of theirs is sent; each run checks again, and the alerts tell.
+        self.conflicts: dict[str, DestinationConflict] = {}
 
     async def call(self, request: Request) -> Result:
         """One request through the sender, counted as a call if it left."""
         result = await self.sender.call(request)
-        self.calls += result.attempts > 0
+        if result.attempts:
+            self.calls += 1
+            if self.calls_task is not None:
+                self.calls_task.advance()
         return result
+
+    async def workload(self, work: DestinationWork, held: Collection[str],
+                       audiences: Collection[str] | None = None) -> Workload:
+        """The destination's work lists counted the ways its calls group them (in a thread: at
+        an initial send they are as large as the audiences); `held`: audiences whose exits a
+        guard holds; `audiences`: only these."""
+        count = partial(count_work, destination=self.name, held=held, audiences=audiences)
+        return await in_thread(partial(work.on_connection, count))
+
+    def ready(self) -> list[str]:
+        """The audiences set up at the destination (their changes may be sent)."""
+        return [key for key, pair in self.pairs.items() if pair.ready]
 
     def mark(self, key: str, changes: Sequence[Change]) -> None:
         mark_in_flight(self.engine, key, self.name, changes)
@@ -107,3 +139,16 @@ def _tally(pair: PairReport, outcomes: Sequence[Outcome]) -> None:
         pair.failed += outcome.rejected
         if not outcome.acked and outcome.error and pair.message is None:
             pair.message = f"{who(outcome.subject)}: {outcome.error}" if outcome.rejected else outcome.error
+
+
+async def in_thread(call: Callable[[], T]) -> T:
+    """`call()` in a worker thread while the event loop goes on (other destinations' requests
+    are answered meanwhile). If the caller is cancelled meanwhile, the thread is waited for:
+    it may be using a connection the caller's cleanup is about to use too."""
+    future = asyncio.get_running_loop().run_in_executor(None, call)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with suppress(Exception):
+            await future
+        raise

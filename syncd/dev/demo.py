@@ -1,9 +1,10 @@
 """`make demo`: the real pipeline, end to end, with no accounts.
 
 Seeds a sample shop database, starts the local stand-ins of Nat and User.com that
-ship with syncd, runs `syncd run-once` (the real command) for the full initial
-send, changes the shop data, runs it again for the increment, and shows what each
-destination received and holds.
+ship with syncd (User.com already holding most of the customers, as a team's CRM does),
+runs `syncd run-once` (the real command) for the full initial send, changes the shop
+data, runs it again for the increment, and shows what each destination received and
+holds.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy.engine import make_url
 from syncd.config import Config, load_config
 from syncd.dev.standins import DEFAULT_KEYS, KEY_ENV, NatStandIn, PortTaken, UserComStandIn, listen
 from syncd.errors import ConfigError
+from syncd.render import plural
 
 DEMO_KEYS = {KEY_ENV[name]: DEFAULT_KEYS[name] for name in ("nat", "usercom")}
 
@@ -47,6 +49,7 @@ def main() -> int:
         return 1
     _reset(config, shop)
     with nat, usercom:
+        _seed_crm(usercom)
         print("== 1. initial full send ==", flush=True)
         first = _run_once(config_path, env)
         _show(nat, usercom)
@@ -116,6 +119,13 @@ def _reset(config: Config, shop: Path) -> None:
     print(f"seeded {shop} with 40 customers; state reset")
 
 
+def _seed_crm(usercom: UserComStandIn) -> None:
+    """Most customers exist in User.com before syncd ever runs (created by its own tracking)."""
+    existing = [f"u_{n:03d}" for n in range(1, 41) if n % 4]
+    usercom.seed_users(existing)
+    print(f"User.com already holds {len(existing)} of them (its CRM, before syncd ever ran)")
+
+
 def _change_shop(shop: Path) -> None:
     now = datetime.now(UTC)
     with sqlite3.connect(shop) as db:
@@ -141,11 +151,14 @@ def _show(nat: NatStandIn, usercom: UserComStandIn) -> None:
     if nat_calls:
         sample = nat_calls[0]
         print(f"     e.g. {sample['traits']}  (messageId {sample['messageId']})")
-    accepted = usercom.accepted()
-    created = [a for a in accepted if "value_type" in a]  # POST attributes/, not a change
-    print(f"   User.com accepted {len(accepted)} requests: syncd's {len(accepted) - len(created)} calls "
-          f"carrying changes and the {len(created)} boolean attributes it created before an "
-          f"audience's first change; it now holds {len(usercom.users())} users")
+    calls = usercom.calls()
+    sent = calls["listing"] + calls["mass_update"] + calls["update_or_create"]
+    print(f"   User.com got {sent + calls['attributes']} requests: syncd's {sent} calls (the run "
+          f"summary's: {plural(calls['listing'], 'page')} listing the users it already had, "
+          f"{plural(calls['mass_update'], 'mass update')} for them, {calls['update_or_create']} "
+          f"update_or_create for new users and members whose extra columns need a call of their own) "
+          f"and {calls['attributes']} to list and create the boolean attributes; it now holds "
+          f"{len(usercom.users())} users")
     for attribute in usercom.attributes():
         print(f"     attribute {attribute['name_std']} ({attribute['value_type']})")
 

@@ -9,6 +9,9 @@ Conditions, and the events they raise (the same event with severity "resolved" w
     exits_held        per (audience, dest) the mass-exit guard holds exits  warning
     backlog_stale     per (audience, dest) the oldest pending change is
                                            older than `pending_older_than`  warning
+    attribute_conflict per (audience, dest) the destination holds the
+                                           audience's attribute with another
+                                           type: nothing of it is sent      critical
 
 The state database remembers, per condition, what the webhook last acknowledged (table
 alert_state), so a restart does not alert again. A change of state is sent by the one
@@ -49,10 +52,12 @@ log = logging.getLogger("syncd")
 ALERT_TIME_LIMIT = 5.0  # seconds all webhook calls of one evaluation may take together
 RESOLVED = "resolved"
 SEVERITY = {"key_refused": "critical", "query_failed": "critical", "runs_undelivered": "critical",
-            "exits_held": "warning", "backlog_stale": "warning", "test": "info"}
+            "exits_held": "warning", "backlog_stale": "warning", "attribute_conflict": "critical",
+            "test": "info"}
 TITLE = {"key_refused": "API key refused", "query_failed": "audience query failed",
          "runs_undelivered": "runs ending undelivered", "exits_held": "exits held by the guard",
-         "backlog_stale": "changes waiting too long", "test": "test message"}
+         "backlog_stale": "changes waiting too long", "attribute_conflict": "attribute of another type",
+         "test": "test message"}
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ def conditions(config: Config, engine: Engine, report: RunReport, reading: Readi
     """Every condition this run can tell the state of (one it cannot judge is left out)."""
     assert config.alerts is not None
     after = config.alerts.after_failed_runs
-    return [*_query_failures(report), *_refused_keys(report), *_held_exits(report),
+    return [*_query_failures(report), *_refused_keys(report), *_held_exits(report), *_conflicts(report),
             *_stale_backlogs(reading, config.alerts.pending_older_than),
             _undelivered_runs(alert_state.delivery_outcomes(engine, after), after)]
 
@@ -138,6 +143,21 @@ def _held_exits(report: RunReport) -> Iterator[Condition]:
         elif pair.outcome in (PairOutcome.OK, PairOutcome.UNDELIVERED):  # the guard judged it and let it go
             yield Condition("exits_held", pair.audience_key, pair.destination, False,
                             f"exits of {pair.audience_key} to {pair.destination} are no longer held")
+
+
+def _conflicts(report: RunReport) -> Iterator[Condition]:
+    """A pair whose setup conflicts with the destination's (User.com: the audience's attribute
+    exists with another type): it sends nothing until a person changes the destination."""
+    for pair in report.pairs:
+        key, name = pair.audience_key, pair.destination
+        conflict = report.conflicts.get((key, name))
+        if conflict is not None:
+            yield Condition("attribute_conflict", key, name, True,
+                            f"{conflict}. Changes of {key} to {name} wait (none is sent as another "
+                            "type); every run checks again.")
+        elif pair.outcome == PairOutcome.OK or pair.acknowledged:  # known to work again
+            yield Condition("attribute_conflict", key, name, False,
+                            f"{name} takes the changes of {key} again")
 
 
 def _stale_backlogs(reading: Reading, older_than: timedelta) -> Iterator[Condition]:

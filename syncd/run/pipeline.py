@@ -122,6 +122,7 @@ def _run(config: Config, options: Options, engine: Engine) -> RunReport:
     deadline = time.monotonic() + config.schedule.send_limit.total_seconds()
     delivered = asyncio.run(deliver_all(config, options, engine, snapshot_at, ready, deadline))
     report.pairs, report.calls, report.out_of_time = delivered.pairs, delivered.calls, delivered.out_of_time
+    report.conflicts = delivered.conflicts
     for audience in config.audiences:
         if audience.key in report.audience_errors:
             for name in audience.destinations:

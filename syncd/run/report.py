@@ -22,6 +22,9 @@ class RunReport:
     interrupted: bool = False
     out_of_time: bool = False  # sending stopped at [schedule] max_send_time with changes left
     calls: dict[str, int] = field(default_factory=dict)  # per destination: calls sent (one per user)
+    # (audience, destination) -> why the pair's setup conflicts with the destination's (an
+    # attribute of another type): it sends nothing until a person fixes it.
+    conflicts: dict[tuple[str, str], str] = field(default_factory=dict)
     # The state as read after the run, when the alerts judged it: the daemon's metrics show it too.
     reading: Reading | None = None
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Boolean,
@@ -46,6 +46,8 @@ from syncd.state.tables import (
     M,
     UTCDateTime,
 )
+
+T = TypeVar("T")
 
 
 def _is_member(audience_key: str | ColumnElement[str], members: Table = M) -> ColumnElement[bool]:
@@ -148,6 +150,12 @@ def _count_if(condition: ColumnElement[bool]) -> Any:
     return func.sum(case((condition, 1), else_=0))
 
 
+def pair_changes(audience_key: str, destination: str, needs_email: bool, members: Table = M) -> Any:
+    """The pair's diff as rows (subject, ident, value, sendable, failed, tried, pending_since):
+    one per change a run would make (state/workload.py counts them for `status`)."""
+    return _changes(audience_key, destination, needs_email, members)
+
+
 def plan_counts(conn: Connection, audience_key: str, destination: str, needs_email: bool,
                 members: Table = M) -> PlanCounts:
     """What a run would do for the pair now, counted without keeping the changes (status,
@@ -211,6 +219,13 @@ class DestinationWork:
                 self.conn.commit()  # a rollback would keep the table in a pooled PostgreSQL session
         finally:
             self.conn.close()
+
+    def on_connection(self, step: Callable[[Connection], T]) -> T:
+        """`step(conn)` on the lists' own connection (the work table is private to it), then
+        committed: a look at the lists, or a write that joins them (state/listing.py)."""
+        result = step(self.conn)
+        self.conn.commit()
+        return result
 
     def make(self, audience_key: str) -> WorkList:
         """The pair's list, made and committed (the run's biggest query: callers run it in a

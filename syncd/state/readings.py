@@ -7,13 +7,14 @@ rule are state/backlog.py's."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
-from syncd.config import Config
+from syncd.config import Config, DestinationConfig
 from syncd.model import PairOutcome
 from syncd.state.backlog import backlog
 from syncd.state.daemons import DaemonRecord, alive
@@ -28,6 +29,7 @@ from syncd.state.runs import (
     last_results,
     last_successes,
 )
+from syncd.state.workload import count_pair
 
 RECENT_RUNS = 20  # runs a reading keeps (the page's chart and table)
 
@@ -53,6 +55,10 @@ class PairReading:
     last_message: str | None = None  # why it was not `ok`
     held_exits: int = 0  # exits the guard held in that run
     running_acknowledged: int | None = None  # by the run in progress so far (None: no run going on)
+    # The backlog's sending time at the destination's rate limit, counted in calls (its
+    # class's estimate: mass updates, id listing, one call per user), not changes; None:
+    # nothing pending, or unpaced. A backlog longer than max_send_time spans several runs.
+    eta_seconds: int | None = None
 
     @property
     def last_run_duration_seconds(self) -> int | None:
@@ -113,7 +119,8 @@ def read(config: Config, engine: Engine) -> Reading:
     with engine.begin() as conn:
         last = {(r.audience_key, r.destination): r for r in last_results(conn)}
         going = in_progress(conn, at)
-        pairs = [_pair(key, name, counts, last.get((key, name)), acked_true_count(conn, key, name), at, going)
+        pairs = [_pair(key, name, counts, last.get((key, name)), acked_true_count(conn, key, name), at, going,
+                       _eta(conn, config.destinations[name], key, counts))
                  for key, name, counts in backlog(config, conn, at)]
         return Reading(at, pairs, recent_runs(conn, RECENT_RUNS), last_successes(conn),
                        _running(going, len(config.audiences), at), alive(conn, at))
@@ -127,14 +134,23 @@ def _running(going: InProgress | None, audiences: int, at: datetime) -> Running 
                    max(0, round((at - run.started_at).total_seconds())))
 
 
+def _eta(conn: Connection, dest: DestinationConfig, key: str, counts: PlanCounts) -> int | None:
+    """The pair's backlog in calls (as if its destination had no other work) at the rate limit."""
+    if not counts.entered + counts.left or not dest.rate_limit:
+        return None
+    calls = dest.kind(dest).estimate(count_pair(conn, key, dest.name, dest.needs_email)).calls
+    return math.ceil(calls / dest.rate_limit)
+
+
 def _pair(key: str, name: str, counts: PlanCounts, last: PairResult | None, acknowledged: int,
-          at: datetime, going: InProgress | None) -> PairReading:
+          at: datetime, going: InProgress | None, eta: int | None) -> PairReading:
     since = counts.oldest_pending
     pair = PairReading(
         key, name, counts.members, acknowledged, counts.changes, counts.failed, counts.skipped,
         oldest_pending_at=since,
         oldest_pending_age_seconds=max(0, round((at - since).total_seconds())) if since else None,
         running_acknowledged=going.acknowledged.get((key, name), 0) if going is not None else None,
+        eta_seconds=eta,
     )
     if last is None:
         return pair

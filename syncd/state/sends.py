@@ -13,6 +13,7 @@ from sqlalchemy import (
     Engine,
     and_,
     bindparam,
+    delete,
     exists,
     false,
     func,
@@ -178,3 +179,11 @@ def record_attribute(engine: Engine, destination: str, audience_key: str) -> Non
     with engine.begin() as conn:
         stmt = upsert(conn, ATTRIBUTE).on_conflict_do_nothing()
         conn.execute(stmt, {"destination": destination, "audience_key": audience_key, "ensured_at": now()})
+
+
+def forget_attribute(engine: Engine, destination: str, audience_key: str) -> None:
+    """The attribute is no longer as syncd made it (another type at User.com): every run
+    checks it again until a person fixes it."""
+    with engine.begin() as conn:
+        conn.execute(delete(ATTRIBUTE).where(ATTRIBUTE.c.destination == destination,
+                                             ATTRIBUTE.c.audience_key == audience_key))

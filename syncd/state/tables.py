@@ -152,14 +152,30 @@ class Attribute(SQLModel, table=True):
 
 class RemoteId(SQLModel, table=True):
     """A destination's own id for a user, learned from its answers (User.com's internal `id`
-    in the answer of users/update_or_create/): users with one can go in mass updates. Per
-    destination, not per audience: one User.com user holds every audience's attribute."""
+    in the answer of users/update_or_create/) or from a listing of its users: users with one
+    can go in mass updates. Per destination, not per audience: one User.com user holds every
+    audience's attribute. NULL: the user was not among the destination's users when a listing
+    last went through them all (at `learned_at`), so listing again would not find it."""
 
     __tablename__ = "remote_id"
     destination: str = Field(primary_key=True)
     subject: str = Field(primary_key=True)
-    remote_id: int = Field(sa_type=BigInteger)
+    remote_id: int | None = Field(default=None, sa_type=BigInteger, nullable=True)
     learned_at: datetime = Field(sa_column=_ts(nullable=False))
+
+
+class Listing(SQLModel, table=True):
+    """A destination's listing of its users (User.com's GET users/), which teaches the ids of
+    many users at once: how many users its last listing counted, and where a listing cut
+    short (a stop, max_send_time, a failure) goes on at the next run."""
+
+    __tablename__ = "listing"
+    destination: str = Field(primary_key=True)
+    users: int | None = None  # the destination's users, as the last first page counted them
+    listed: int = 0  # users the listing in progress has gone through
+    cursor: str | None = None  # where it goes on (the destination's own cursor); None: none in progress
+    started_at: datetime | None = Field(default=None, sa_column=_ts())
+    finished_at: datetime | None = Field(default=None, sa_column=_ts())  # the last complete listing
 
 
 class Lease(SQLModel, table=True):
@@ -229,6 +245,7 @@ RUN_AUDIENCE = RunAudience.__table__  # type: ignore[attr-defined]
 RUN_RESULT = RunResult.__table__  # type: ignore[attr-defined]
 ATTRIBUTE = Attribute.__table__  # type: ignore[attr-defined]
 REMOTE_ID = RemoteId.__table__  # type: ignore[attr-defined]
+LISTING = Listing.__table__  # type: ignore[attr-defined]
 LEASE = Lease.__table__  # type: ignore[attr-defined]
 APPROVAL = GuardApproval.__table__  # type: ignore[attr-defined]
 ALERT = AlertState.__table__  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ from syncd.model import RUN_TOTALS, RunOutcome, ScheduledOutcome
 from syncd.render import duration, maybe_iso, plural
 from syncd.render import table as render_table
 from syncd.run.operator import TargetedRun
-from syncd.run.plan import AudiencePlan, PairPlan, Plan
+from syncd.run.plan import AudiencePlan, DestinationPlan, PairPlan, Plan
 from syncd.run.report import RunReport
 from syncd.state.operator import FailureGroup, RunSummary
 
@@ -48,7 +48,20 @@ def check_args(config: Config, audience: str | None = None, destination: str | N
 
 def plan(result: Plan) -> Output:
     return Output({"snapshot_at": maybe_iso(result.snapshot_at),
-                   "audiences": [_plan_audience(a) for a in result.audiences]}, format_plan(result))
+                   "audiences": [_plan_audience(a) for a in result.audiences],
+                   "destinations": [_plan_destination(d) for d in result.destinations]}, format_plan(result))
+
+
+def _plan_destination(item: DestinationPlan) -> dict[str, Any]:
+    return {
+        "destination": item.destination,
+        "calls": item.estimate.calls,
+        "by_kind": dict(item.estimate.parts),  # id_listing, mass_updates, user_calls, ...
+        "rate_limit": item.rate_limit,
+        "send_seconds": item.send_seconds,  # None: unpaced
+        "runs": item.runs,  # runs of max_send_time the sending spans
+        "note": item.estimate.note,
+    }
 
 
 def _plan_audience(item: AudiencePlan) -> dict[str, Any]:
@@ -68,8 +81,9 @@ def _plan_pair(pair: PairPlan) -> dict[str, Any]:
         "skipped": pair.skipped,
         "samples": pair.samples,
         "sends": pair.sends,
+        "calls": pair.calls,  # as if the destination had no other audience
         "rate_limit": pair.rate_limit,
-        "send_seconds": pair.send_seconds,  # None: unpaced
+        "send_seconds": pair.send_seconds,  # the calls' time; None: unpaced
         "guard": {**pair.guard.as_dict(), "message": pair.guard_message},
     }
 
@@ -94,15 +108,35 @@ def format_plan(result: Plan) -> str:
                                  + (", …" if count > len(pair.samples[kind]) else ""))
             if pair.guard.held:
                 lines.append(f"    HELD: {pair.guard_message}")
+    if result.destinations:
+        lines.append("calls per destination (a rate limit counts calls, not changes):")
+    for dest in result.destinations:
+        lines.append(f"  {dest.destination}: {_calls_time(dest)}")
+        if dest.estimate.note and dest.estimate.calls:
+            lines.append(f"    {dest.estimate.note}")
     return "\n".join(lines)
 
 
 def _send_time(pair: PairPlan) -> str:
     if not pair.sends:
         return "nothing to send"
+    calls = f" in {pair.calls} calls" if pair.calls != pair.sends else ""
     if pair.send_seconds is None:
-        return f"{pair.sends} sends, unpaced (no rate_limit)"
-    return f"{pair.sends} sends, about {_hms(pair.send_seconds)} at {pair.rate_limit:g}/s"
+        return f"{pair.sends} sends{calls}, unpaced (no rate_limit)"
+    return f"{pair.sends} sends{calls}, about {_hms(pair.send_seconds)} at {pair.rate_limit:g}/s"
+
+
+def _calls_time(item: DestinationPlan) -> str:
+    """'530 calls (15 id listing, ...), about 53s at 10/s', and the runs it spans."""
+    if not item.estimate.calls:
+        return "nothing to send"
+    if item.send_seconds is None:
+        return f"{item.estimate.described()}, unpaced (no rate_limit)"
+    text = f"{item.estimate.described()}, about {_hms(item.send_seconds)} at {item.rate_limit:g}/s"
+    if item.runs > 1:
+        text += (f": longer than a run sends ([schedule] max_send_time {_hms(item.send_limit)}), "
+                 f"so about {item.runs} runs")
+    return text
 
 
 def _hms(seconds: float) -> str:

@@ -33,6 +33,7 @@ def _row(pair: PairReading, reading: Reading) -> dict[str, Any]:
         "skipped": pair.skipped,
         "oldest_pending_at": maybe_iso(pair.oldest_pending_at),
         "oldest_pending_age_seconds": pair.oldest_pending_age_seconds,
+        "eta_seconds": pair.eta_seconds,  # the backlog's calls at the rate limit
         "last_run_id": pair.last_run_id,
         "last_run_at": maybe_iso(pair.last_run_started_at),  # its start, as `history` shows it
         "last_run_duration_seconds": pair.last_run_duration_seconds,
@@ -55,12 +56,13 @@ def _age(seconds: int) -> str:
     return duration(seconds, most=2)
 
 
-# (column, row field, how to show it): the backlog shows as its age, the JSON has both.
+# (column, row field, how to show it): the backlog shows as its age and its sending time
+# (counted in calls at the rate limit), the JSON has both.
 _COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("audience", "audience", str), ("destination", "destination", str), ("members", "members", str),
     ("acknowledged", "acknowledged", str), ("pending", "pending", str),
-    ("oldest_pending", "oldest_pending_age_seconds", _age), ("skipped", "skipped", str),
-    ("failed", "failed", str), ("last_run", "last_run_at", str),
+    ("oldest_pending", "oldest_pending_age_seconds", _age), ("eta", "eta_seconds", _age),
+    ("skipped", "skipped", str), ("failed", "failed", str), ("last_run", "last_run_at", str),
     ("duration", "last_run_duration_seconds", _age), ("last_outcome", "last_outcome", str),
 )
 

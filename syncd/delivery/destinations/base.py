@@ -23,6 +23,11 @@ Class attributes (what the type is; read by the config before anything is sent):
                   them (the config takes the union over types)
     key_limit     the longest audience key it can store (User.com: 32, its attribute
                   names); None: only syncd's own limit (64)
+    bulk_paths    the ways it takes many changes in one call, each a module of delivery/:
+                  "mass_updates" (bulk.py: `remote_id()`, `mass_update()`, a `bulk_size`
+                  setting) and "listing" (listing.py: learning many ids at once from
+                  `list_users()` and `listed()`, so that mass updates reach users never sent
+                  before); none by default: one call per user (calls.py)
 
 Methods (what it does; `self.config` is its DestinationConfig, the key resolved):
 
@@ -34,13 +39,30 @@ Methods (what it does; `self.config` is its DestinationConfig, the key resolved)
     probe(call)               `check --connect`: read-only requests only (never an
                               Identify); `call(Request)` returns an Answer and raises if the
                               destination cannot be reached (check reports that itself)
-    prepare(sender, key)      async; anything needed before an audience's first change
-                              (User.com: the boolean attribute); raise DestinationError
-                              to leave the pair undelivered this run
+    prepare(sender, key)      async; anything needed before an audience's changes go out
+                              (User.com: the boolean attribute): before its first, then
+                              again in every run that sends calls of users' own (not only
+                              mass updates) and after a conflict; raise DestinationError to
+                              leave the pair undelivered this run, DestinationConflict when
+                              a person must change the destination first (alerted, checked
+                              every run until then). The instance lives for one run: it
+                              may keep what it learned for the other audiences
+    check_again(sender, key)  after a change was refused for that setup (bulk.py): look
+                              again, not from what the run knows; prepare() by default
+    estimate(workload)        the calls its changes will take (syncd/estimate.py: Workload
+                              counts the work, CallEstimate the calls by kind): `plan`, the
+                              progress ETA and `status` show it; one call per user by default
     remote_id(answer)         bulk paths: its own id for the user, from the JSON answer to
     mass_update(key, v, ids)  `request()`; one Request setting an audience's value for
                               users known by those ids (chunks of `bulk_size`). A type
                               without mass updates leaves both alone.
+    blames_attribute(body)    a refused mass update's answer blames the audience's attribute
+                              (missing, or of another type), not the users: `prepare()` runs
+                              again (it re-creates a missing one) and the chunk is resent
+    list_users(cursor)        listing: the Request for one page of its users (cursor None: the
+    listed(body)              first page), and what a page's JSON answer says (`Listed`:
+                              its users, their ids by custom id, where the next page is);
+                              ValueError if it is no such page
     secrets()                 every form of the key an answer could echo (redacted)
 
 A problem that leaves a pair undelivered for this run is a DestinationError; every answer
@@ -50,12 +72,13 @@ goes through the sender (pacing, retries, Retry-After), so a type never sleeps o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from syncd.config import DestinationConfig, Setting
 from syncd.delivery import wire
 from syncd.delivery.wire import Answer, Probe, Request, Verdict
+from syncd.estimate import CallEstimate, Workload, one_per_user
 
 if TYPE_CHECKING:
     from syncd.delivery.sender import Sender
@@ -63,6 +86,15 @@ if TYPE_CHECKING:
 # What every Identify carries or a query names as the user: no destination lets a trait
 # overwrite them.
 IDENTITY_FIELDS = frozenset({"email", "user_id", "userId", "anonymous_id", "anonymousId", "url"})
+
+
+class Listed(NamedTuple):
+    """One page of a destination's users, as `Destination.listed` reads it."""
+
+    total: int  # the destination's users, all pages together
+    users: int  # on this page
+    ids: Mapping[str, int]  # custom id -> the destination's id (users without a custom id left out)
+    cursor: str | None  # where the next page is (for `list_users`); None: this was the last
 
 
 class Destination(ABC):
@@ -77,6 +109,8 @@ class Destination(ABC):
     needs_email: ClassVar[bool] = False
     reserved: ClassVar[frozenset[str]] = IDENTITY_FIELDS
     key_limit: ClassVar[int | None] = None
+    bulk_paths: ClassVar[frozenset[str]] = frozenset()
+    listing_page_size: ClassVar[int] = 100  # users per page of `list_users`
 
     def __init__(self, config: DestinationConfig) -> None:
         self.config = config
@@ -108,7 +142,11 @@ class Destination(ABC):
                            "call to check the key")
 
     async def prepare(self, sender: Sender, audience_key: str) -> None:  # noqa: B027
-        """Anything the destination needs before an audience's first change."""
+        """Anything the destination needs before an audience's changes go out."""
+
+    async def check_again(self, sender: Sender, audience_key: str) -> None:
+        """After a change was refused for what `prepare()` set up: look again, afresh."""
+        await self.prepare(sender, audience_key)
 
     @property
     def bulk_size(self) -> int | None:
@@ -123,3 +161,19 @@ class Destination(ABC):
     def mass_update(self, audience_key: str, value: bool, ids: Sequence[int]) -> Request:
         """One request setting the audience's value for users known by their `remote_id`s."""
         raise NotImplementedError(f"{self.integration} has no mass updates")
+
+    def blames_attribute(self, body: Any) -> bool:
+        """Whether a refused mass update's answer blames the audience's attribute, not the users."""
+        return False
+
+    def list_users(self, cursor: str | None) -> Request:
+        """One page of the destination's users: the first (cursor None) or the one `cursor` names."""
+        raise NotImplementedError(f"{self.integration} does not list its users")
+
+    def listed(self, body: Any) -> Listed:
+        """What one page of the listing says; ValueError if the answer is no such page."""
+        raise NotImplementedError(f"{self.integration} does not list its users")
+
+    def estimate(self, work: Workload) -> CallEstimate:
+        """The calls `work` will take: one per user (every user's changes in one call)."""
+        return one_per_user(work)

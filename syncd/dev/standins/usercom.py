@@ -73,7 +73,10 @@ class UserComStandIn(StandIn):
             self._users: dict[str, dict[str, Any]] = {}  # by custom id (else email, else "#id")
             self._by_id: dict[int, dict[str, Any]] = {}
             self._ids: list[int] = []  # sorted: the listing's order
-            self._next_id = self._next_attribute_id = 1
+            # Ids are never reused, not even after a reset: as in a real database, an id a
+            # client learned before never names another user.
+            self._next_id = getattr(self, "_next_id", 1)
+            self._next_attribute_id = getattr(self, "_next_attribute_id", 1)
 
     # -- what User.com holds, and changing it as its dashboard would ------------------------
 
