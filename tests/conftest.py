@@ -30,11 +30,13 @@ from syncd.run.report import RunReport
 
 NAT_KEY = "nat-test-key-SECRET-1f2e3d"
 USERCOM_KEY = "usercom-test-key-SECRET-9a8b7c"
-KEYS_ENV = {"NAT_API_KEY": NAT_KEY, "USERCOM_API_KEY": USERCOM_KEY}
+SEGMENT_KEY = "segment-test-key-SECRET-4c5d6e"
+KEYS_ENV = {"NAT_API_KEY": NAT_KEY, "USERCOM_API_KEY": USERCOM_KEY, "SEGMENT_WRITE_KEY": SEGMENT_KEY}
 # The secret part of the test alert webhook's URL (like a Slack webhook's path).
 HOOK_SECRET = "hook-SECRET-T0D1E2"
 # Every form in which a key could leak: as configured, and as sent in the Authorization header.
-SECRETS = (NAT_KEY, USERCOM_KEY, base64.b64encode(f"{NAT_KEY}:".encode()).decode(), HOOK_SECRET)
+SECRETS = (NAT_KEY, USERCOM_KEY, SEGMENT_KEY, HOOK_SECRET,
+           *(base64.b64encode(f"{key}:".encode()).decode() for key in (NAT_KEY, SEGMENT_KEY)))
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, set_aside_after=3)
 POSTGRES_URL = os.environ.get("SYNCD_TEST_POSTGRES_URL")
 MYSQL_URL = os.environ.get("SYNCD_TEST_MYSQL_URL")

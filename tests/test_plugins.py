@@ -177,7 +177,8 @@ def test_a_destination_is_one_module_and_its_pyproject(site: Path, tmp_path: Pat
      "parts, priority, rate_limit, timeout, type, url)"),
     ('type = "hook"\nurl = "http://127.0.0.1:9/hook"\n', "hook_id",
      "'hook_id' is a field syncd sends itself (reserved)"),
-    ('type = "nope"\n', "buyers", "destinations.hooks.type: unknown type 'nope' (known: nat, usercom, hook)"),
+    ('type = "nope"\n', "buyers",
+     "destinations.hooks.type: unknown type 'nope' (known: nat, usercom, segment, hook)"),
 ])
 def test_the_config_checks_an_installed_type_s_own_keys_through_its_class(
     site: Path, tmp_path: Path, shop: Shop, destination: str, key: str, problem: str
@@ -193,7 +194,7 @@ def test_a_type_not_installed_is_unknown_and_a_broken_one_is_named(tmp_path: Pat
     result = run_cli("check", "--config", str(path), cwd=tmp_path)  # the package is not on the path
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"syncd: {path}: destinations.hooks.type: unknown type 'hook' (known: nat, usercom)"]
+        f"syncd: {path}: destinations.hooks.type: unknown type 'hook' (known: nat, usercom, segment)"]
 
     broken = _install(tmp_path, "broken", {"pyproject.toml": BROKEN_PYPROJECT,
                                            "syncd_broken.py": BROKEN_MODULE})

@@ -28,6 +28,7 @@ GROUP = "syncd.destinations"
 BUILT_IN = {
     "nat": "syncd.delivery.destinations.nat:Nat",
     "usercom": "syncd.delivery.destinations.usercom:UserCom",
+    "segment": "syncd.delivery.destinations.segment:Segment",
 }
 BASE = "syncd.delivery.destinations.base:Destination"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from syncd.delivery.session import Pair, Session, by_audience, outcome_of
 from syncd.identify import MAX_MESSAGE_BYTES, identify, size_of
@@ -29,17 +30,21 @@ class Call:
 
 
 async def send_page(session: Session, pair: Pair, page: Sequence[Change]) -> None:
+    """The page's changes as calls, each change's outcome recorded for its own pair."""
+    answers = await asyncio.gather(*(send(session, call) for call in calls_of(session, pair, page)))
+    for key, outcomes in by_audience(o for answer in answers for o in answer).items():
+        session.record(key, outcomes)
+
+
+def calls_of(session: Session, pair: Pair, page: Sequence[Change]) -> list[Call]:
     """The page's changes as calls, each with its riders from the other ready audiences (not
-    the exits a guard holds). Every change carried is marked in flight before, and its outcome
-    recorded after, for its own pair."""
+    the exits a guard holds), every change carried marked in flight (before anything leaves)."""
     held = [key for key, other in session.pairs.items() if other.guard.held]
     ready = [key for key, other in session.pairs.items() if other.ready]
     calls = grouped(pair.key, page, pair.work.riders(page, ready, enters_only=held))
     for key, changes in by_audience(c for call in calls for c in call.carried()).items():
         session.mark(key, changes)
-    answers = await asyncio.gather(*(send(session, call) for call in calls))
-    for key, outcomes in by_audience(o for answer in answers for o in answer).items():
-        session.record(key, outcomes)
+    return calls
 
 
 def grouped(key: str, page: Sequence[Change], riders: Sequence[tuple[str, Change]]) -> list[Call]:
@@ -61,8 +66,7 @@ async def send(session: Session, call: Call) -> list[tuple[str, Outcome]]:
 
 async def _send(session: Session, call: Call) -> list[tuple[str, Outcome]]:
     destination, change = session.destination, call.change
-    message = identify(change, call.key, session.name, destination.integration, session.snapshot_at,
-                       call.riders)
+    message = identify_of(session, call)
     size = size_of(message)
     if size > MAX_MESSAGE_BYTES:
         error = f"message is {size} bytes, over the 32 KB limit: not sent"
@@ -71,3 +75,9 @@ async def _send(session: Session, call: Call) -> list[tuple[str, Outcome]]:
     result = await session.call(destination.request(message, call.key))
     session.learn(change.subject, result)
     return [(key, outcome_of(c, result)) for key, c in call.carried()]
+
+
+def identify_of(session: Session, call: Call) -> dict[str, Any]:
+    """The call's Identify (SPEC 4), all its changes in one."""
+    return identify(call.change, call.key, session.name, session.destination.integration,
+                    session.snapshot_at, call.riders)

@@ -2,8 +2,8 @@
 destination), page by page through each pair's work list, with the guards and the send time
 limit. Before the pages, a destination that lists its users learns their ids in bulk where that
 pays (listing.py). A page goes first to the destination's bulk paths (bulk.py: mass updates),
-then as grouped calls (calls.py); each job is a module, sharing the destination's Session, and
-the class's `bulk_paths` say which a destination has.
+then as grouped calls (calls.py), or all of it in batches (batches.py); each job is a module,
+sharing the destination's Session, and the class's `bulk_paths` say which a destination has.
 
 Up to PAIRS_AT_ONCE audiences of a destination send at the same time, sharing its pace and
 concurrency, so a big initial send does not hold up the other audiences' increments.
@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 
 from syncd import guards
 from syncd.config import AudienceConfig, Config, DestinationConfig
-from syncd.delivery import bulk, calls, listing
+from syncd.delivery import batches, bulk, calls, listing
 from syncd.delivery.destinations import Destination, make_destination
 from syncd.delivery.options import DeliveryOptions
 from syncd.delivery.sender import Sender
@@ -191,11 +191,11 @@ class DestinationDelivery:
         but every pair sends its first page in every run: audiences waiting for a turn
         behind long initial sends still move, and so does a run whose snapshots took longer
         than the limit."""
-        first = True
+        first, size = True, self._page_size()
         for value in (True, False) if not pair.guard.held else (True,):
             after: tuple[str, str] | str = ""
             while not self.sender.interrupted():
-                page = pair.work.page(value, after, PAGE_SIZE)
+                page = pair.work.page(value, after, size)
                 if not page or (not first and self._out_of_time()):
                     break
                 first = False
@@ -204,8 +204,19 @@ class DestinationDelivery:
             if "mass_updates" in self.session.destination.bulk_paths:
                 await bulk.flush(self.session, pair, value)  # a chunk held back for a fuller one
 
+    def _page_size(self) -> int:
+        """A page fills the destination's calls in flight: with batches, one batch each."""
+        destination = self.session.destination
+        if "batches" in destination.bulk_paths:
+            return max(PAGE_SIZE, destination.batch_size * self.sender.concurrency)
+        return PAGE_SIZE
+
     async def _send_page(self, pair: Pair, value: bool, page: Sequence[Change]) -> None:
-        """Users the destination can update in bulk go by chunk first; the rest as calls."""
+        """Users the destination can update in bulk go by chunk first; the rest as calls
+        (or, at a destination with batches, as batches of the users' events)."""
+        if "batches" in self.session.destination.bulk_paths:
+            await batches.send_page(self.session, pair, page)
+            return
         rest = list(page)
         if "mass_updates" in self.session.destination.bulk_paths:
             rest = await bulk.send_in_bulk(self.session, pair, value, page)

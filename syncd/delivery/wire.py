@@ -44,6 +44,7 @@ class Request:
     method: str
     url: str
     body: dict[str, Any] | None = None
+    anonymous: bool = False  # sent without the Authorization header (a probe's refusal check)
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,10 @@ class _Unreachable(Exception):
 def _call(client: httpx.Client, request: Request) -> Answer:
     """One request of a probe; a destination that cannot be reached ends the probe."""
     try:
-        response = client.request(request.method, request.url, json=request.body)
+        built = client.build_request(request.method, request.url, json=request.body)
+        if request.anonymous:
+            built.headers.pop("Authorization", None)
+        response = client.send(built)
     except httpx.HTTPError as exc:
         raise _Unreachable(request.url, exc) from None
     return answer_of(response)

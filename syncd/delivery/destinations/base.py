@@ -27,7 +27,10 @@ Class attributes (what the type is; read by the config before anything is sent):
                   "mass_updates" (bulk.py: `remote_id()`, `mass_update()`, a `bulk_size`
                   setting) and "listing" (listing.py: learning many ids at once from
                   `list_users()` and `listed()`, so that mass updates reach users never sent
-                  before); none by default: one call per user (calls.py)
+                  before), "batches" (batches.py: many users' events per call, from
+                  `events()` and `batch()`, a `batch_size` setting, at most `max_call_bytes`
+                  per call and `max_event_bytes` per event); none by default: one call per
+                  user (calls.py)
 
 Methods (what it does; `self.config` is its DestinationConfig, the key resolved):
 
@@ -63,6 +66,11 @@ Methods (what it does; `self.config` is its DestinationConfig, the key resolved)
     listed(body)              first page), and what a page's JSON answer says (`Listed`:
                               its users, their ids by custom id, where the next page is);
                               ValueError if it is no such page
+    events(message, carried)  batches: the events of one user's call (message: its Identify;
+                              carried: its changes as (audience key, change)), each with the
+                              changes it carries; a change is acknowledged once all of its
+                              events are
+    batch(events, sent_at)    batches: the one Request carrying these events
     secrets()                 every form of the key an answer could echo (redacted)
 
 A problem that leaves a pair undelivered for this run is a DestinationError; every answer
@@ -71,6 +79,7 @@ goes through the sender (pacing, retries, Retry-After), so a type never sleeps o
 
 from __future__ import annotations
 
+import base64
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
@@ -79,6 +88,7 @@ from syncd.config import DestinationConfig, Setting
 from syncd.delivery import wire
 from syncd.delivery.wire import Answer, Probe, Request, Verdict
 from syncd.estimate import CallEstimate, Workload, one_per_user
+from syncd.model import Change
 
 if TYPE_CHECKING:
     from syncd.delivery.sender import Sender
@@ -86,6 +96,15 @@ if TYPE_CHECKING:
 # What every Identify carries or a query names as the user: no destination lets a trait
 # overwrite them.
 IDENTITY_FIELDS = frozenset({"email", "user_id", "userId", "anonymous_id", "anonymousId", "url"})
+
+
+# A batch event (its JSON object) and the changes it carries, as (audience key, change).
+Event = tuple[dict[str, Any], list[tuple[str, Change]]]
+
+
+def basic_auth(key: str) -> str:
+    """Segment's scheme (Nat's too): the key as the user name, no password."""
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
 
 
 class Listed(NamedTuple):
@@ -111,6 +130,8 @@ class Destination(ABC):
     key_limit: ClassVar[int | None] = None
     bulk_paths: ClassVar[frozenset[str]] = frozenset()
     listing_page_size: ClassVar[int] = 100  # users per page of `list_users`
+    max_call_bytes: ClassVar[int] = 500_000  # batches: the JSON of one call, at most
+    max_event_bytes: ClassVar[int] = 32 * 1024  # batches: the JSON of one event, at most
 
     def __init__(self, config: DestinationConfig) -> None:
         self.config = config
@@ -152,6 +173,19 @@ class Destination(ABC):
     def bulk_size(self) -> int | None:
         """Users per mass update; None: the type has none (it declares no `bulk_size`)."""
         return self.config.bulk_size
+
+    @property
+    def batch_size(self) -> int:
+        """Events per call, for a type with batches (its `batch_size` setting)."""
+        return int(self.config.settings.get("batch_size", 1))
+
+    def events(self, message: dict[str, Any], carried: Sequence[tuple[str, Change]]) -> list[Event]:
+        """The events of one user's call, each with the changes it carries."""
+        raise NotImplementedError(f"{self.integration} has no batches")
+
+    def batch(self, events: Sequence[dict[str, Any]], sent_at: str) -> Request:
+        """One call carrying `events`; `sent_at`: now (ISO 8601)."""
+        raise NotImplementedError(f"{self.integration} has no batches")
 
     def remote_id(self, answer: Any) -> int | None:
         """The destination's own id for the user, from its answer to `request()`; None where

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from syncd.config import Address
-from syncd.delivery.destinations.base import Destination
+from syncd.delivery.destinations.base import Destination, basic_auth
 from syncd.delivery.wire import Request
 
 
@@ -19,8 +18,7 @@ class Nat(Destination):
     needs_email = True  # Nat keeps contacts by email and refuses an Identify without traits.email
 
     def headers(self) -> dict[str, str]:
-        token = base64.b64encode(f"{self.config.resolved_key.reveal()}:".encode()).decode()
-        return {"Authorization": f"Basic {token}"}
+        return {"Authorization": basic_auth(self.config.resolved_key.reveal())}
 
     def request(self, message: dict[str, Any], audience_key: str) -> Request:
         page = message["context"].get("page")

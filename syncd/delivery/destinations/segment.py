@@ -1,0 +1,115 @@
+"""Any receiver of Segment's HTTP Tracking API (Segment itself, RudderStack, Customer.io Data
+Pipelines, Dittofeed, ...): events POSTed in batches to `endpoint` (`/v1/batch`), the write key
+as Basic auth user.
+
+Each user's call (the Identify of one or more audiences, grouped as for Nat) becomes events:
+the Identify, and with `events` including "track" Engage's `Audience Entered` / `Audience
+Exited` per audience change; delivery/batches.py packs them into calls of `batch_size` events,
+500 KB and 32 KB per event. Every event has its own deterministic messageId (the receivers
+deduplicate on it), the same on every resend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from syncd.config import Address, Choices, Number
+from syncd.delivery.destinations.base import IDENTITY_FIELDS, Destination, Event, basic_auth
+from syncd.delivery.wire import Answer, Probe, Request
+from syncd.estimate import CallEstimate, Workload
+from syncd.identify import computation_id
+from syncd.model import Change
+
+TRACK_NAMES = {True: "Audience Entered", False: "Audience Exited"}
+
+
+class Segment(Destination):
+    type = "segment"
+    integration = "Segment"
+    settings = (Address("endpoint"), Number("batch_size", int, 500, (1, 2500)),
+                Choices("events", ("identify", "track"), ("identify",)))
+    # Segment asks for under 1,000 requests/s; a call carries up to batch_size events.
+    rate_limit = 50.0
+    concurrency = 4
+    reserved = IDENTITY_FIELDS | {"audience_key"}  # audience_key: Engage's Track properties
+    bulk_paths = frozenset({"batches"})
+    # Segment's documented limits (max_call_bytes, max_event_bytes: the base's); receivers
+    # such as RudderStack's take more per call.
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": basic_auth(self.config.resolved_key.reveal())}
+
+    def request(self, message: dict[str, Any], audience_key: str) -> Request:
+        """One Identify alone (delivery sends batches: `batch()`)."""
+        return self.batch([self.identify_event(message)], message["timestamp"])
+
+    def batch(self, events: Sequence[dict[str, Any]], sent_at: str) -> Request:
+        """One call of events; `sent_at`: now, as Segment corrects the events' clock by it."""
+        return Request("POST", self.config.url, {"batch": list(events), "sentAt": sent_at})
+
+    def events(self, message: dict[str, Any], carried: Sequence[tuple[str, Change]]) -> list[Event]:
+        """The events of one user's call (`message`: its Identify, carrying the changes
+        `carried` as (audience key, change)), each with the changes it carries."""
+        events: list[Event] = []
+        if "identify" in self.config.settings["events"]:
+            events.append((self.identify_event(message), list(carried)))
+        if "track" in self.config.settings["events"]:
+            events += [(track_event(message, key, change.message_id(key, self.name)), [(key, change)])
+                       for key, change in carried]
+        return events
+
+    @staticmethod
+    def identify_event(message: dict[str, Any]) -> dict[str, Any]:
+        """The Identify without `integrations`: at Segment `{"All": false}` would keep the
+        event from every destination the workspace connects."""
+        return {k: v for k, v in message.items() if k != "integrations"}
+
+    def probe(self, call: Callable[[Request], Answer]) -> Probe:
+        """An empty batch without the write key: it carries no event, so nothing is sent; a
+        receiver that checks keys refuses it. The key itself cannot be checked without sending
+        an event (Segment takes any key and drops a bad key's events later)."""
+        answer = call(Request("POST", self.config.url, {"batch": []}, anonymous=True))
+        if answer.status in (401, 403):
+            return Probe(True, f"reachable; a call without the write key is refused as expected "
+                               f"(HTTP {answer.status}); the key itself is checked only by sending "
+                               "an event, which check never does")
+        if answer.status in (404, 405) or answer.status >= 500:
+            return Probe(False, f"a Segment batch call to {self.config.url} answered {answer.reason}: "
+                                "is endpoint the receiver's batch URL (…/v1/batch)?")
+        return Probe(True, f"reachable (HTTP {answer.status}); it took a call without a write key "
+                           "(Segment does, and drops such events later): the key itself is checked "
+                           "only by sending an event, which check never does")
+
+    def estimate(self, work: Workload) -> CallEstimate:
+        """Batches: each user's Identify and/or each change's Track, `batch_size` per call."""
+        chosen = self.config.settings["events"]
+        events = work.users * ("identify" in chosen) + work.changes * ("track" in chosen)
+        return CallEstimate((("batches", math.ceil(events / self.batch_size)),))
+
+
+def track_event(message: dict[str, Any], key: str, change_id: str) -> dict[str, Any]:
+    """Engage's Track form of one audience change carried by the user's Identify `message`;
+    its messageId from the change's own (`change_id`), whatever else the Identify carries."""
+    value = message["traits"][key]
+    context = {**message["context"],
+               "personas": {**message["context"]["personas"], "computation_key": key,
+                            "computation_id": computation_id(key)}}
+    email = message["traits"].get("email")
+    if email:
+        context["traits"] = {"email": email}
+    return {
+        "type": "track", "event": TRACK_NAMES[value],
+        "userId": message["userId"], "anonymousId": message["anonymousId"],
+        "messageId": track_message_id(change_id),
+        "timestamp": message["timestamp"],
+        "properties": {"audience_key": key, key: value},
+        "context": context,
+    }
+
+
+def track_message_id(change_id: str) -> str:
+    """Never the id of the change's Identify (which, alone, is the change's own id)."""
+    return "syncd-" + hashlib.sha256(f"track\x1f{change_id}".encode()).hexdigest()[:32]

@@ -1,0 +1,207 @@
+"""The Segment-compatible destination (issue 18) against the Segment stand-in over real HTTP:
+batches of Identify (and Track) events, each change acknowledged once every event carrying it
+is, a refused event narrowed down and failed alone, Segment's size limits, transient faults."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from syncd.dev.standins import Fault, SegmentStandIn
+from syncd.run.report import RunReport
+
+from conftest import SEGMENT_KEY, Env, audience_toml
+
+BUYERS = "SELECT id AS user_id, email FROM customers"
+PRO = "SELECT id AS user_id, email FROM customers WHERE plan = 'pro'"
+
+
+@pytest.fixture
+def segment() -> Iterator[SegmentStandIn]:
+    with SegmentStandIn(SEGMENT_KEY) as server:
+        yield server
+
+
+def cdp(segment: SegmentStandIn, batch_size: int = 500, events: str = '["identify"]') -> str:
+    return (f'\n[destinations.cdp]\ntype = "segment"\nendpoint = "{segment.endpoint}"\n'
+            f'api_key_env = "SEGMENT_WRITE_KEY"\ntimeout = "2s"\nbatch_size = {batch_size}\n'
+            f'events = {events}\n')
+
+
+def sync(env: Env, segment: SegmentStandIn, audiences: str | None = None, **settings: Any) -> RunReport:
+    audiences = audiences or audience_toml("Buyers", ["cdp"], query=BUYERS, key="buyers")
+    return env.run(env.config(extra=cdp(segment, **settings), audiences=audiences))
+
+
+def identifies(segment: SegmentStandIn) -> list[dict[str, Any]]:
+    return [e for e in segment.accepted() if e["type"] == "identify"]
+
+
+def test_first_sync_in_batches_then_only_changes(env: Env, segment: SegmentStandIn) -> None:
+    members = [f"u{i:04d}" for i in range(3000)]
+    env.shop.members(*members)
+    report = sync(env, segment)
+    assert report.delivered
+    calls = len(segment.sizes)
+    assert calls <= 7 and report.calls["cdp"] == calls
+    events = identifies(segment)
+    assert sorted(e["userId"] for e in events) == members  # every member once
+    assert all(e["traits"]["buyers"] is True and e["traits"]["email"] == f"{e['userId']}@example.com"
+               for e in events)
+    assert len({e["messageId"] for e in events}) == 3000
+    assert all("integrations" not in e and e["context"]["personas"]["computation_key"] == "buyers"
+               for e in events)
+
+    segment.reset()
+    env.shop.members(*members[5:], "n1", "n2")  # 5 leave, 2 enter
+    report = sync(env, segment)
+    assert report.delivered
+    assert {(e["userId"], e["traits"]["buyers"]) for e in identifies(segment)} == {
+        *((m, False) for m in members[:5]), ("n1", True), ("n2", True)}
+    assert len(segment.sizes) == 2  # the enters, then the leaves
+
+    segment.reset()
+    assert sync(env, segment).delivered
+    assert segment.requests == 0  # nothing changed: nothing sent
+
+
+def test_one_identify_per_user_and_a_track_per_audience_change(sqlite_env: Env,
+                                                               segment: SegmentStandIn) -> None:
+    env = sqlite_env
+    free = ("u2", "u2@example.com", "2026-11-20 10:00:00", None, None, "free")
+    env.shop.set(("u1", "u1@example.com"), free)
+    audiences = (audience_toml("Buyers", ["cdp"], query=BUYERS, key="buyers")
+                 + audience_toml("Pro buyers", ["cdp"], query=PRO, key="pro_buyers"))
+    assert sync(env, segment, audiences, events='["identify", "track"]').delivered
+    u1 = [e for e in segment.accepted() if e["userId"] == "u1"]
+    identify = [e for e in u1 if e["type"] == "identify"]
+    assert len(identify) == 1 and identify[0]["traits"] == {
+        "email": "u1@example.com", "buyers": True, "pro_buyers": True}
+    tracks = sorted((e for e in u1 if e["type"] == "track"), key=lambda e: e["properties"]["audience_key"])
+    assert [(e["event"], e["properties"]) for e in tracks] == [
+        ("Audience Entered", {"audience_key": "buyers", "buyers": True}),
+        ("Audience Entered", {"audience_key": "pro_buyers", "pro_buyers": True})]
+    assert [e["context"]["personas"]["computation_key"] for e in tracks] == ["buyers", "pro_buyers"]
+    ids = [e["messageId"] for e in segment.accepted()]
+    assert len(ids) == len(set(ids)) == 2 + 3  # u1: identify + 2 tracks; u2: identify + 1 track
+
+    segment.reset()
+    env.shop.set(free)  # u1 leaves both
+    assert sync(env, segment, audiences, events='["track"]').delivered
+    assert sorted((e["type"], e["event"], e["properties"]["audience_key"]) for e in segment.accepted()) == [
+        ("track", "Audience Exited", "buyers"), ("track", "Audience Exited", "pro_buyers")]
+
+
+def test_a_refused_event_fails_alone_in_few_calls(sqlite_env: Env, segment: SegmentStandIn) -> None:
+    env = sqlite_env
+    members = [f"u{i:03d}" for i in range(500)]
+    env.shop.members(*members)
+    segment.refuse(user_id="u123")
+    report = sync(env, segment)
+    assert not report.delivered
+    assert sorted(e["userId"] for e in identifies(segment)) == [m for m in members if m != "u123"]
+    assert segment.requests <= 1 + 2 * 9  # halving 500 events down to one: O(log batch)
+    [pair] = report.pairs
+    assert (pair.acknowledged, pair.failed) == (499, 1)
+    failures = env.cli("failures", "--config", "config.toml")
+    assert "u123" in failures.stdout and "refused by this receiver" in failures.stdout
+
+    segment.reset()
+    segment.refuse(user_id="u123")
+    assert not sync(env, segment).delivered  # retried next run, alone: one call
+    assert segment.requests == 1 and not segment.accepted()
+
+
+def test_an_event_over_32_kb_fails_alone_and_no_call_exceeds_500_kb(sqlite_env: Env,
+                                                                    segment: SegmentStandIn) -> None:
+    """A member whose Identify alone is over 32 KB is skipped at the snapshot (as for every
+    destination); one whose audiences' extra traits add up to more in one Identify fails alone."""
+    env = sqlite_env
+    env.shop.members(*(f"u{i:03d}" for i in range(300)))
+    with env.shop.connect() as db:
+        db.execute("ALTER TABLE customers ADD COLUMN notes TEXT")
+        db.execute("UPDATE customers SET notes = ?", ("y" * 3_000,))
+        db.execute("UPDATE customers SET notes = ? WHERE id = 'u007'", ("x" * 20_000,))
+        db.execute("UPDATE customers SET notes = ? WHERE id = 'u008'", ("x" * 40_000,))
+    audiences = "".join(audience_toml(key.upper(), ["cdp"], key=key,
+                                      query=f"SELECT id AS user_id, notes AS {key}_notes FROM customers")
+                        for key in ("a", "b"))
+    report = sync(env, segment, audiences)
+    assert [(p.acknowledged, p.failed) for p in report.pairs] == [(298, 1), (298, 1)]
+    assert [report.audiences[key].too_large for key in ("a", "b")] == [1, 1]
+    assert {"u007", "u008"}.isdisjoint(e["userId"] for e in segment.accepted())
+    assert all("u007" in (p.message or "") and "over the limit of 32768 bytes" in (p.message or "")
+               for p in report.pairs)
+    assert max(size for _, size in segment.sizes) <= 500_000
+    assert len(segment.sizes) >= 4  # 298 events of ~6 KB: at least 4 calls of 500 KB
+
+
+def test_429_and_5xx_bursts_converge_with_the_same_message_ids(sqlite_env: Env,
+                                                               segment: SegmentStandIn) -> None:
+    env = sqlite_env
+    env.shop.members(*(f"u{i:03d}" for i in range(200)))
+    segment.fail_next(1, Fault(429, retry_after="1"))
+    segment.fail_next(2, Fault(503))
+    report = sync(env, segment, batch_size=50)
+    assert report.delivered and segment.duplicates == 0
+    assert len(segment.deduplicated()) == 200
+
+    # A call applied but answered too late: resent next run with the same messageIds.
+    env.shop.members(*(f"u{i:03d}" for i in range(100)))
+    segment.fail_next(1, Fault(200, delay=3.0))
+    sync(env, segment, batch_size=50)
+    assert sync(env, segment, batch_size=50).delivered
+    exits = [e for e in identifies(segment) if e["traits"]["buyers"] is False]
+    assert len({e["messageId"] for e in exits}) == 100
+    assert all(len([x for x in exits if x["messageId"] == e["messageId"]]) <= 2 for e in exits)
+
+
+def test_a_revoked_key_stops_the_destination(sqlite_env: Env, segment: SegmentStandIn) -> None:
+    env = sqlite_env
+    env.shop.members("u1")
+    config = env.config(extra=cdp(segment), audiences=audience_toml("Buyers", ["cdp"], query=BUYERS),
+                        keys={"SEGMENT_WRITE_KEY": "not-the-key"})
+    report = env.run(config)
+    [pair] = report.pairs
+    assert pair.outcome == "stopped" and "refused the API key" in (pair.message or "")
+    assert segment.requests == 1
+
+
+def test_check_connect_sends_no_event(sqlite_env: Env, segment: SegmentStandIn) -> None:
+    env = sqlite_env
+    env.write_config(extra=cdp(segment), audiences=audience_toml("Buyers", ["cdp"], query=BUYERS))
+    result = env.cli("check", "--connect", "--json", "--config", "config.toml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [found] = [c for c in json.loads(result.stdout) if c.get("destination") == "cdp"]
+    assert found["ok"] and "refused as expected" in found["message"]
+    assert segment.requests == 1 and not segment.accepted()
+
+
+def test_plan_counts_batches(sqlite_env: Env, segment: SegmentStandIn) -> None:
+    env = sqlite_env
+    env.shop.members(*(f"u{i:04d}" for i in range(1200)))
+    env.write_config(extra=cdp(segment, batch_size=250, events='["identify", "track"]'),
+                     audiences=audience_toml("Buyers", ["cdp"], query=BUYERS))
+    result = env.cli("plan", "--json", "--config", "config.toml")
+    assert result.returncode == 0, result.stderr
+    [dest] = [d for d in json.loads(result.stdout)["destinations"] if d["destination"] == "cdp"]
+    # 1,200 Identify + 1,200 Track, 250 per call
+    assert (dest["calls"], dest["by_kind"]) == (10, {"batches": 10})
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("batch_size = 3000", "destinations.cdp.batch_size"),
+    ('events = ["page"]', "unknown value 'page'"),
+])
+def test_bad_settings_are_one_line(sqlite_env: Env, segment: SegmentStandIn, setting: str,
+                                   message: str) -> None:
+    env = sqlite_env
+    settings = cdp(segment).replace("batch_size = 500\n", "").replace('events = ["identify"]\n', "")
+    env.write_config(extra=settings + setting + "\n",
+                     audiences=audience_toml("Buyers", ["cdp"], query=BUYERS))
+    result = env.cli("check", "--config", "config.toml")
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
