@@ -34,6 +34,9 @@ DESTINATIONS = {
     "nat": DestinationConfig("nat", "nat", Secret("k"), None, 8, 10, {"endpoint": "https://nat.example/segment"}),
     "usercom": DestinationConfig("usercom", "usercom", Secret("k"), None, 8, 10,
                                  {"base_url": "https://app.user.com/api/public/"}),
+    "segment": DestinationConfig("segment", "segment", Secret("k"), None, 8, 10,
+                                 {"endpoint": "https://api.segment.io/v1/batch", "batch_size": 500,
+                                  "events": ("identify", "track")}),
 }
 
 
@@ -41,11 +44,15 @@ def wire(name: str, change: Change) -> dict[str, object]:
     destination = make_destination(DESTINATIONS[name])
     message = identify(change, KEY, name, destination.integration, AT)
     request = destination.request(message, KEY)
+    if "batches" in destination.bulk_paths:  # the user's events, as delivery batches them
+        events = [event for event, _ in destination.events(message, [(KEY, change)])]
+        request = destination.batch(events, iso_millis(AT))
     return {"method": request.method, "url": request.url, "body": request.body}
 
 
 CASES = [("nat", "enter", ENTER), ("nat", "leave", LEAVE),
-         ("usercom", "enter", ENTER), ("usercom", "leave", LEAVE), ("usercom", "anonymous", ANONYMOUS)]
+         ("usercom", "enter", ENTER), ("usercom", "leave", LEAVE), ("usercom", "anonymous", ANONYMOUS),
+         ("segment", "enter", ENTER), ("segment", "leave", LEAVE), ("segment", "anonymous", ANONYMOUS)]
 
 
 @pytest.mark.parametrize(("name", "case", "change"), CASES, ids=[f"{n}-{c}" for n, c, _ in CASES])

@@ -4,6 +4,7 @@ is, a refused event narrowed down and failed alone, Segment's size limits, trans
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -205,3 +206,14 @@ def test_bad_settings_are_one_line(sqlite_env: Env, segment: SegmentStandIn, set
     result = env.cli("check", "--config", "config.toml")
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_a_write_key_given_as_the_whole_header_value_is_sent_as_it_is(sqlite_env: Env,
+                                                                       segment: SegmentStandIn) -> None:
+    """Dittofeed shows its write key as the header value (`Basic …`)."""
+    env = sqlite_env
+    env.shop.members("u1")
+    header = "Basic " + base64.b64encode(f"{SEGMENT_KEY}:".encode()).decode()
+    config = env.config(extra=cdp(segment), audiences=audience_toml("Buyers", ["cdp"], query=BUYERS),
+                        keys={"SEGMENT_WRITE_KEY": header})
+    assert env.run(config).delivered and [e["userId"] for e in segment.accepted()] == ["u1"]

@@ -95,11 +95,11 @@ def test_the_shipped_config_points_at_the_standins_defaults() -> None:
     tracked = subprocess.run(["git", "ls-files", "--error-unmatch", str(path)], cwd=ROOT,
                              capture_output=True, check=False)
     assert tracked.returncode == 0, "examples/standins.toml is not tracked"
-    env = {KEY_ENV[name]: DEFAULT_KEYS[name] for name in ("nat", "usercom")}
+    env = {KEY_ENV[name]: DEFAULT_KEYS[name] for name in ("nat", "usercom", "segment")}
     config = load_config(path, env)
     demo = load_config(ROOT / "config.toml", env)
     assert {name: urlsplit(d.url).port for name, d in config.destinations.items()} == {
-        "nat": DEFAULT_PORTS["nat"], "usercom": DEFAULT_PORTS["usercom"]}
+        "nat": DEFAULT_PORTS["nat"], "usercom": DEFAULT_PORTS["usercom"], "cdp": DEFAULT_PORTS["segment"]}
     assert config.sources["shop"].url == demo.sources["shop"].url
     assert config.state_url != demo.state_url  # `make demo` resets its own state, not this one
     assert f"127.0.0.1:{DEFAULT_PORTS['segment']}/v1/batch" in path.read_text()
@@ -109,6 +109,7 @@ def test_the_demo_stops_before_touching_its_state_when_a_port_is_taken(tmp_path:
     config = (ROOT / "config.toml").read_text()
     config = config.replace("127.0.0.1:18081", f"127.0.0.1:{free_port()}")
     config = config.replace("127.0.0.1:18082", f"127.0.0.1:{taken}")
+    config = config.replace("127.0.0.1:18083", f"127.0.0.1:{free_port()}")
     (tmp_path / "config.toml").write_text(config)
     (tmp_path / "examples").mkdir()
     state, shop = tmp_path / "syncd-state.db", tmp_path / "examples" / "shop.db"
@@ -129,7 +130,7 @@ def test_the_demo_stops_before_touching_its_state_when_a_port_is_taken(tmp_path:
 def test_the_demo_runs_when_its_ports_are_free(tmp_path: Path) -> None:
     """The check lets a normal demo through (its output is the demo's, unchanged)."""
     config = (ROOT / "config.toml").read_text()
-    for port in ("18081", "18082"):
+    for port in ("18081", "18082", "18083"):
         config = config.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}")
     (tmp_path / "config.toml").write_text(config)
     done = subprocess.run([sys.executable, "-m", "syncd.dev.demo"], cwd=tmp_path, capture_output=True,
@@ -147,3 +148,6 @@ def test_the_demo_runs_when_its_ports_are_free(tmp_path: Path) -> None:
             "already had, 1 mass update for them, 30 update_or_create for new users and members whose "
             "extra columns need a call of their own) and 4 to list and create the boolean attributes"
             ) in done.stdout
+    # Segment's API: one Identify per user and one Track per audience entered, in batches.
+    assert "Segment's API accepted 80 events in 2 calls: 40 Identify" in done.stdout
+    assert "cdp: 2 audiences, 40 entered, 0 left, 40 changes in 2 calls" in done.stderr

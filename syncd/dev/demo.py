@@ -1,7 +1,7 @@
 """`make demo`: the real pipeline, end to end, with no accounts.
 
-Seeds a sample shop database, starts the local stand-ins of Nat and User.com that
-ship with syncd (User.com already holding most of the customers, as a team's CRM does),
+Seeds a sample shop database, starts the local stand-ins of Nat, User.com and Segment's HTTP
+API that ship with syncd (User.com already holding most of the customers, as a team's CRM does),
 runs `syncd run-once` (the real command) for the full initial send, changes the shop
 data, runs it again for the increment, and shows what each destination received and
 holds.
@@ -16,16 +16,28 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
 from syncd.config import Config, load_config
-from syncd.dev.standins import DEFAULT_KEYS, KEY_ENV, NatStandIn, PortTaken, UserComStandIn, listen
+from syncd.dev.standins import (
+    DEFAULT_KEYS,
+    KEY_ENV,
+    NatStandIn,
+    PortTaken,
+    SegmentStandIn,
+    StandIn,
+    UserComStandIn,
+    listen,
+)
 from syncd.errors import ConfigError
 from syncd.render import plural
 
-DEMO_KEYS = {KEY_ENV[name]: DEFAULT_KEYS[name] for name in ("nat", "usercom")}
+DEMO_KEYS = {KEY_ENV[name]: DEFAULT_KEYS[name] for name in ("nat", "usercom", "segment")}
+STAND_INS = ("nat", "usercom", "cdp")  # the destinations the demo's stand-ins are
+S = TypeVar("S", bound=StandIn)
 
 
 def main() -> int:
@@ -36,33 +48,35 @@ def main() -> int:
     except ConfigError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
-    nat_cfg, usercom_cfg = config.destinations["nat"], config.destinations["usercom"]
-    if not all(urlsplit(d.url).hostname == "127.0.0.1" for d in (nat_cfg, usercom_cfg)):
+    urls = {name: config.destinations[name].url for name in STAND_INS if name in config.destinations}
+    if set(urls) != set(STAND_INS) or any(urlsplit(url).hostname != "127.0.0.1" for url in urls.values()):
         print(f"demo: {config_path} no longer points at the local stand-ins; the demo only "
               "runs against them (it resets the state database)", file=sys.stderr)
         return 2
     shop = _sqlite_path(config.sources["shop"].url)
     try:  # the ports first: a taken one stops the demo before it touches the existing state
-        nat, usercom = _stand_ins(env, nat_cfg.url, usercom_cfg.url)
+        nat, usercom, segment = _stand_ins(env, urls)
     except PortTaken as exc:
         print(f"demo: {exc}; stop what listens there or change the port in {config_path}", file=sys.stderr)
         return 1
     _reset(config, shop)
-    with nat, usercom:
+    with nat, usercom, segment:
         _seed_crm(usercom)
         print("== 1. initial full send ==", flush=True)
         first = _run_once(config_path, env)
         _show(nat, usercom)
+        _show_segment(segment)
         print("\n== 2. shop data changed: 3 new orders, 2 customers' last order now 40 days old ==",
               flush=True)
         _change_shop(shop)
-        before_nat, before_usercom = len(nat.accepted()), len(usercom.accepted())
+        before = [len(server.accepted()) for server in (nat, usercom, segment)]
         second = _run_once(config_path, env)
-        _show_increment(nat, usercom, before_nat, before_usercom)
+        _show_increment(nat, usercom, segment, before)
         print("\n== 3. nothing changed: a no-op run ==", flush=True)
-        before = len(nat.accepted()) + len(usercom.accepted())
+        before = [server.requests for server in (nat, usercom, segment)]
         third = _run_once(config_path, env)
-        print(f"   requests accepted in this run: {len(nat.accepted()) + len(usercom.accepted()) - before}")
+        done = sum(server.requests for server in (nat, usercom, segment)) - sum(before)
+        print(f"   requests in this run: {done}")
         print("\n== syncd status ==", flush=True)
         subprocess.run([sys.executable, "-m", "syncd", "status", "--config", str(config_path)],
                        env=env, check=False)
@@ -71,13 +85,22 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def _stand_ins(env: dict[str, str], nat_url: str, usercom_url: str) -> tuple[NatStandIn, UserComStandIn]:
-    """Both stand-ins, their ports bound (PortTaken if one is not free; none left open then)."""
-    nat = listen(NatStandIn, env["NAT_API_KEY"], urlsplit(nat_url).port or 0)
+def _stand_ins(env: dict[str, str],
+               urls: dict[str, str]) -> tuple[NatStandIn, UserComStandIn, SegmentStandIn]:
+    """The stand-ins, their ports bound (PortTaken if one is not free; none left open then)."""
+    started: list[StandIn] = []
+
+    def bound(kind: type[S], key_env: str, url: str) -> S:
+        started.append(server := listen(kind, env[key_env], urlsplit(url).port or 0))
+        return server
+
     try:
-        return nat, listen(UserComStandIn, env["USERCOM_API_KEY"], urlsplit(usercom_url).port or 0)
+        return (bound(NatStandIn, "NAT_API_KEY", urls["nat"]),
+                bound(UserComStandIn, "USERCOM_API_KEY", urls["usercom"]),
+                bound(SegmentStandIn, "SEGMENT_WRITE_KEY", urls["cdp"]))
     except PortTaken:
-        nat.stop()
+        for server in started:
+            server.stop()
         raise
 
 
@@ -163,11 +186,25 @@ def _show(nat: NatStandIn, usercom: UserComStandIn) -> None:
         print(f"     attribute {attribute['name_std']} ({attribute['value_type']})")
 
 
-def _show_increment(nat: NatStandIn, usercom: UserComStandIn, nat_before: int, usercom_before: int) -> None:
-    news = (("Nat", nat.accepted()[nat_before:]), ("User.com", usercom.accepted()[usercom_before:]))
-    for label, calls in news:
-        print(f"   {label} received {len(calls)} calls in this run:")
+def _show_segment(segment: SegmentStandIn) -> None:
+    events = segment.accepted()
+    kinds = {kind: sum(e["type"] == kind for e in events) for kind in ("identify", "track")}
+    print(f"   Segment's API accepted {len(events)} events in {plural(len(segment.sizes), 'call')}: "
+          f"{kinds['identify']} Identify (one per user) and {kinds['track']} Track "
+          "(Audience Entered, one per audience a user entered)")
+
+
+def _show_increment(nat: NatStandIn, usercom: UserComStandIn, segment: SegmentStandIn,
+                    before: list[int]) -> None:
+    news = (("Nat", nat.accepted()[before[0]:], "calls"),
+            ("User.com", usercom.accepted()[before[1]:], "calls"),
+            ("Segment's API", segment.accepted()[before[2]:], "events"))
+    for label, calls, unit in news:
+        print(f"   {label} received {len(calls)} {unit} in this run:")
         for call in calls:
+            if call.get("type") == "track":
+                print(f"     {call['userId']}: {call['event']} {call['properties']['audience_key']}")
+                continue
             if "ids" in call:  # a mass update: users User.com already knows, by their ids there
                 print(f"     mass update of {len(call['ids'])} users (User.com ids {call['ids']}): "
                       f"{ {call['attribute']: call['value']} }")

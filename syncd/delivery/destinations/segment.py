@@ -40,7 +40,10 @@ class Segment(Destination):
     # such as RudderStack's take more per call.
 
     def headers(self) -> dict[str, str]:
-        return {"Authorization": basic_auth(self.config.resolved_key.reveal())}
+        """Basic auth with the write key as user; a key given as the whole header value
+        (`Basic …`, as Dittofeed shows its write key) is sent as it is."""
+        key = self.config.resolved_key.reveal()
+        return {"Authorization": key if key.startswith("Basic ") else basic_auth(key)}
 
     def request(self, message: dict[str, Any], audience_key: str) -> Request:
         """One Identify alone (delivery sends batches: `batch()`)."""
@@ -63,9 +66,9 @@ class Segment(Destination):
 
     @staticmethod
     def identify_event(message: dict[str, Any]) -> dict[str, Any]:
-        """The Identify without `integrations`: at Segment `{"All": false}` would keep the
-        event from every destination the workspace connects."""
-        return {k: v for k, v in message.items() if k != "integrations"}
+        """The Identify without `integrations` (at Segment `{"All": false}` would keep the
+        event from every destination the workspace connects) nor a null id."""
+        return {k: v for k, v in message.items() if k != "integrations" and not _null_id(k, v)}
 
     def probe(self, call: Callable[[Request], Answer]) -> Probe:
         """An empty batch without the write key: it carries no event, so nothing is sent; a
@@ -100,9 +103,9 @@ def track_event(message: dict[str, Any], key: str, change_id: str) -> dict[str, 
     email = message["traits"].get("email")
     if email:
         context["traits"] = {"email": email}
+    ids = {k: message[k] for k in ("userId", "anonymousId") if not _null_id(k, message[k])}
     return {
-        "type": "track", "event": TRACK_NAMES[value],
-        "userId": message["userId"], "anonymousId": message["anonymousId"],
+        "type": "track", "event": TRACK_NAMES[value], **ids,
         "messageId": track_message_id(change_id),
         "timestamp": message["timestamp"],
         "properties": {"audience_key": key, key: value},
@@ -113,3 +116,8 @@ def track_event(message: dict[str, Any], key: str, change_id: str) -> dict[str, 
 def track_message_id(change_id: str) -> str:
     """Never the id of the change's Identify (which, alone, is the change's own id)."""
     return "syncd-" + hashlib.sha256(f"track\x1f{change_id}".encode()).hexdigest()[:32]
+
+
+def _null_id(field: str, value: Any) -> bool:
+    """userId or anonymousId without a value: left out (one of them is always there)."""
+    return field in ("userId", "anonymousId") and value is None
