@@ -134,7 +134,8 @@ def test_pending_always_has_an_age_also_for_work_no_run_has_tried(sqlite_env: En
     assert rows["nat"]["oldest_pending_at"] is None and rows["nat"]["pending"] == 0
     table = status.format_status(list(rows.values())).splitlines()
     assert table[0].split() == ["audience", "destination", "members", "acknowledged", "pending",
-                                "oldest_pending", "skipped", "failed", "last_run", "duration", "last_outcome"]
+                                "oldest_pending", "eta", "skipped", "failed", "last_run", "duration",
+                                "last_outcome"]
     assert table[2].split()[:6] == ["buyers", "usercom", "2", "0", "2", "30m0s"]
 
 
