@@ -15,9 +15,9 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-# How each kind of call is named: in `plan --json` (keys) and to people (values).
-KINDS = {"id_listing": "id listing", "mass_updates": "mass updates", "batches": "batches",
-         "user_calls": "one per user"}
+# How each kind of call is named: in `plan --json` (keys) and to people (values: one, many).
+KINDS = {"id_listing": ("id listing", "id listing"), "mass_updates": ("mass update", "mass updates"),
+         "batches": ("batch", "batches"), "user_calls": ("one per user", "one per user")}
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ class CallEstimate:
 
     def described(self) -> str:
         """'530 calls (15 id listing, 15 mass updates, 500 one per user)'"""
-        parts = ", ".join(f"{n} {KINDS.get(kind, kind)}" for kind, n in self.parts if n)
-        return f"{self.calls} calls" + (f" ({parts})" if parts else "")
+        parts = ", ".join(f"{n} {KINDS.get(kind, (kind, kind))[n != 1]}" for kind, n in self.parts if n)
+        return f"{self.calls} {'call' if self.calls == 1 else 'calls'}" + (f" ({parts})" if parts else "")
 
 
 def one_per_user(work: Workload) -> CallEstimate:

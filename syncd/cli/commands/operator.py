@@ -94,8 +94,8 @@ def format_plan(result: Plan) -> str:
         if item.error:
             lines.append(f"{item.audience}: {item.error}")
             continue
-        lines.append(f"{item.audience}: {item.counts.members} members "
-                     f"({item.counts.rows} rows, {item.counts.skipped} skipped)")
+        lines.append(f"{item.audience}: {plural(item.counts.members, 'member')} "
+                     f"({plural(item.counts.rows, 'row')}, {item.counts.skipped} skipped)")
         for pair in item.destinations:
             lines.append(
                 f"  {pair.destination}: {pair.entered} true, {pair.left} false "
@@ -120,10 +120,11 @@ def format_plan(result: Plan) -> str:
 def _send_time(pair: PairPlan) -> str:
     if not pair.sends:
         return "nothing to send"
-    calls = f" in {pair.calls} calls" if pair.calls != pair.sends else ""
+    calls = f" in {plural(pair.calls, 'call')}" if pair.calls != pair.sends else ""
+    sends = plural(pair.sends, "send")
     if pair.send_seconds is None:
-        return f"{pair.sends} sends{calls}, unpaced (no rate_limit)"
-    return f"{pair.sends} sends{calls}, about {_hms(pair.send_seconds)} at {pair.rate_limit:g}/s"
+        return f"{sends}{calls}, unpaced (no rate_limit)"
+    return f"{sends}{calls}, about {_hms(pair.send_seconds)} at {pair.rate_limit:g}/s"
 
 
 def _calls_time(item: DestinationPlan) -> str:
