@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-demo: venv  ## the real pipeline against local stand-ins of Nat and User.com
+demo: venv  ## the real pipeline against local stand-ins of Nat, User.com and Segment
 	$(BIN)/python -m syncd.dev.demo
 
 test: venv  ## the test suite (PostgreSQL and MySQL tests run when SYNCD_TEST_POSTGRES_URL and SYNCD_TEST_MYSQL_URL are set)

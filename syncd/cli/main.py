@@ -47,7 +47,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="syncd", description="Audience sync daemon for Nat and User.com.")
+    parser = _Parser(prog="syncd",
+                     description="Audience sync daemon for Nat, User.com and Segment-compatible receivers.")
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
     _add_log_format(parser, default="text")
     common = _Parser(add_help=False)
