@@ -145,15 +145,16 @@ def _by_rows(conn: Connection, sql: str, fixed: Sequence[Any], types: Sequence[s
     Statement by statement instead (executemany) cost ~20 µs a row on SQLite, mostly in
     SQLAlchemy's handling of each row's parameters, and ~50 µs on PostgreSQL.
 
-    PostgreSQL gets one array per column, unnested: a short statement that psycopg parses
-    once (a long VALUES list it parses again every time) and the server prepares. SQLite gets
-    VALUES lists, as many rows in each as its parameters allow."""
-    columns = [f"column{n}" for n in range(1, len(types) + 1)]
+    PostgreSQL gets one array per column, unnested (`%b`: psycopg 3 sends them binary): a
+    short statement that psycopg parses once (a long VALUES list it parses again every
+    time) and the server prepares. SQLite gets VALUES lists, as many rows in each as its
+    parameters allow."""
     if conn.dialect.name == "postgresql":
         arrays = ", ".join(f"CAST(%b AS {kind}[])" for kind in types)
-        query = f"SELECT * FROM unnest({arrays}) AS u({', '.join(columns)})"
-        arrays_of_rows = [list(column) for column in zip(*rows, strict=True)]
-        conn.exec_driver_sql(sql.replace("?", "%s").format(rows=query), (*fixed, *arrays_of_rows))
+        columns = ", ".join(f"column{n}" for n in range(1, len(types) + 1))
+        query = f"SELECT * FROM unnest({arrays}) AS u({columns})"
+        by_column = [list(column) for column in zip(*rows, strict=True)]
+        conn.exec_driver_sql(sql.replace("?", "%s").format(rows=query), (*fixed, *by_column))
         return
     size = (_MAX_PARAMETERS - len(fixed)) // len(types)
     one = "(" + ", ".join("?" * len(types)) + ")"
