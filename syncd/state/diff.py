@@ -305,7 +305,7 @@ class WorkList:
                     tuple_(w.subject, w.ident) > tuple_(*cursor))
         if value:
             mine = and_(mine, w.sendable == true())
-        changes = [change for _, change in self._changes(mine, value, (w.subject, w.ident), limit)]
+        changes = [change for _, change in self._changes(mine, value, (w.subject, w.ident), limit, cursor[0])]
         if changes:
             upto = tuple_(w.subject, w.ident) <= tuple_(*changes[-1].cursor)
             self.conn.execute(update(WORK).where(mine, upto).values(taken=True))
@@ -338,14 +338,18 @@ class WorkList:
         return found
 
     def _changes(self, where: ColumnElement[bool], value: bool, order: tuple[Any, ...],
-                 limit: int | None = None) -> list[tuple[str, Change]]:
-        """The work rows `where` (all of one `value`) as (audience key, change)."""
+                 limit: int | None = None, from_subject: str = "") -> list[tuple[str, Change]]:
+        """The work rows `where` (all of one `value`) as (audience key, change). None of them
+        is before `from_subject`, so neither are their members: said, PostgreSQL reads the
+        members from there on, where it read the audience's every member before the page for
+        each page (quadratic over a first sync)."""
         w = WORK.c
         ledger_row = and_(L.c.audience_key == w.audience_key, L.c.destination == self.destination,
                           L.c.ident == w.ident, L.c.subject == w.subject)
         if value:
             m = self.members.c
-            members = and_(m.audience_key == w.audience_key, m.subject == w.subject)
+            members = and_(m.audience_key == w.audience_key, m.subject == w.subject,
+                           m.subject >= from_subject)
             enters = (
                 select(m.subject, m.user_id, m.anonymous_id, m.email, m.url, m.traits, _change_seq(True),
                        w.ident, L.c.nonce, w.audience_key)
