@@ -32,12 +32,12 @@ from _common import fresh_state, table
 
 from syncd.config import parse_duration
 from syncd.model import SnapshotRow
-from syncd.state.diff import WorkList
 from syncd.state.engine import create_state_engine, migrate
 from syncd.state.runs import Pruned, finish_run, prune, record_audience, record_result, start_run
 from syncd.state.sends import Outcome, mark_in_flight, record_outcomes
 from syncd.state.snapshots import SnapshotCounts, replace_members
 from syncd.state.tables import RUN, L
+from syncd.state.work import WorkList
 
 KEY, DEST, PAGE = "growth", "nat", 500
 

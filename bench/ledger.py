@@ -37,11 +37,11 @@ from _common import fresh_state, table
 from sqlalchemy import Engine, func, select
 
 from syncd.model import Change, SnapshotRow
-from syncd.state.diff import DestinationWork
 from syncd.state.engine import create_state_engine, migrate
 from syncd.state.sends import Outcome, mark_in_flight, record_outcomes
 from syncd.state.snapshots import SnapshotCounts, replace_members
 from syncd.state.tables import L
+from syncd.state.work import DestinationWork
 
 KEY = "bench_audience"
 PAGE = 500

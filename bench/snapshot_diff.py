@@ -35,10 +35,11 @@ from syncd.config import AudienceConfig, Config, DestinationConfig, ScheduleConf
 from syncd.run.plan import plan
 from syncd.source import open_source, stream_members
 from syncd.state.backlog import backlog
-from syncd.state.diff import PlanCounts, WorkList
+from syncd.state.diff import PlanCounts
 from syncd.state.engine import create_state_engine, migrate
 from syncd.state.readings import read
 from syncd.state.snapshots import SnapshotCounts, replace_members
+from syncd.state.work import WorkList
 
 KEY, DEST = "bench_audience", "nat"
 QUERY = "SELECT id AS user_id, email FROM customers"

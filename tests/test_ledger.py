@@ -12,9 +12,10 @@ from sqlalchemy import Engine, select
 from syncd.config import Config, ScheduleConfig
 from syncd.model import Change, SnapshotRow
 from syncd.run.pipeline import open_state
-from syncd.state.diff import DestinationWork, WorkList, plan_counts
+from syncd.state.diff import plan_counts
 from syncd.state.snapshots import SnapshotCounts, replace_members
 from syncd.state.tables import L, M
+from syncd.state.work import DestinationWork, WorkList
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ from syncd.delivery.wire import Verdict
 from syncd.estimate import listing_pages
 from syncd.model import Pace, Progress, Task
 from syncd.render import plural
-from syncd.state.diff import DestinationWork
 from syncd.state.listing import (
     ListingState,
     listing_state,
@@ -37,6 +36,7 @@ from syncd.state.listing import (
     restart_listing,
     work_subjects,
 )
+from syncd.state.work import DestinationWork
 
 log = logging.getLogger("syncd")
 

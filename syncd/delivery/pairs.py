@@ -30,9 +30,9 @@ from syncd.delivery.sender import Sender
 from syncd.delivery.session import Pair, Session, in_thread
 from syncd.errors import DestinationConflict, DestinationError
 from syncd.model import Change, Pace, PairOutcome, PairReport
-from syncd.state.diff import DestinationWork
 from syncd.state.operator import drop_approval
 from syncd.state.sends import attribute_ensured, record_attribute
+from syncd.state.work import DestinationWork
 
 log = logging.getLogger("syncd")
 

@@ -23,9 +23,9 @@ from syncd.errors import DestinationConflict
 from syncd.estimate import Workload
 from syncd.guards import GuardVerdict
 from syncd.model import Change, PairReport, Task, who
-from syncd.state.diff import DestinationWork, WorkList
 from syncd.state.remote_ids import learn_ids
 from syncd.state.sends import Outcome, mark_in_flight, record_outcomes
+from syncd.state.work import DestinationWork, WorkList
 from syncd.state.workload import count_work
 
 T = TypeVar("T")

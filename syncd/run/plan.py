@@ -25,9 +25,9 @@ from syncd.guards import GuardVerdict
 from syncd.model import Change
 from syncd.run.pipeline import off_main_thread
 from syncd.source import QueryStopped, take_snapshot
-from syncd.state.diff import WorkList, create_work, drop_work
 from syncd.state.engine import cancelled_on, now
 from syncd.state.snapshots import SnapshotCounts, load_scratch, scratch
+from syncd.state.work import WorkList, create_work, drop_work
 from syncd.state.workload import count_work
 
 SAMPLES = 5  # users shown per kind of change

@@ -15,10 +15,10 @@ from datetime import datetime
 
 from sqlalchemy import BigInteger, Connection, Engine, cast, exists, insert, literal, null, select, update
 
-from syncd.state.diff import WORK
 from syncd.state.engine import now, upsert
 from syncd.state.remote_ids import store_ids
 from syncd.state.tables import LISTING, REMOTE_ID
+from syncd.state.work import WORK
 
 
 @dataclass(frozen=True)

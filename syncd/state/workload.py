@@ -13,9 +13,10 @@ from typing import Any
 from sqlalchemy import Connection, Table, and_, case, func, literal, or_, select, true
 
 from syncd.estimate import Workload
-from syncd.state.diff import WORK, pair_changes
+from syncd.state.diff import pair_changes
 from syncd.state.listing import listing_state
 from syncd.state.tables import REMOTE_ID, M
+from syncd.state.work import WORK
 
 KNOWN, UNKNOWN, CALL = "known", "unknown", "call"
 
