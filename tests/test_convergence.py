@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,6 +56,7 @@ from conftest import NAT_KEY, SEGMENT_KEY, USERCOM_KEY, Env, Shop, audience_toml
 SEED = int(os.environ.get("SYNCD_CONVERGENCE_SEED", "20261128"))
 EXAMPLES = int(os.environ.get("SYNCD_CONVERGENCE_EXAMPLES", "12"))
 USERS = ("u1", "u2", "u3", "u4", "u5")
+KILL_BY = 3.0  # seconds a killed run-once may live at most
 BEHAVIOURS = ("ok", "5xx", "429", "timeout", "crash")
 USERCOM_BEHAVIOURS = (*BEHAVIOURS, "deleted", "listing", "attribute")
 SEGMENT_BEHAVIOURS = (*BEHAVIOURS, "refuse")
@@ -184,13 +186,19 @@ def _sent_since(usercom: UserComStandIn, start: int, key: str) -> set[str]:
 
 def _crash_after(env: Env, server: StandIn, calls: int) -> None:
     """`syncd run-once` as a real process, killed when `server` has accepted `calls` more calls
-    (applied, not yet answered: the kill leaves a send whose outcome syncd cannot know)."""
+    (applied, not yet answered: the kill leaves a send whose outcome syncd cannot know), or
+    after KILL_BY at the latest: the other destinations' faults, met with syncd's own retry
+    policy (seconds of backoff), would keep it busy long."""
     target = server.accepted_calls + calls
     holder: list[int] = []
     server.after_accept = lambda n: os.kill(holder[0], signal.SIGKILL) if holder and n == target else None
     process = env.spawn()
     holder.append(process.pid)
-    process.communicate(timeout=60)
+    try:
+        process.communicate(timeout=KILL_BY)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
 
 
 def _with_short_timeouts(config: Config) -> Config:
