@@ -1,6 +1,7 @@
 """Property: whatever sequence of snapshots (members join, leave, change their email) and
 destination behaviour (success, 5xx, 429, timeouts, a SIGKILL mid-delivery; at the Segment
-receiver, 429 with Retry-After, and a user whose events it refuses (400) for a step; at User.com also
+receiver, 429 with Retry-After, 5xx from a call on in the run (so a change may have one event
+taken and another not), and a user whose events it refuses (400) for a step; at User.com also
 a user deleted in its dashboard, so a mass update naming its id is refused (a stale id); the
 users syncd has not sent yet created there (its CRM), so the listing finds them, its first
 page failing once; an audience's attribute deleted there, with every user's value of it),
@@ -15,8 +16,8 @@ after a final healthy run:
   the listing), users go in mass updates of `bulk_size` 2, so the faults hit chunks too;
 - the same for a second audience at both destinations (a subset of the first: users move
   in and out of both at once, and their changes of both go out in one call, or in chunks);
-- the Segment receiver (both audiences, events = ["identify", "track"], batch_size 3, so calls
-  hold several users and a user's events span calls): its events replayed in order, deduplicated
+- the Segment receiver (both audiences, events = ["identify", "track"], batch_size 2, so a
+  user's events span calls, which hold several users): its events replayed in order, deduplicated
   by messageId as Segment does, leave each user's last Identify value of each audience, and
   the last Track (Audience Entered / Exited), equal to the membership (never sent: not a
   member); a refused user's events fail alone: after a step without a kill, every other user
@@ -84,7 +85,7 @@ step = st.tuples(snapshots, st.sampled_from(BEHAVIOURS), st.sampled_from(USERCOM
 
 def _segment_toml(segment: SegmentStandIn) -> str:
     return (f'\n[destinations.cdp]\ntype = "segment"\nendpoint = "{segment.endpoint}"\n'
-            'api_key_env = "SEGMENT_WRITE_KEY"\ntimeout = "2s"\nbatch_size = 3\n'
+            'api_key_env = "SEGMENT_WRITE_KEY"\ntimeout = "2s"\nbatch_size = 2\n'
             'events = ["identify", "track"]\n')
 
 
@@ -112,9 +113,14 @@ def _misbehave(server: StandIn, behaviour: str) -> None:
 
 def _misbehave_segment(segment: SegmentStandIn, behaviour: str, pick: int,
                        audiences: Memberships) -> str | None:
-    """Segment's behaviour for a step: a burst of `pick` 429s with Retry-After (honoured, then
-    delivered), or one user's events refused; the refused user, if any."""
-    if behaviour == "429":
+    """Segment's behaviour for a step: down (503 to every call) once it took `pick` calls (a
+    user's events span calls: a change may have one delivered and another not), a burst of
+    `pick` 429s with Retry-After (honoured, then delivered), or one user's events refused; the
+    refused user, if any."""
+    if behaviour == "5xx":
+        start = segment.accepted_calls + pick
+        segment.after_accept = lambda n: setattr(segment, "down", True) if n >= start else None
+    elif behaviour == "429":
         segment.fail_next(pick, Fault(429, retry_after="1"))
     elif behaviour == "refuse":
         changing = [user for user in USERS if _segment_differs(segment, user, audiences)] or list(USERS)
@@ -138,7 +144,13 @@ def _assert_segment_holds(segment: SegmentStandIn, audiences: Memberships,
     """Every user but `but` holds the membership at the receiver, by Identify and by Track."""
     for user in USERS:
         assert user == but or not _segment_differs(segment, user, audiences), \
-            f"{user}: the Segment receiver holds other than its membership: {segment.deduplicated()}"
+            f"{user}: the Segment receiver holds other than its membership: {_held_by(segment, user)}"
+
+
+def _held_by(segment: SegmentStandIn, user: str) -> list[dict[tuple[str, str], bool]]:
+    """What the receiver holds for `user`: by Identify, by Track (for a failure's message)."""
+    return [{at: value for at, value in held.items() if at[0] == user}
+            for held in segment_held(segment.deduplicated())]
 
 
 def _delete_one(usercom: UserComStandIn, members: dict[str, str], pick: int) -> str | None:
@@ -241,6 +253,10 @@ def _assert_nat_converged(nat: NatStandIn, members: dict[str, str], key: str) ->
            ((frozenset({"u2", "u3", "u4"}), (2,) * 5, frozenset({"u2"})), "ok", "ok", "refuse", 2),
            ((frozenset({"u1", "u3"}), (2,) * 5, frozenset({"u3"})), "ok", "ok", "crash", 2)],
     final=(frozenset({"u3", "u5"}), (2,) * 5, frozenset({"u3"})))
+@example(  # Segment down after two calls: a change whose Identify went and whose Track did not
+    first=(frozenset({"u1", "u2"}), (0,) * 5, frozenset()),
+    steps=[((frozenset(USERS), (0,) * 5, frozenset({"u4", "u5"})), "ok", "ok", "5xx", 2)],
+    final=(frozenset(USERS), (0,) * 5, frozenset({"u4", "u5"})))
 @given(first=snapshots, steps=st.lists(step, min_size=1, max_size=4), final=snapshots)
 def test_destinations_converge_to_the_source(tmp_path_factory: pytest.TempPathFactory, first: Snapshot,
                                              steps: list[Step], final: Snapshot) -> None:
