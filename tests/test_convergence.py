@@ -1,7 +1,7 @@
 """Property: whatever sequence of snapshots (members join, leave, change their email) and
 destination behaviour (success, 5xx, 429, timeouts, a SIGKILL mid-delivery; at the Segment
-receiver, 429 with Retry-After, 5xx from a call on in the run (so a change may have one event
-taken and another not), and a user whose events it refuses (400) for a step; at User.com also
+receiver, 429 with Retry-After, 503s from its Nth call of a run on (so a change may have one
+event taken and another not), and a user whose events it refuses (400) for a step; at User.com also
 a user deleted in its dashboard, so a mass update naming its id is refused (a stale id); the
 users syncd has not sent yet created there (its CRM), so the listing finds them, its first
 page failing once; an audience's attribute deleted there, with every user's value of it),
@@ -20,8 +20,9 @@ after a final healthy run:
   user's events span calls, which hold several users): its events replayed in order, deduplicated
   by messageId as Segment does, leave each user's last Identify value of each audience, and
   the last Track (Audience Entered / Exited), equal to the membership (never sent: not a
-  member); a refused user's events fail alone: after a step without a kill, every other user
-  holds the step's membership there, and the refused one's changes arrive once it heals;
+  member); a refused user's events fail alone: after a step where it refused one (or was
+  healthy) and nothing was killed, every other user holds the step's membership there, and
+  the refused one's changes arrive once it heals;
 - Nat never saw a stale value after a newer one, nor Segment a stale Track, and no messageId
   carried two contents (a Segment event sent again is the same event but for its timestamp).
 
@@ -76,7 +77,7 @@ snapshots = st.tuples(st.frozensets(st.sampled_from(USERS)),
                       st.tuples(*(st.integers(0, 2) for _ in USERS)),
                       st.frozensets(st.sampled_from(USERS)))
 # (snapshot, Nat's, User.com's and Segment's behaviour, a number for the behaviour: calls
-# before a kill, 429s in a burst, which user)
+# before a kill or before Segment goes down, 429s in a burst, which user)
 Step = tuple[Snapshot, str, str, str, int]
 Memberships = tuple[dict[str, str], dict[str, str]]  # each audience's members, with their emails
 step = st.tuples(snapshots, st.sampled_from(BEHAVIOURS), st.sampled_from(USERCOM_BEHAVIOURS),
