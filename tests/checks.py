@@ -63,3 +63,47 @@ def assert_message_ids_unique(calls: list[dict[str, Any]]) -> None:
 def nat_flags(contacts: dict[str, dict[str, Any]], key: str = "buyers") -> dict[str, Any]:
     """Nat's contacts (per email, as Nat keys them) -> the audience flag each holds."""
     return {email: traits[key] for email, traits in contacts.items() if key in traits}
+
+
+def assert_duplicates_identical(events: list[dict[str, Any]],
+                                ignore: tuple[str, ...] = ("timestamp",)) -> None:
+    """Every event sent again under a messageId is the first one to the letter (but `ignore`:
+    a resend in a later run is stamped with that run's snapshot): a receiver deduplicating
+    by messageId drops it, so any other content would be lost."""
+    first: dict[str, dict[str, Any]] = {}
+    for event in events:
+        content = {k: v for k, v in event.items() if k not in ignore}
+        assert first.setdefault(event["messageId"], content) == content, \
+            f"{event['messageId']} was sent as {first[event['messageId']]} and as {content}"
+
+
+def assert_no_stale_tracks(events: list[dict[str, Any]]) -> None:
+    """A Track carries one change of one audience: once a newer one arrived for (user,
+    audience), an older one never arrives again (a repeat of the latest is its resend)."""
+    history: dict[tuple[Any, Any], list[str]] = {}
+    for event in events:
+        if event["type"] != "track":
+            continue
+        seen = history.setdefault((event["userId"], event["properties"]["audience_key"]), [])
+        if seen and seen[-1] == event["messageId"]:
+            continue
+        assert event["messageId"] not in seen, f"{event['userId']}: a stale Track arrived after a newer one"
+        seen.append(event["messageId"])
+
+
+def segment_held(events: dict[str, dict[str, Any] | None]) -> tuple[dict[tuple[str, str], bool], ...]:
+    """A Segment receiver's deduplicated events (SegmentStandIn.deduplicated()) replayed in
+    order: per (userId, audience key), the last Identify trait and the last Track's value
+    (Audience Entered: true), each Track's name checked against its property."""
+    identified: dict[tuple[str, str], bool] = {}
+    tracked: dict[tuple[str, str], bool] = {}
+    for event in filter(None, events.values()):
+        if event["type"] == "identify":
+            identified.update({(event["userId"], k): v for k, v in event["traits"].items()
+                               if isinstance(v, bool)})
+            continue
+        key = event["properties"]["audience_key"]
+        value = event["properties"][key]
+        assert event["event"] == ("Audience Entered" if value else "Audience Exited"), event
+        tracked[(event["userId"], key)] = value
+    return identified, tracked

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -158,6 +159,30 @@ def test_429_and_5xx_bursts_converge_with_the_same_message_ids(sqlite_env: Env,
     exits = [e for e in identifies(segment) if e["traits"]["buyers"] is False]
     assert len({e["messageId"] for e in exits}) == 100
     assert all(len([x for x in exits if x["messageId"] == e["messageId"]]) <= 2 for e in exits)
+
+
+def test_a_change_sent_again_with_a_new_email_is_a_new_event(sqlite_env: Env,
+                                                             segment: SegmentStandIn) -> None:
+    """A change applied but answered late is sent again next run: with the same content, under
+    the same messageIds (the receiver drops them); with the member's new email, under new ones,
+    else the receiver would drop the new email as a duplicate (found by test_convergence)."""
+    env = sqlite_env
+    env.shop.set(("u1", "u1@example.com"), ("u2", "u2@example.com"))
+    config = env.config(extra=cdp(segment, events='["identify", "track"]'),
+                        audiences=audience_toml("Buyers", ["cdp"], query=BUYERS, key="buyers"))
+    late = replace(config, destinations={**config.destinations,
+                                         "cdp": replace(config.destinations["cdp"], timeout=0.2)})
+    segment.delay = 0.5  # applied, answered after the timeout
+    assert not env.run(late).delivered
+    segment.heal()
+    first = {(e["userId"], e["type"]): e["messageId"] for e in segment.accepted()}
+    env.shop.set(("u1", "u1@new.example.com"), ("u2", "u2@example.com"))
+    assert env.run(config).delivered
+    again = {(e["userId"], e["type"]): e["messageId"] for e in segment.accepted()[-4:]}
+    for kind in ("identify", "track"):
+        assert again[("u2", kind)] == first[("u2", kind)] and again[("u1", kind)] != first[("u1", kind)]
+    u1 = [e for e in segment.deduplicated().values() if e and e["userId"] == "u1" and e["type"] == "identify"]
+    assert u1[-1]["traits"]["email"] == "u1@new.example.com"
 
 
 def test_a_revoked_key_stops_the_destination(sqlite_env: Env, segment: SegmentStandIn) -> None:

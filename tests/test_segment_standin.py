@@ -132,6 +132,8 @@ def test_a_refused_event_refuses_its_whole_batch(segment: SegmentStandIn, client
     segment.refuse(message_id=items[1]["messageId"])
     assert batch(client, items[:2]).status_code == 400
     assert [e["userId"] for e in segment.accepted()] == ["u0", "u1", "u2", "u3", "u4", "u6", "u7"]
+    segment.heal()  # the receiver takes them again
+    assert batch(client, items).status_code == 200 and segment.events_accepted == 15
 
 
 def test_duplicates_are_kept_and_counted_by_message_id(segment: SegmentStandIn,

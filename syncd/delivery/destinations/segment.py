@@ -6,12 +6,15 @@ Each user's call (the Identify of one or more audiences, grouped as for Nat) bec
 the Identify, and with `events` including "track" Engage's `Audience Entered` / `Audience
 Exited` per audience change; delivery/batches.py packs them into calls of `batch_size` events,
 500 KB and 32 KB per event. Every event has its own deterministic messageId (the receivers
-deduplicate on it), the same on every resend.
+deduplicate on it), the same on every resend of the same content: it is made from the
+changes' ids and the event's content (`content_id`), so a change re-sent with the member's
+new email is not dropped as a duplicate of what it was sent with before.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -62,7 +65,7 @@ class Segment(Destination):
         if "track" in self.config.settings["events"]:
             events += [(track_event(message, key, change.message_id(key, self.name)), [(key, change)])
                        for key, change in carried]
-        return events
+        return [(content_id(event), changes) for event, changes in events]
 
     @staticmethod
     def identify_event(message: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +114,17 @@ def track_event(message: dict[str, Any], key: str, change_id: str) -> dict[str, 
         "properties": {"audience_key": key, key: value},
         "context": context,
     }
+
+
+def content_id(event: dict[str, Any]) -> dict[str, Any]:
+    """The event with a messageId from its changes' (the one it has) and its content, all but
+    its timestamp and syncd's version: a resend of the same event keeps its id, so the
+    receiver drops the duplicate; a pending change re-sent with other data (a new email, an
+    anonymousId, extra traits) is a new event, which a receiver must not drop as a repeat."""
+    context = {k: v for k, v in event["context"].items() if k != "library"}
+    content = {**event, "messageId": None, "timestamp": None, "context": context}
+    material = event["messageId"] + "\x1f" + json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return {**event, "messageId": "syncd-" + hashlib.sha256(material.encode()).hexdigest()[:32]}
 
 
 def track_message_id(change_id: str) -> str:

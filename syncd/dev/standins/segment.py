@@ -12,7 +12,8 @@ What it answers, and where it differs from Segment on purpose:
   without `event`, an unknown `type`) is a `400` naming its index: stricter than Segment
   (which answers 200), so that a client's bug shows in a test instead of vanishing.
 - `refuse(user_id=…)` / `refuse(message_id=…)`: every batch holding such an event is a
-  `400` naming it, as a receiver refuses one bad event (a client narrows it down).
+  `400` naming it, as a receiver refuses one bad event (a client narrows it down), until
+  `heal()`.
 - A `2xx` accepts every event of the call: `accepted()` lists them in order (duplicates
   included); `deduplicated()` keeps the first per messageId, as Segment does, and
   `duplicates` counts the others. An event without a messageId gets one, as at Segment.
@@ -70,6 +71,12 @@ class SegmentStandIn(StandIn):
                 self._refusals.append(("userId", user_id))
             if message_id is not None:
                 self._refusals.append(("messageId", message_id))
+
+    def heal(self) -> None:
+        """Back to normal service: the refusals end too (what was received stays)."""
+        super().heal()
+        with self._lock:
+            self._refusals = []
 
     def deduplicated(self) -> dict[str, dict[str, Any] | None]:
         """The first accepted event per messageId (None when `record` is off)."""
