@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from syncd import __version__
@@ -18,8 +19,9 @@ MAX_MESSAGE_BYTES = 32 * 1024  # Segment's limit for one call
 
 
 
+@lru_cache(maxsize=1024)
 def computation_id(audience_key: str) -> str:
-    """A stable id for the audience, as Engage's computation_id."""
+    """A stable id for the audience, as Engage's computation_id (kept: a run asks per message)."""
     return "aud_" + hashlib.sha256(audience_key.encode()).hexdigest()[:24]
 
 
@@ -85,11 +87,17 @@ def identify(
         "userId": change.user_id,
         "anonymousId": change.anonymous_id,
         "messageId": call_message_id([c.message_id(key, destination) for key, c in carried]),
-        "timestamp": iso_millis(timestamp),
+        "timestamp": _iso_millis(timestamp),
         "traits": traits,
         "context": context,
         "integrations": {"All": False, integration: True},
     }
+
+
+@lru_cache(maxsize=16)
+def _iso_millis(moment: datetime) -> str:
+    """A run's messages share one timestamp (its snapshot time): formatted once."""
+    return iso_millis(moment)
 
 
 def size_of(message: dict[str, Any]) -> int:
