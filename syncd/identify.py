@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 from syncd import __version__
@@ -58,11 +59,11 @@ def identify(
     """The Identify of `change` of `audience_key`, carrying too the same user's `riders`
     (changes of other audiences, as (key, change)): every changed key in `traits`, the extra
     traits of the entering audiences merged in key order, the personas of `audience_key`."""
-    carried = sorted([(audience_key, change), *riders], key=lambda item: item[0])
+    carried = [(audience_key, change), *riders]
+    if riders:
+        carried.sort(key=itemgetter(0))
     traits: dict[str, Any] = {}
-    # An entering change has the member's current email; a leave's is the one last sent.
-    email = next((c.email for c in (change, *(c for _, c in carried)) if c.value and c.email),
-                 change.email or next((c.email for _, c in carried if c.email), None))
+    email = _email(change, carried)
     if email:
         traits["email"] = email
     for _, each in carried:
@@ -92,6 +93,14 @@ def identify(
         "context": context,
         "integrations": {"All": False, integration: True},
     }
+
+
+def _email(change: Change, carried: Sequence[tuple[str, Change]]) -> str | None:
+    """An entering change has the member's current email; a leave's is the one last sent."""
+    if change.value and change.email:
+        return change.email
+    entering = next((c.email for _, c in carried if c.value and c.email), None)
+    return entering or change.email or next((c.email for _, c in carried if c.email), None)
 
 
 @lru_cache(maxsize=16)
