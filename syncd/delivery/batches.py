@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from syncd.delivery import calls
-from syncd.delivery.session import Pair, Session, by_audience, outcome_of
+from syncd.delivery.session import Session, by_audience, outcome_of
 from syncd.delivery.wire import Result, Verdict, json_bytes
 from syncd.model import Change
 from syncd.render import iso_millis
@@ -33,11 +33,10 @@ class Event:
         return len(self.raw)
 
 
-async def send_page(session: Session, pair: Pair, page: Sequence[Change]) -> None:
-    """The page's changes (with their riders, as grouped calls) as events in batches; every
-    change marked in flight before and its outcome recorded after, for its own pair."""
+async def send(session: Session, grouped: Sequence[calls.Call]) -> None:
+    """A page's grouped calls (calls.calls_of: riders taken, every change marked in flight) as
+    events in batches, each change's outcome recorded for its own pair."""
     destination = session.destination
-    grouped = calls.calls_of(session, pair, page)
     results: dict[tuple[str, str, str], list[Result]] = {}
     events: list[Event] = []
     for call in grouped:
@@ -51,15 +50,12 @@ async def send_page(session: Session, pair: Pair, page: Sequence[Change]) -> Non
             for key, change in call.carried():
                 results.setdefault(_id(key, change), []).append(refused)
             continue
-        for event in made:
-            for key, change in event.carried:
-                results.setdefault(_id(key, change), [])
         events += made
     packed = _packed(events, destination.batch_size, destination.max_call_bytes)
     sent = await asyncio.gather(*(_send(session, batch) for batch in packed))
     for event, result in (item for batch in sent for item in batch):
         for key, change in event.carried:
-            results[_id(key, change)].append(result)
+            results.setdefault(_id(key, change), []).append(result)
     outcomes = [(key, outcome_of(change, _combined(results[_id(key, change)])))
                 for call in grouped for key, change in call.carried()]
     for key, done in by_audience(outcomes).items():
