@@ -86,11 +86,11 @@ def syncd_step(config_path: str, profile: str) -> None:
     from syncd.config import load_config
     from syncd.run.pipeline import Options, open_state, run_once
 
-    answers: list[tuple[float, float]] = []  # (started, answered), monotonic
+    answers: list[tuple[float, float, float]] = []  # (started, answered, process CPU then)
 
     def on_answer(_destination: str, seconds: float) -> None:
         answered = time.monotonic()
-        answers.append((answered - seconds, answered))
+        answers.append((answered - seconds, answered, time.process_time()))
 
     config = load_config(Path(config_path), ENV)
     engine = open_state(config)
@@ -105,9 +105,12 @@ def syncd_step(config_path: str, profile: str) -> None:
     if profiler is not None:
         profiler.dump_stats(profile)
     [pair] = report.pairs
-    first, last = min(a for a, _ in answers), max(b for _, b in answers)
+    first, last = min(a[0] for a in answers), max(a[1] for a in answers)
+    # From the first answer to the last: the share of the time syncd's process was on a CPU.
+    busy = (answers[-1][2] - answers[0][2]) / (answers[-1][1] - answers[0][1])
     emit({"outcome": str(report.outcome), "acknowledged": pair.acknowledged, "calls": report.calls["cdp"],
-          "run": ended - started, "send": last - first, "before": first - started, "after": ended - last})
+          "run": ended - started, "send": last - first, "before": first - started, "after": ended - last,
+          "busy": busy})
 
 
 # -- the rounds ------------------------------------------------------------------------------
@@ -149,12 +152,15 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--state", default="sqlite", help="sqlite, or a PostgreSQL server's URL")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds the stand-in waits before each answer (a receiver that far away)")
     parser.add_argument("--profile", default="", help="one more, profiled syncd run: its stats file")
     args = parser.parse_args()
     bare_args = argparse.Namespace(events=args.members, clients=1, batch=500, concurrency=4)
     bares, syncds = [], []
     with tempfile.TemporaryDirectory() as tmp, StandInProcess(record=False) as stand_ins:
         write_source(Path(tmp) / "source.db", args.members)
+        stand_ins.delay(segment=args.latency)
         for n in range(args.rounds):
             bares.append(one_round(stand_ins, bare_args))
             syncds.append(syncd_round(stand_ins, Path(tmp), args.state, args.members))
@@ -166,9 +172,11 @@ def main() -> None:
     bare = min(bares, key=lambda r: r["seconds"])
     syncd = min(syncds, key=lambda r: r["send"])
     rows = rows_of(bare, syncd, args.members)
-    print(f"\n{args.members:,} members, state {args.state.split(':')[0]}, best of {args.rounds} "
+    print(f"\n{args.members:,} members, state {args.state.split(':')[0]}, answers delayed "
+          f"{args.latency * 1000:.0f} ms, best of {args.rounds} "
           f"(syncd's best run_once: {min(r['run'] for r in syncds):.2f} s; before the first call "
-          f"{syncd['before']:.2f} s, after the last answer {syncd['after']:.2f} s)")
+          f"{syncd['before']:.2f} s, after the last answer {syncd['after']:.2f} s; syncd's process on a CPU "
+          f"{syncd['busy']:.0%} of the send phase)")
     print(table(rows, list(rows[0])))
 
 
