@@ -1,9 +1,10 @@
 """syncd's first sync to a Segment receiver against a bare client posting the same batches
 (issue 18: ≥ 0.8x the bare client, ≥ 20,000 events/s).
 
-    .venv/bin/python bench/segment_sync.py                          # 100,000 members, best of 3
-    .venv/bin/python bench/segment_sync.py --state postgresql+psycopg://postgres@127.0.0.1:5432/postgres
-    .venv/bin/python bench/segment_sync.py --profile /tmp/send.prof  # one profiled run after the rounds
+    .venv/bin/python bench/segment_sync.py                    # 100,000 members, best of 3
+    .venv/bin/python bench/segment_sync.py --latency 0.05     # the stand-in answers 50 ms later
+    .venv/bin/python bench/segment_sync.py --profile /tmp/send.prof --states sqlite  # + one profiled run
+    .venv/bin/python bench/segment_sync.py --states postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
 `SegmentStandIn` runs in its own process in "count" mode (record=False; bench/_standins.py).
 A SQLite source holds `--members` members (user id, email and two extra columns, `plan` and
@@ -13,16 +14,21 @@ Rounds alternate, best of `--rounds` each:
 - bare: segment.py's client (one process, 4 calls in flight, batches of 500) posting the
   Identify events syncd sends for these members;
 - syncd: the real `run_once` (run/pipeline.py, as `syncd run-once` calls it) in a fresh
-  interpreter, a first sync into a new state (a SQLite file, or a new PostgreSQL database on
-  the server `--state` names) to `type = "segment"`, batch_size 500, concurrency 4 (the
+  interpreter, a first sync into a new state, per `--states` (a SQLite file, or a new PostgreSQL
+  database on the server a URL names; by default SQLite, and PostgreSQL when
+  SYNCD_TEST_POSTGRES_URL is set) to `type = "segment"`, batch_size 500, concurrency 4 (the
   type's default), rate_limit 1000 (never paces at ~50 calls/s).
 
-Timed, for syncd: the send phase, from the moment the first call started to the moment the
-last answer arrived (Options.latency, the hook the daemon's metrics use, gives each answer's
-arrival and its round trip); the whole run_once (snapshot, diff, send, the run's records; not
-opening the state, which creates its schema). The stand-in must have counted every event
-exactly once (events = members, no duplicate messageId) in as many calls as syncd counted.
-Ratio = syncd's send-phase events/s ÷ the bare client's events/s, best against best.
+Timed, for syncd (each state's best against the bare client's best): the send phase, from
+the moment the first call started to the moment the last answer arrived (Options.latency,
+the hook the daemon's metrics use, gives each answer's arrival and its round trip); the whole
+run_once (snapshot, diff, send, the run's records; not opening the state, which creates its
+schema). The stand-in must have counted every event exactly once (events = members, no
+duplicate messageId) in as many calls as syncd counted.
+"x bare" = syncd's send-phase events/s ÷ the bare client's events/s; "busy" = the CPU time
+syncd's process used from its first answer to its last, over that time (below 100%: it waited,
+for the receiver or for a core); cProfile's `--profile` covers the main thread (the event loop:
+delivery with its database writes; not the snapshot's thread).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import sqlite3
 import sys
 import tempfile
@@ -45,6 +52,7 @@ from _standins import ENV, StandInProcess
 from segment import one_round
 
 KEY = "order_completed_last_30days"  # segment.py's audience key: the same events
+POSTGRES = os.environ.get("SYNCD_TEST_POSTGRES_URL")
 
 
 def write_source(path: Path, members: int) -> None:
@@ -81,8 +89,7 @@ def write_config(tmp: Path, endpoint: str, state_url: str) -> Path:
 # -- the syncd step, in its own interpreter -------------------------------------------------
 
 def syncd_step(config_path: str, profile: str) -> None:
-    """One first sync; its figures as JSON. `profile`: a file for cProfile's statistics of the
-    main thread (the event loop: delivery, marking and recording; not the snapshot's thread)."""
+    """One first sync; its figures as JSON. `profile`: a file for cProfile's statistics."""
     from syncd.config import load_config
     from syncd.run.pipeline import Options, open_state, run_once
 
@@ -130,18 +137,23 @@ def syncd_round(stand_ins: StandInProcess, tmp: Path, state: str, members: int,
     return result
 
 
-def rows_of(bare: dict[str, float], syncd: dict[str, Any], members: int) -> list[dict[str, str]]:
-    reference = members / bare["seconds"]
-    return [
-        {"client": "bare httpx", "calls": f"{bare['calls']:,.0f}",
-         "events/call": f"{members / bare['calls']:.0f}", "send s": f"{bare['seconds']:.2f}",
-         "send events/s": f"{reference:,.0f}", "x bare": "1.00", "run s": "", "run events/s": ""},
-        {"client": "syncd run_once", "calls": f"{syncd['calls']:,}",
-         "events/call": f"{members / syncd['calls']:.0f}", "send s": f"{syncd['send']:.2f}",
-         "send events/s": f"{members / syncd['send']:,.0f}",
-         "x bare": f"{members / syncd['send'] / reference:.2f}", "run s": f"{syncd['run']:.2f}",
-         "run events/s": f"{members / syncd['run']:,.0f}"},
-    ]
+def bare_row(bare: dict[str, float], members: int) -> dict[str, str]:
+    return {"client": "bare httpx", "state": "", "calls": f"{bare['calls']:,.0f}",
+            "events/call": f"{members / bare['calls']:.0f}", "send s": f"{bare['seconds']:.2f}",
+            "send events/s": f"{members / bare['seconds']:,.0f}", "x bare": "1.00"}
+
+
+def syncd_row(state: str, syncds: list[dict[str, Any]], bare: dict[str, float],
+              members: int) -> dict[str, str]:
+    """Its best send phase against the bare client's best; its best run_once."""
+    best = min(syncds, key=lambda r: r["send"])
+    run = min(r["run"] for r in syncds)
+    return {"client": "syncd run_once", "state": state.split(":")[0].split("+")[0],
+            "calls": f"{best['calls']:,}", "events/call": f"{members / best['calls']:.0f}",
+            "send s": f"{best['send']:.2f}", "send events/s": f"{members / best['send']:,.0f}",
+            "x bare": f"{bare['seconds'] / best['send']:.2f}", "busy": f"{best['busy']:.0%}",
+            "before 1st call s": f"{best['before']:.2f}", "run s": f"{run:.2f}",
+            "run events/s": f"{members / run:,.0f}"}
 
 
 def main() -> None:
@@ -151,33 +163,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--state", default="sqlite", help="sqlite, or a PostgreSQL server's URL")
+    parser.add_argument("--states", nargs="+", default=["sqlite", *filter(None, [POSTGRES])],
+                        help="each sqlite or a PostgreSQL server's URL (default: sqlite, "
+                             "and $SYNCD_TEST_POSTGRES_URL if set)")
     parser.add_argument("--latency", type=float, default=0.0,
                         help="seconds the stand-in waits before each answer (a receiver that far away)")
     parser.add_argument("--profile", default="", help="one more, profiled syncd run: its stats file")
     args = parser.parse_args()
     bare_args = argparse.Namespace(events=args.members, clients=1, batch=500, concurrency=4)
-    bares, syncds = [], []
+    bares: list[dict[str, float]] = []
+    syncds: dict[str, list[dict[str, Any]]] = {state: [] for state in args.states}
     with tempfile.TemporaryDirectory() as tmp, StandInProcess(record=False) as stand_ins:
         write_source(Path(tmp) / "source.db", args.members)
         stand_ins.delay(segment=args.latency)
         for n in range(args.rounds):
             bares.append(one_round(stand_ins, bare_args))
-            syncds.append(syncd_round(stand_ins, Path(tmp), args.state, args.members))
-            print(f"round {n + 1}: bare {bares[-1]['seconds']:.2f} s, syncd {json.dumps(syncds[-1])}",
-                  flush=True)
+            print(f"round {n + 1}: bare {bares[-1]['seconds']:.2f} s", flush=True)
+            for state, results in syncds.items():
+                results.append(syncd_round(stand_ins, Path(tmp), state, args.members))
+                print(f"  syncd, state {state.split(':')[0]}: {json.dumps(results[-1])}", flush=True)
         if args.profile:
-            profiled = syncd_round(stand_ins, Path(tmp), args.state, args.members, args.profile)
+            profiled = syncd_round(stand_ins, Path(tmp), args.states[0], args.members, args.profile)
             print(f"profiled: {json.dumps(profiled)} -> {args.profile}")
     bare = min(bares, key=lambda r: r["seconds"])
-    syncd = min(syncds, key=lambda r: r["send"])
-    rows = rows_of(bare, syncd, args.members)
-    print(f"\n{args.members:,} members, state {args.state.split(':')[0]}, answers delayed "
-          f"{args.latency * 1000:.0f} ms, best of {args.rounds} "
-          f"(syncd's best run_once: {min(r['run'] for r in syncds):.2f} s; before the first call "
-          f"{syncd['before']:.2f} s, after the last answer {syncd['after']:.2f} s; syncd's process on a CPU "
-          f"{syncd['busy']:.0%} of the send phase)")
-    print(table(rows, list(rows[0])))
+    rows = [bare_row(bare, args.members),
+            *(syncd_row(state, results, bare, args.members) for state, results in syncds.items())]
+    print(f"\n{args.members:,} members, answers delayed {args.latency * 1000:.0f} ms, best of {args.rounds}; "
+          "busy: syncd's process on a CPU, share of its send phase")
+    print(table(rows, list(rows[-1])))
 
 
 if __name__ == "__main__":
