@@ -5,6 +5,7 @@ and the counters are the stand-ins' own (every HTTP request they received, per r
     with StandInProcess() as stand_ins:
         stand_ins.urls["usercom"]                      # each service's address
         stand_ins.rate(usercom=10)                     # requests/s, 429 + Retry-After beyond
+        stand_ins.delay(segment=0.05)                  # seconds before each answer
         stand_ins.seed_usercom([f"m{i}" for i in ...])  # users that exist before syncd runs
         stand_ins.counters("usercom")                  # requests, 429s, routes, calls, ...
 """
@@ -45,6 +46,10 @@ def _answer(servers: dict[str, StandIn], command: str, argument: Any) -> Any:
     if command == "rate":
         for name, rate in argument.items():
             servers[name].rate_limit = rate or None
+        return {}
+    if command == "delay":  # seconds before each answer: a receiver that far away
+        for name, seconds in argument.items():
+            servers[name].delay = seconds
         return {}
     if command == "seed":
         usercom = servers["usercom"]
@@ -100,6 +105,10 @@ class StandInProcess:
     def rate(self, **rates: float | None) -> None:
         """Requests per second per service (None: no limit)."""
         self._ask("rate", rates)
+
+    def delay(self, **seconds: float) -> None:
+        """Seconds each service waits before it answers (its distance, in round trips)."""
+        self._ask("delay", seconds)
 
     def seed_usercom(self, custom_ids: list[str], emails: bool = True) -> None:
         self._ask("seed", {"custom_ids": custom_ids, "emails": emails})

@@ -8,6 +8,8 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 from syncd import __version__
@@ -18,8 +20,9 @@ MAX_MESSAGE_BYTES = 32 * 1024  # Segment's limit for one call
 
 
 
+@lru_cache(maxsize=1024)
 def computation_id(audience_key: str) -> str:
-    """A stable id for the audience, as Engage's computation_id."""
+    """A stable id for the audience, as Engage's computation_id (kept: a run asks per message)."""
     return "aud_" + hashlib.sha256(audience_key.encode()).hexdigest()[:24]
 
 
@@ -56,11 +59,11 @@ def identify(
     """The Identify of `change` of `audience_key`, carrying too the same user's `riders`
     (changes of other audiences, as (key, change)): every changed key in `traits`, the extra
     traits of the entering audiences merged in key order, the personas of `audience_key`."""
-    carried = sorted([(audience_key, change), *riders], key=lambda item: item[0])
+    carried = [(audience_key, change), *riders]
+    if riders:
+        carried.sort(key=itemgetter(0))
     traits: dict[str, Any] = {}
-    # An entering change has the member's current email; a leave's is the one last sent.
-    email = next((c.email for c in (change, *(c for _, c in carried)) if c.value and c.email),
-                 change.email or next((c.email for _, c in carried if c.email), None))
+    email = _email(change, carried)
     if email:
         traits["email"] = email
     for _, each in carried:
@@ -85,11 +88,25 @@ def identify(
         "userId": change.user_id,
         "anonymousId": change.anonymous_id,
         "messageId": call_message_id([c.message_id(key, destination) for key, c in carried]),
-        "timestamp": iso_millis(timestamp),
+        "timestamp": _iso_millis(timestamp),
         "traits": traits,
         "context": context,
         "integrations": {"All": False, integration: True},
     }
+
+
+def _email(change: Change, carried: Sequence[tuple[str, Change]]) -> str | None:
+    """An entering change has the member's current email; a leave's is the one last sent."""
+    if change.value and change.email:
+        return change.email
+    entering = next((c.email for _, c in carried if c.value and c.email), None)
+    return entering or change.email or next((c.email for _, c in carried if c.email), None)
+
+
+@lru_cache(maxsize=16)
+def _iso_millis(moment: datetime) -> str:
+    """A run's messages share one timestamp (its snapshot time): formatted once."""
+    return iso_millis(moment)
 
 
 def size_of(message: dict[str, Any]) -> int:

@@ -10,8 +10,13 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import httpx
 import pytest
 
+from syncd.config import DestinationConfig, Secret
+from syncd.delivery.batches import CALL_OVERHEAD
+from syncd.delivery.destinations import make_destination
+from syncd.delivery.wire import json_bytes
 from syncd.dev.standins import Fault, SegmentStandIn
 from syncd.run.report import RunReport
 
@@ -115,6 +120,21 @@ def test_a_refused_event_fails_alone_in_few_calls(sqlite_env: Env, segment: Segm
     segment.refuse(user_id="u123")
     assert not sync(env, segment).delivered  # retried next run, alone: one call
     assert segment.requests == 1 and not segment.accepted()
+
+
+def test_a_call_is_its_events_json_joined_byte_for_byte_as_httpx_sends_the_whole() -> None:
+    """Each event is serialised once (its size checked against the limits), and the call joins
+    those bytes: the body must be exactly what httpx makes of the same call as `json=`."""
+    config = DestinationConfig("cdp", "segment", Secret("k"), None, 4, 10,
+                               {"endpoint": "https://api.segment.io/v1/batch", "batch_size": 500,
+                                "events": ("identify",)})
+    events = [{"type": "identify", "userId": "zoë", "traits": {"note": "5 € \u2028 \"quoted\"", "n": 1.5}},
+              {"type": "identify", "userId": "u2", "anonymousId": None, "traits": {"x": {"a": [1, True]}}}]
+    request = make_destination(config).batch([json_bytes(e) for e in events], "2026-12-05T04:00:00.000Z")
+    whole = httpx.Request("POST", request.url, json={"batch": events, "sentAt": "2026-12-05T04:00:00.000Z"})
+    assert request.content == whole.content
+    measured = sum(len(json_bytes(e)) + 1 for e in events)  # as batches.py packs them
+    assert measured < len(whole.content) <= measured + CALL_OVERHEAD
 
 
 def test_an_event_over_32_kb_fails_alone_and_no_call_exceeds_500_kb(sqlite_env: Env,

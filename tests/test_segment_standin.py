@@ -17,6 +17,7 @@ from syncd.identify import identify
 from syncd.model import Enter
 
 WRITE_KEY = "segment-test-key-SECRET-5d6e"
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_a_call_over_500_kb_is_refused(segment: SegmentStandIn, client: httpx.Cl
     items = events(40, filler="x" * 13_000)  # 40 events of ~13 KB: ~520 KB
     body = json.dumps({"batch": items}).encode()
     assert len(body) > MAX_CALL_BYTES
-    answer = client.post("/v1/batch", content=body)
+    answer = client.post("/v1/batch", content=body, headers=JSON)
     assert answer.status_code == 400 and "500 KB" in answer.json()["message"]
     assert batch(client, items[:35]).status_code == 200  # ~455 KB is fine
     assert segment.events_accepted == 35
@@ -98,9 +99,21 @@ def test_at_most_2500_events_per_batch(segment: SegmentStandIn, client: httpx.Cl
 @pytest.mark.parametrize("body", [b'{"batch": [', b"not json", b'{"batch": {}}', b'[{"type": "identify"}]',
                                   b'{"batch": [1, 2]}', b'{"sentAt": "2026-11-22"}'])
 def test_a_malformed_body_is_400(segment: SegmentStandIn, client: httpx.Client, body: bytes) -> None:
-    answer = client.post("/v1/batch", content=body)
+    answer = client.post("/v1/batch", content=body, headers=JSON)
     assert answer.status_code == 400 and answer.json()["message"]
     assert segment.accepted() == []
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_not_declared_json_is_400(segment: SegmentStandIn, client: httpx.Client,
+                                         content_type: str | None) -> None:
+    body = json.dumps({"batch": events(1)}).encode()
+    headers = {"Content-Type": content_type} if content_type else {}
+    answer = client.post("/v1/batch", content=body, headers=headers)
+    assert answer.status_code == 400 and "Content-Type must be application/json" in answer.json()["message"]
+    assert client.post("/v1/batch", content=body, headers={"Content-Type": "application/json; charset=utf-8"}
+                       ).status_code == 200
+    assert segment.events_accepted == 1
 
 
 @pytest.mark.parametrize(("event", "reason"), [

@@ -9,15 +9,13 @@ of its events sent. A change is acknowledged when every event carrying it is."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from syncd.delivery import calls
-from syncd.delivery.session import Pair, Session, by_audience, outcome_of
-from syncd.delivery.wire import Result, Verdict
+from syncd.delivery.session import Session, by_audience, outcome_of
+from syncd.delivery.wire import Result, Verdict, json_bytes
 from syncd.model import Change
 from syncd.render import iso_millis
 
@@ -27,20 +25,22 @@ CALL_OVERHEAD = 64  # {"batch":[...],"sentAt":"2026-12-05T04:00:00.000Z"} around
 
 @dataclass(frozen=True)
 class Event:
-    body: dict[str, Any]
-    size: int  # bytes of its JSON, as sent
+    raw: bytes  # its JSON, as sent (serialised once: measured, then joined into the call)
     carried: list[tuple[str, Change]]  # the changes it carries, as (audience key, change)
 
+    @property
+    def size(self) -> int:
+        return len(self.raw)
 
-async def send_page(session: Session, pair: Pair, page: Sequence[Change]) -> None:
-    """The page's changes (with their riders, as grouped calls) as events in batches; every
-    change marked in flight before and its outcome recorded after, for its own pair."""
+
+async def send(session: Session, grouped: Sequence[calls.Call]) -> None:
+    """A page's grouped calls (calls.calls_of: riders taken, every change marked in flight) as
+    events in batches, each change's outcome recorded for its own pair."""
     destination = session.destination
-    grouped = calls.calls_of(session, pair, page)
     results: dict[tuple[str, str, str], list[Result]] = {}
     events: list[Event] = []
     for call in grouped:
-        made = [Event(body, _size(body), carried)
+        made = [Event(json_bytes(body), carried)
                 for body, carried in destination.events(calls.identify_of(session, call), call.carried())]
         limit = destination.max_event_bytes
         too_big = next((event.size for event in made if event.size > limit), None)
@@ -50,15 +50,12 @@ async def send_page(session: Session, pair: Pair, page: Sequence[Change]) -> Non
             for key, change in call.carried():
                 results.setdefault(_id(key, change), []).append(refused)
             continue
-        for event in made:
-            for key, change in event.carried:
-                results.setdefault(_id(key, change), [])
         events += made
     packed = _packed(events, destination.batch_size, destination.max_call_bytes)
     sent = await asyncio.gather(*(_send(session, batch) for batch in packed))
     for event, result in (item for batch in sent for item in batch):
         for key, change in event.carried:
-            results[_id(key, change)].append(result)
+            results.setdefault(_id(key, change), []).append(result)
     outcomes = [(key, outcome_of(change, _combined(results[_id(key, change)])))
                 for call in grouped for key, change in call.carried()]
     for key, done in by_audience(outcomes).items():
@@ -68,11 +65,6 @@ async def send_page(session: Session, pair: Pair, page: Sequence[Change]) -> Non
 
 def _id(key: str, change: Change) -> tuple[str, str, str]:
     return key, change.subject, change.ident
-
-
-def _size(body: dict[str, Any]) -> int:
-    """As httpx sends it: compact, UTF-8."""
-    return len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def _packed(events: Sequence[Event], batch_size: int, max_bytes: int) -> Iterator[list[Event]]:
@@ -91,7 +83,7 @@ def _packed(events: Sequence[Event], batch_size: int, max_bytes: int) -> Iterato
 
 async def _send(session: Session, batch: list[Event]) -> list[tuple[Event, Result]]:
     """One call; refused as a whole (400/413), its halves, each narrowed down the same way."""
-    request = session.destination.batch([event.body for event in batch], iso_millis(datetime.now(UTC)))
+    request = session.destination.batch([event.raw for event in batch], iso_millis(datetime.now(UTC)))
     result = await session.call(request)
     if result.verdict is Verdict.REJECT and result.status in SPLIT and len(batch) > 1:
         half = len(batch) // 2
@@ -103,6 +95,8 @@ async def _send(session: Session, batch: list[Event]) -> list[tuple[Event, Resul
 def _combined(results: Sequence[Result]) -> Result:
     """A change's result from those of the events carrying it: acknowledged if all were; else
     refused if one was, else not delivered, and possibly applied when some event went."""
+    if len(results) == 1:  # most changes ride one event (the user's Identify)
+        return results[0]
     failed = [result for result in results if result.verdict is not Verdict.ACK]
     if not failed:
         return results[0]

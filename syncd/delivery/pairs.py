@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -194,13 +195,16 @@ class DestinationDelivery:
         first, size = True, self._page_size()
         for value in (True, False) if not pair.guard.held else (True,):
             after: tuple[str, str] | str = ""
-            while not self.sender.interrupted():
-                page = pair.work.page(value, after, size)
-                if not page or (not first and self._out_of_time()):
-                    break
-                first = False
-                after = page[-1].cursor
-                await self._send_page(pair, value, page)
+            async with InFlight(self._pages_at_once()) as pages:  # the enters all done before the leaves
+                while await pages.room():
+                    if self.sender.interrupted():
+                        break
+                    page = pair.work.page(value, after, size)
+                    if not page or (not first and self._out_of_time()):
+                        break
+                    first = False
+                    after = page[-1].cursor
+                    await self._send_page(pair, value, page, pages)
             if "mass_updates" in self.session.destination.bulk_paths:
                 await bulk.flush(self.session, pair, value)  # a chunk held back for a fuller one
 
@@ -211,11 +215,20 @@ class DestinationDelivery:
             return max(PAGE_SIZE, destination.batch_size * self.sender.concurrency)
         return PAGE_SIZE
 
-    async def _send_page(self, pair: Pair, value: bool, page: Sequence[Change]) -> None:
-        """Users the destination can update in bulk go by chunk first; the rest as calls
-        (or, at a destination with batches, as batches of the users' events)."""
+    def _pages_at_once(self) -> int:
+        """With batches, a pair's next page is taken, marked and packed while the calls of the
+        one before are in flight, and that one's outcomes recorded while the next page's calls
+        are: the receiver does not wait for syncd's database work, nor syncd for the receiver.
+        Pages never share a change (each is taken from the list), and each page is marked in
+        flight before its calls leave and recorded after its answers, as one at a time."""
+        return 2 if "batches" in self.session.destination.bulk_paths else 1
+
+    async def _send_page(self, pair: Pair, value: bool, page: Sequence[Change], pages: InFlight) -> None:
+        """Users the destination can update in bulk go by chunk first; the rest as calls.
+        At a destination with batches, the page's riders are taken now, with the page (no
+        other pair's page can take them meanwhile), and its batches go on in `pages`."""
         if "batches" in self.session.destination.bulk_paths:
-            await batches.send_page(self.session, pair, page)
+            pages.add(batches.send(self.session, calls.calls_of(self.session, pair, page)))
             return
         rest = list(page)
         if "mass_updates" in self.session.destination.bulk_paths:
@@ -252,6 +265,34 @@ class DestinationDelivery:
         elif guard.approved:
             log.warning("sending %d exits of %s at %s, approved by %s: %s", guard.exits,
                         guard.audience_key, self.name, guard.approved_by or "?", guard.reason())
+
+
+class InFlight:
+    """Pages sending at the same time, at most `limit`, in the order added; leaving waits for
+    every one (none is left half-sent) and raises the first one's error."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def room(self) -> bool:
+        """Once fewer than `limit` are sending (the oldest done; its error raised): True."""
+        while len(self.tasks) >= self.limit:
+            await self.tasks.pop(0)
+        return True
+
+    def add(self, sending: Coroutine[Any, Any, None]) -> None:
+        self.tasks.append(asyncio.create_task(sending))
+
+    async def __aenter__(self) -> InFlight:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        tasks, self.tasks = self.tasks, []
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [result for result in done if isinstance(result, BaseException)]
+        if errors and kind is None:
+            raise errors[0]
 
 
 def _sender(destination: Destination, options: DeliveryOptions) -> Sender:

@@ -13,7 +13,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -178,6 +178,13 @@ class Sender:
             self._give_up(last)
         return replace(last, uncertain=uncertain)
 
+    def _send(self, request: Request) -> Awaitable[httpx.Response]:
+        """`content` (JSON already) as it is, else `body` as JSON."""
+        if request.content is None:
+            return self.client.request(request.method, request.url, json=request.body)
+        return self.client.request(request.method, request.url, content=request.content,
+                                   headers={"Content-Type": "application/json"})
+
     def _give_up(self, last: Result) -> None:
         self._consecutive_exhausted += 1
         if self._consecutive_exhausted >= self.policy.set_aside_after and self.stopped is None:
@@ -190,7 +197,7 @@ class Sender:
                 return None
             started = time.monotonic()
             try:
-                response = await self.client.request(request.method, request.url, json=request.body)
+                response = await self._send(request)
             except httpx.HTTPError as exc:
                 error = redact(_describe(exc), self.secrets)
                 result = Result(Verdict.RETRY, attempt, None, error, isinstance(exc, _UNCERTAIN))

@@ -18,6 +18,7 @@ Every HTTP answer is classified into what the caller does next:
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -45,6 +46,13 @@ class Request:
     url: str
     body: dict[str, Any] | None = None
     anonymous: bool = False  # sent without the Authorization header (a probe's refusal check)
+    content: bytes | None = None  # the body as JSON already (`json_bytes`), sent instead of `body`
+
+
+def json_bytes(value: Any) -> bytes:
+    """`value` as httpx sends a `json=` body (compact, UTF-8): a batch's events are serialised
+    once, measured against the size limits and joined into the call as they are."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,8 @@ Methods (what it does; `self.config` is its DestinationConfig, the key resolved)
                               carried: its changes as (audience key, change)), each with the
                               changes it carries; a change is acknowledged once all of its
                               events are
-    batch(events, sent_at)    batches: the one Request carrying these events
+    batch(events, sent_at)    batches: the one Request carrying these events, each given as
+                              its JSON (wire.json_bytes: serialised once, when measured)
     secrets()                 every form of the key an answer could echo (redacted)
 
 A problem that leaves a pair undelivered for this run is a DestinationError; every answer
@@ -183,8 +184,8 @@ class Destination(ABC):
         """The events of one user's call, each with the changes it carries."""
         raise NotImplementedError(f"{self.integration} has no batches")
 
-    def batch(self, events: Sequence[dict[str, Any]], sent_at: str) -> Request:
-        """One call carrying `events`; `sent_at`: now (ISO 8601)."""
+    def batch(self, events: Sequence[bytes], sent_at: str) -> Request:
+        """One call carrying `events` (each its JSON); `sent_at`: now (ISO 8601)."""
         raise NotImplementedError(f"{self.integration} has no batches")
 
     def remote_id(self, answer: Any) -> int | None:

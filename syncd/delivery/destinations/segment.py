@@ -21,7 +21,7 @@ from typing import Any
 
 from syncd.config import Address, Choices, Number
 from syncd.delivery.destinations.base import IDENTITY_FIELDS, Destination, Event, basic_auth
-from syncd.delivery.wire import Answer, Probe, Request
+from syncd.delivery.wire import Answer, Probe, Request, json_bytes
 from syncd.estimate import CallEstimate, Workload
 from syncd.identify import computation_id
 from syncd.model import Change
@@ -50,11 +50,14 @@ class Segment(Destination):
 
     def request(self, message: dict[str, Any], audience_key: str) -> Request:
         """One Identify alone (delivery sends batches: `batch()`)."""
-        return self.batch([self.identify_event(message)], message["timestamp"])
+        return Request("POST", self.config.url, {"batch": [self.identify_event(message)],
+                                                 "sentAt": message["timestamp"]})
 
-    def batch(self, events: Sequence[dict[str, Any]], sent_at: str) -> Request:
-        """One call of events; `sent_at`: now, as Segment corrects the events' clock by it."""
-        return Request("POST", self.config.url, {"batch": list(events), "sentAt": sent_at})
+    def batch(self, events: Sequence[bytes], sent_at: str) -> Request:
+        """One call of events (each its JSON), joined as they are: `{"batch": [...], "sentAt":
+        ...}`; `sent_at`: now, as Segment corrects the events' clock by it."""
+        content = b'{"batch":[' + b",".join(events) + b'],"sentAt":' + json_bytes(sent_at) + b"}"
+        return Request("POST", self.config.url, content=content)
 
     def events(self, message: dict[str, Any], carried: Sequence[tuple[str, Change]]) -> list[Event]:
         """The events of one user's call (`message`: its Identify, carrying the changes

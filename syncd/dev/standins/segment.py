@@ -5,6 +5,7 @@ What it answers, and where it differs from Segment on purpose:
 
 - `Authorization: Basic base64("<write_key>:")`, else `401` (RudderStack's answer; Segment
   itself may take the call and drop it later).
+- A body without `Content-Type: application/json` is a `400`, as Segment documents it.
 - Segment's documented limits, each a `400` with the reason in `message`: a call over
   500 KB (`/v1/batch`; 32 KB for a single event), an event over 32 KB in a batch (its
   compact JSON), more than 2,500 events in a batch, a body that is not JSON.
@@ -98,6 +99,9 @@ class SegmentStandIn(StandIn):
             return 405, _error("method not allowed"), {}
         if headers.get("Authorization") != basic_auth(self.api_key):
             return 401, _error("invalid write key"), {}
+        content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+        if content_type.split(";")[0].strip() != "application/json":
+            return 400, _error(f"Content-Type must be application/json, not {content_type!r}"), {}
         limit = MAX_CALL_BYTES if target == BATCH else MAX_EVENT_BYTES
         if len(raw) > limit:
             return 400, _error(f"request of {len(raw)} bytes is over the limit of {limit // 1024} KB"), {}
