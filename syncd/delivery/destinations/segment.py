@@ -123,10 +123,14 @@ def content_id(event: dict[str, Any]) -> dict[str, Any]:
     """The event with a messageId from its changes' (the one it has) and its content, all but
     its timestamp and syncd's version: a resend of the same event keeps its id, so the
     receiver drops the duplicate; a pending change re-sent with other data (a new email, an
-    anonymousId, extra traits) is a new event, which a receiver must not drop as a repeat."""
-    context = {k: v for k, v in event["context"].items() if k != "library"}
-    content = {**event, "messageId": None, "timestamp": None, "context": context}
-    material = event["messageId"] + "\x1f" + json.dumps(content, sort_keys=True, separators=(",", ":"))
+    anonymousId, extra traits) is a new event, which a receiver must not drop as a repeat.
+    The rest of the event follows from the changes (type, name); the parts that do not (the
+    personas: whichever audience's page carried them) are built in a fixed order, so no key
+    sorting is needed."""
+    context = event["context"]
+    varying = (event.get("userId"), event.get("anonymousId"), event.get("traits"), event.get("properties"),
+               context["personas"], context.get("page"), context.get("traits"))
+    material = event["messageId"] + "\x1f" + json.dumps(varying, separators=(",", ":"))
     return {**event, "messageId": "syncd-" + hashlib.sha256(material.encode()).hexdigest()[:32]}
 
 
