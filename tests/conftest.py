@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, create_engine, text
+from sqlalchemy import Engine, MetaData, create_engine, text
 from sqlalchemy.engine import make_url
 
-from syncd.config import Config, load_config
+from syncd.config import Config, ScheduleConfig, load_config
 from syncd.delivery.sender import RetryPolicy
 from syncd.dev.standins import NatStandIn, UserComStandIn
 from syncd.run.pipeline import Options, open_state, run_once
@@ -111,6 +111,16 @@ class Shop:
 def _customer(cid: Any, email: Any = None, last_order_at: Any = "2026-11-20 10:00:00",
               anon: Any = None, url: Any = None, plan: Any = "pro") -> tuple[Any, ...]:
     return (cid, anon, email, url, plan, last_order_at)
+
+
+@pytest.fixture
+def engine(state_url: str) -> Iterator[Engine]:
+    """A migrated state database of each backend, for tests of state/ alone."""
+    config = Config(path="-", state_url=state_url, schedule=ScheduleConfig(), sources={},
+                    destinations={}, audiences=())
+    engine = open_state(config)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

@@ -9,22 +9,11 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine, select
 
-from syncd.config import Config, ScheduleConfig
 from syncd.model import Change, SnapshotRow
-from syncd.run.pipeline import open_state
 from syncd.state.diff import plan_counts
 from syncd.state.snapshots import SnapshotCounts, replace_members
 from syncd.state.tables import L, M
 from syncd.state.work import DestinationWork, WorkList
-
-
-@pytest.fixture
-def engine(state_url: str) -> Iterator[Engine]:
-    config = Config(path="-", state_url=state_url, schedule=ScheduleConfig(), sources={},
-                    destinations={}, audiences=())
-    engine = open_state(config)
-    yield engine
-    engine.dispose()
 
 
 def row(user_id: str, email: str | None = None, **traits: object) -> SnapshotRow:

@@ -5,16 +5,12 @@ untried changes), in pages larger than one statement's share of rows, and nothin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, insert, select
 
-from syncd.config import Config, ScheduleConfig
 from syncd.model import Change
-from syncd.run.pipeline import open_state
 from syncd.state.sends import Outcome, mark_in_flight, record_outcomes
 from syncd.state.tables import L
 
@@ -22,15 +18,6 @@ KEY, DEST = "buyers", "nat"
 EARLIER = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 FRESH = {"acked": None, "seq": 0, "acked_at": None, "maybe_true": False, "maybe_false": False,
          "attempts": 0, "failed": False, "last_status": None, "last_error": None}
-
-
-@pytest.fixture
-def engine(state_url: str) -> Iterator[Engine]:
-    config = Config(path="-", state_url=state_url, schedule=ScheduleConfig(), sources={},
-                    destinations={}, audiences=())
-    engine = open_state(config)
-    yield engine
-    engine.dispose()
 
 
 def change(subject: str, value: bool, ident: str = "", seq: int = 0, nonce: str = "n-new") -> Change:
