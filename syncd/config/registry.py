@@ -15,13 +15,12 @@ from __future__ import annotations
 import importlib
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, ClassVar, Protocol, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, cast
 
 from syncd.config.settings import Setting
 from syncd.render import one_line
 
 if TYPE_CHECKING:
-    from syncd.config.model import DestinationConfig
     from syncd.estimate import CallEstimate, Workload
 
 GROUP = "syncd.destinations"
@@ -47,7 +46,8 @@ class DestinationType(Protocol):
     reserved: ClassVar[frozenset[str]]
     key_limit: ClassVar[int | None]
 
-    def __init__(self, config: DestinationConfig) -> None: ...
+    # config: its DestinationConfig (config/model.py, which imports this module: not named here)
+    def __init__(self, config: Any) -> None: ...
 
     def estimate(self, work: Workload) -> CallEstimate: ...
 
