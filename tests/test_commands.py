@@ -102,7 +102,7 @@ def test_plan_counts_what_a_run_would_send_and_changes_nothing(env: Env) -> None
     line = next(x for x in human.stdout.splitlines() if x.startswith("  nat: "))
     assert line.startswith("  nat: 2 true, 1 false (2 retries), 1 skipped (no email); 3 sends, about")
     assert line.endswith("at 20/s")
-    assert "  usercom: 1 true, 0 false (0 retries), 0 skipped (no email); 1 sends, about 1s at 2/s" \
+    assert "  usercom: 1 true, 0 false (0 retries), 0 skipped (no email); 1 send, about 1s at 2/s" \
         in human.stdout
     # The run that follows sends what the plan said.
     report = env.run(config)

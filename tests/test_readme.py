@@ -64,7 +64,9 @@ def _script(ports: dict[str, int]) -> str:
                         for name in ("nat", "usercom", "segment"))]
         elif command == "syncd run":
             page = f"http://127.0.0.1:{ports['metrics']}/"
+            # Its own page: the log says it serves (a port picked free may be taken meanwhile).
             lines += [f"{command} > daemon.log 2>&1 & DAEMON=$!",
+                      "until grep -q 'serving Prometheus metrics' daemon.log; do sleep 0.2; done",
                       f"until curl -sf -o page.html {page}; do sleep 0.2; done",
                       "kill -INT $DAEMON", "wait $DAEMON"]
         elif command:

@@ -72,6 +72,9 @@ def serve(config: Config, stop_event: threading.Event | None = None, progress: P
     """
     config = config.with_secrets()  # once, at start: every run sends with these keys
     stop = stop_event or threading.Event()
+    # First: a signal during start-up (binding, migrating) stops the daemon as soon as it is up.
+    # Started in the background by a script, SIGINT is ignored until a handler is set.
+    stop_on_signals(stop)
     notifier = Notifier(environ or {})
     metrics = Metrics() if config.metrics else None
     endpoints = Endpoints()
@@ -85,7 +88,6 @@ def serve(config: Config, stop_event: threading.Event | None = None, progress: P
         options = Options(stop_event=stop, progress=progress or Null(),
                           latency=metrics.observe_latency if metrics else None)
         daemon = _Daemon(config, engine, options, notifier, metrics)
-        stop_on_signals(stop)
         if server is not None:
             daemon.refresh_metrics()
             endpoints.ready = readiness(engine)
