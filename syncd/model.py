@@ -84,8 +84,7 @@ class Change:
         parts = [audience_key, destination, self.subject, str(self.seq), "1" if self.value else "0"]
         if self.nonce:
             parts += [self.ident, self.nonce]
-        material = "\x1f".join(parts)
-        return "syncd-" + hashlib.sha256(material.encode()).hexdigest()[:32]
+        return digest_id(parts)
 
 
 def call_message_id(change_ids: Sequence[str]) -> str:
@@ -94,8 +93,12 @@ def call_message_id(change_ids: Sequence[str]) -> str:
     retry and never the id of any one change."""
     if len(change_ids) == 1:
         return change_ids[0]
-    material = "\x1f".join(["call", *sorted(change_ids)])
-    return "syncd-" + hashlib.sha256(material.encode()).hexdigest()[:32]
+    return digest_id(["call", *sorted(change_ids)])
+
+
+def digest_id(parts: Sequence[str]) -> str:
+    """A messageId from its material: the same parts, the same id."""
+    return "syncd-" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
 def Enter(**kwargs: Any) -> Change:

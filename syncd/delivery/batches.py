@@ -37,12 +37,12 @@ async def send(session: Session, grouped: Sequence[calls.Call]) -> None:
     """A page's grouped calls (calls.calls_of: riders taken, every change marked in flight) as
     events in batches, each change's outcome recorded for its own pair."""
     destination = session.destination
+    limit = destination.max_event_bytes
     results: dict[tuple[str, str, str], list[Result]] = {}
     events: list[Event] = []
     for call in grouped:
         made = [Event(json_bytes(body), carried)
                 for body, carried in destination.events(calls.identify_of(session, call), call.carried())]
-        limit = destination.max_event_bytes
         too_big = next((event.size for event in made if event.size > limit), None)
         if too_big is not None:
             refused = Result(Verdict.REJECT, error=f"an event of {too_big} bytes is over the limit of "

@@ -196,7 +196,8 @@ class DestinationDelivery:
         for value in (True, False) if not pair.guard.held else (True,):
             after: tuple[str, str] | str = ""
             async with InFlight(self._pages_at_once()) as pages:  # the enters all done before the leaves
-                while await pages.room():
+                while True:
+                    await pages.room()  # a stop seen while waiting for room takes no new page
                     if self.sender.interrupted():
                         break
                     page = pair.work.page(value, after, size)
@@ -275,11 +276,10 @@ class InFlight:
         self.limit = limit
         self.tasks: list[asyncio.Task[None]] = []
 
-    async def room(self) -> bool:
-        """Once fewer than `limit` are sending (the oldest done; its error raised): True."""
+    async def room(self) -> None:
+        """Returns once fewer than `limit` are sending (the oldest done; its error raised)."""
         while len(self.tasks) >= self.limit:
             await self.tasks.pop(0)
-        return True
 
     def add(self, sending: Coroutine[Any, Any, None]) -> None:
         self.tasks.append(asyncio.create_task(sending))

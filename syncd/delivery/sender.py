@@ -13,7 +13,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -110,6 +110,19 @@ def answer_of(response: httpx.Response) -> Answer:
     return Answer(response.status_code, reason_of(response), _json(response))
 
 
+def http_request(client: httpx.AsyncClient | httpx.Client, request: Request) -> httpx.Request:
+    """The HTTP request of `request` (deliveries and probes alike): `content` (JSON already) as
+    it is, else `body` as JSON; without the Authorization header when `anonymous`."""
+    if request.content is None:
+        built = client.build_request(request.method, request.url, json=request.body)
+    else:
+        built = client.build_request(request.method, request.url, content=request.content,
+                                     headers={"Content-Type": "application/json"})
+    if request.anonymous:
+        built.headers.pop("Authorization", None)
+    return built
+
+
 def _json(response: httpx.Response) -> Any:
     """The answer's JSON body; None if it has none."""
     try:
@@ -178,13 +191,6 @@ class Sender:
             self._give_up(last)
         return replace(last, uncertain=uncertain)
 
-    def _send(self, request: Request) -> Awaitable[httpx.Response]:
-        """`content` (JSON already) as it is, else `body` as JSON."""
-        if request.content is None:
-            return self.client.request(request.method, request.url, json=request.body)
-        return self.client.request(request.method, request.url, content=request.content,
-                                   headers={"Content-Type": "application/json"})
-
     def _give_up(self, last: Result) -> None:
         self._consecutive_exhausted += 1
         if self._consecutive_exhausted >= self.policy.set_aside_after and self.stopped is None:
@@ -197,7 +203,7 @@ class Sender:
                 return None
             started = time.monotonic()
             try:
-                response = await self._send(request)
+                response = await self.client.send(http_request(self.client, request))
             except httpx.HTTPError as exc:
                 error = redact(_describe(exc), self.secrets)
                 result = Result(Verdict.RETRY, attempt, None, error, isinstance(exc, _UNCERTAIN))

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncd import __version__
 from syncd.config import AlertsConfig, AudienceConfig, Config, DestinationConfig
 from syncd.delivery.destinations import make_destination
-from syncd.delivery.sender import answer_of
+from syncd.delivery.sender import answer_of, http_request
 from syncd.delivery.wire import Answer, Request
 from syncd.errors import ColumnError, SourceError, UsageError
 from syncd.render import database_error, one_line, plural, redact
@@ -177,10 +177,7 @@ class _Unreachable(Exception):
 def _call(client: httpx.Client, request: Request) -> Answer:
     """One request of a probe; a destination that cannot be reached ends the probe."""
     try:
-        built = client.build_request(request.method, request.url, json=request.body)
-        if request.anonymous:
-            built.headers.pop("Authorization", None)
-        response = client.send(built)
+        response = client.send(http_request(client, request))
     except httpx.HTTPError as exc:
         raise _Unreachable(request.url, exc) from None
     return answer_of(response)

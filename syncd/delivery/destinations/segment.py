@@ -13,7 +13,6 @@ new email is not dropped as a duplicate of what it was sent with before.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -24,7 +23,7 @@ from syncd.delivery.destinations.base import IDENTITY_FIELDS, Destination, Event
 from syncd.delivery.wire import Answer, Probe, Request, json_bytes
 from syncd.estimate import CallEstimate, Workload
 from syncd.identify import computation_id
-from syncd.model import Change
+from syncd.model import Change, digest_id
 
 TRACK_NAMES = {True: "Audience Entered", False: "Audience Exited"}
 
@@ -49,9 +48,8 @@ class Segment(Destination):
         return {"Authorization": key if key.startswith("Basic ") else basic_auth(key)}
 
     def request(self, message: dict[str, Any], audience_key: str) -> Request:
-        """One Identify alone (delivery sends batches: `batch()`)."""
-        return Request("POST", self.config.url, {"batch": [self.identify_event(message)],
-                                                 "sentAt": message["timestamp"]})
+        """One Identify alone, as a batch of one (delivery sends batches: `batch()`)."""
+        return self.batch([json_bytes(self.identify_event(message))], message["timestamp"])
 
     def batch(self, events: Sequence[bytes], sent_at: str) -> Request:
         """One call of events (each its JSON), joined as they are: `{"batch": [...], "sentAt":
@@ -120,23 +118,23 @@ def track_event(message: dict[str, Any], key: str, change_id: str) -> dict[str, 
 
 
 def content_id(event: dict[str, Any]) -> dict[str, Any]:
-    """The event with a messageId from its changes' (the one it has) and its content, all but
-    its timestamp and syncd's version: a resend of the same event keeps its id, so the
-    receiver drops the duplicate; a pending change re-sent with other data (a new email, an
-    anonymousId, extra traits) is a new event, which a receiver must not drop as a repeat.
-    The rest of the event follows from the changes (type, name); the parts that do not (the
-    personas: whichever audience's page carried them) are built in a fixed order, so no key
-    sorting is needed."""
+    """The event with a messageId from its changes' (the one it has) and the parts of its
+    content a resend can change (not its timestamp or syncd's version): a resend of the same
+    event keeps its id, so the receiver drops the duplicate; a pending change re-sent with
+    other data (a new email, an anonymousId, extra traits) is a new event, which a receiver
+    must not drop as a repeat. The rest of the event follows from the changes (type, name);
+    the parts that do not (the personas: whichever audience's page carried them) are built in
+    a fixed order, so no key sorting is needed."""
     context = event["context"]
     varying = (event.get("userId"), event.get("anonymousId"), event.get("traits"), event.get("properties"),
                context["personas"], context.get("page"), context.get("traits"))
-    material = event["messageId"] + "\x1f" + json.dumps(varying, separators=(",", ":"))
-    return {**event, "messageId": "syncd-" + hashlib.sha256(material.encode()).hexdigest()[:32]}
+    content = json.dumps(varying, separators=(",", ":"))
+    return {**event, "messageId": digest_id([event["messageId"], content])}
 
 
 def track_message_id(change_id: str) -> str:
     """Never the id of the change's Identify (which, alone, is the change's own id)."""
-    return "syncd-" + hashlib.sha256(f"track\x1f{change_id}".encode()).hexdigest()[:32]
+    return digest_id(["track", change_id])
 
 
 def _null_id(field: str, value: Any) -> bool:
