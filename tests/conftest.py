@@ -27,6 +27,7 @@ from syncd.delivery.sender import RetryPolicy
 from syncd.dev.standins import NatStandIn, UserComStandIn
 from syncd.run.pipeline import Options, open_state, run_once
 from syncd.run.report import RunReport
+from syncd.state.engine import create_state_engine
 
 NAT_KEY = "nat-test-key-SECRET-1f2e3d"
 USERCOM_KEY = "usercom-test-key-SECRET-9a8b7c"
@@ -267,6 +268,17 @@ def dump_state(url: str) -> str:
             meta.reflect(conn)
             return "\n".join(repr(tuple(row)) for table in meta.sorted_tables
                              for row in conn.execute(table.select()))
+    finally:
+        engine.dispose()
+
+
+def stamp_schema(url: str, revision: str) -> None:
+    """The state's schema marked as `revision` (e.g. what `syncd migrate` of a newer release
+    leaves behind, as far as this one can tell)."""
+    engine = create_state_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
     finally:
         engine.dispose()
 

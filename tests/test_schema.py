@@ -18,7 +18,7 @@ from syncd.state.engine import alembic_config, create_state_engine, migrations_d
 from syncd.state.schema import versions
 
 from checks import flags
-from conftest import Env, dump_state
+from conftest import Env, dump_state, stamp_schema
 
 HEAD = ScriptDirectory(str(migrations_dir())).get_current_head()  # this syncd's newest migration
 OLD = "0004"  # the previous release's newest migration
@@ -47,15 +47,6 @@ def _revision(url: str) -> str | None:
     engine = create_state_engine(url)
     try:
         return versions(engine).current
-    finally:
-        engine.dispose()
-
-
-def _stamp(url: str, revision: str) -> None:
-    engine = create_state_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
     finally:
         engine.dispose()
 
@@ -127,7 +118,7 @@ def test_a_newer_schema_stops_every_command_in_one_line(env: Env, command_line: 
     env.shop.members("u1")
     path = env.write_config()
     assert env.cli("run-once", "--config", str(path)).returncode == 0
-    _stamp(env.state_url, "0042")
+    stamp_schema(env.state_url, "0042")
     before = dump_state(env.state_url)
 
     result = env.cli(*command_line, "--config", str(path))
@@ -167,7 +158,7 @@ def test_readiness_names_a_newer_schema(env: Env) -> None:
     try:
         assert readiness(engine)() == (f"state database not migrated: at revision {OLD}, this syncd "
                                        f"needs {HEAD}: run `syncd migrate`")
-        _stamp(env.state_url, "0042")
+        stamp_schema(env.state_url, "0042")
         assert readiness(engine)().startswith(f"state schema 0042 is newer than this syncd ({HEAD})")
     finally:
         engine.dispose()

@@ -15,19 +15,9 @@ from syncd.errors import StateError
 from syncd.run.pipeline import Options, open_state, run_once
 from syncd.state.engine import create_state_engine
 
-from conftest import KEYS_ENV, Env, wait_for
+from conftest import KEYS_ENV, Env, stamp_schema, wait_for
 
 NEWER = "0042"  # a revision no syncd of this version knows
-
-
-def _stamp_newer(url: str) -> None:
-    """What `syncd migrate` of a newer release leaves behind, as far as this one can tell."""
-    engine = create_state_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": NEWER})
-    finally:
-        engine.dispose()
 
 
 def test_a_run_on_an_engine_opened_before_the_ledger_was_migrated_stops_before_it_sends(env: Env) -> None:
@@ -37,7 +27,7 @@ def test_a_run_on_an_engine_opened_before_the_ledger_was_migrated_stops_before_i
     try:
         assert run_once(config, Options(), engine=engine).exit_code == 0
         env.shop.members("u1", "u2", "u3")
-        _stamp_newer(env.state_url)  # another machine, newer syncd: `syncd migrate`
+        stamp_schema(env.state_url, NEWER)  # another machine, newer syncd: `syncd migrate`
         sent = (env.nat.requests, env.usercom.requests)
         with pytest.raises(StateError, match=f"state schema {NEWER} is newer than this syncd"):
             run_once(config, Options(), engine=engine)
@@ -56,7 +46,7 @@ def test_a_daemon_whose_ledger_is_migrated_past_it_stops_with_exit_2(env: Env) -
     try:
         wait_for(lambda: env.usercom.requests > 0 or daemon.poll() is not None, timeout=30,
                  what="the first run")
-        _stamp_newer(env.state_url)
+        stamp_schema(env.state_url, NEWER)
         _, stderr = daemon.communicate(timeout=120)  # the next run starts a minute after the first
     finally:
         if daemon.poll() is None:
