@@ -38,19 +38,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table
 from _standins import KEYS, StandInProcess
 
-from syncd.delivery.destinations.segment import Segment
+from syncd.delivery.destinations.segment import encoded
 from syncd.dev.standins import basic_auth
 from syncd.identify import identify
 from syncd.model import Enter
 
 
 def make_events(count: int, start: int) -> list[dict[str, Any]]:
-    """The Identify events syncd sends (Segment's: without `integrations`)."""
+    """The Identify events syncd sends (Segment's: without `integrations`, a content messageId)."""
     at = datetime.now(UTC)
-    return [Segment.identify_event(identify(
+    return [json.loads(encoded(identify(
                 Enter(subject=f"u:{i}", user_id=f"user-{i}", anonymous_id=None, email=f"user{i}@example.com",
                       seq=0, traits={"plan": "pro", "lifetime_value": 480}),
-                "order_completed_last_30days", "cdp", "Segment", at))
+                "order_completed_last_30days", "cdp", "Segment", at)))
             for i in range(start, start + count)]
 
 

@@ -15,7 +15,6 @@ import pytest
 
 from syncd.config import DestinationConfig, Secret
 from syncd.delivery.destinations import make_destination
-from syncd.delivery.wire import json_bytes
 from syncd.identify import identify
 from syncd.model import Change
 from syncd.render import iso_millis
@@ -46,7 +45,7 @@ def wire(name: str, change: Change) -> dict[str, object]:
     message = identify(change, KEY, name, destination.integration, AT)
     request = destination.request(message, KEY)
     if "batches" in destination.bulk_paths:  # the user's events, as delivery batches them
-        events = [json_bytes(event) for event, _ in destination.events(message, [(KEY, change)])]
+        events = [raw for raw, _ in destination.events(message, [(KEY, change)])]
         request = destination.batch(events, iso_millis(AT))
     body = json.loads(request.content) if request.content is not None else request.body
     return {"method": request.method, "url": request.url, "body": body}

@@ -8,6 +8,7 @@ import base64
 import json
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -16,8 +17,11 @@ import pytest
 from syncd.config import DestinationConfig, Secret
 from syncd.delivery.batches import CALL_OVERHEAD
 from syncd.delivery.destinations import make_destination
+from syncd.delivery.destinations.segment import track_message_id
 from syncd.delivery.wire import json_bytes
 from syncd.dev.standins import Fault, SegmentStandIn
+from syncd.identify import identify
+from syncd.model import Change, digest_id
 from syncd.run.report import RunReport
 
 from conftest import SEGMENT_KEY, Env, audience_toml
@@ -123,17 +127,40 @@ def test_a_refused_event_fails_alone_in_few_calls(sqlite_env: Env, segment: Segm
 
 
 def test_a_call_is_its_events_json_joined_byte_for_byte_as_httpx_sends_the_whole() -> None:
-    """Each event is serialised once (its size checked against the limits), and the call joins
-    those bytes: the body must be exactly what httpx makes of the same call as `json=`."""
-    config = DestinationConfig("cdp", "segment", Secret("k"), None, 4, 10,
-                               {"endpoint": "https://api.segment.io/v1/batch", "batch_size": 500,
-                                "events": ("identify",)})
-    events = [{"type": "identify", "userId": "zoë", "traits": {"note": "5 € \u2028 \"quoted\"", "n": 1.5}},
-              {"type": "identify", "userId": "u2", "anonymousId": None, "traits": {"x": {"a": [1, True]}}}]
-    request = make_destination(config).batch([json_bytes(e) for e in events], "2026-12-05T04:00:00.000Z")
-    whole = httpx.Request("POST", request.url, json={"batch": events, "sentAt": "2026-12-05T04:00:00.000Z"})
+    """Each event is serialised once (its parts for its messageId and its body; its size checked
+    against the limits), and the call joins those bytes: the body must be exactly what httpx
+    makes of the same events as `json=`, with the messageId the event's content gives it
+    (the changes' id and, ASCII-escaped as ever, the parts a resend can change)."""
+    destination = make_destination(DestinationConfig(
+        "cdp", "segment", Secret("k"), None, 4, 10,
+        {"endpoint": "https://api.segment.io/v1/batch", "batch_size": 500, "events": ("identify", "track")}))
+    at = datetime(2026, 12, 5, 4, 0, tzinfo=UTC)
+    zoe = Change(subject="u:zoë", user_id="zoë", anonymous_id=None, email="zoë@example.com", seq=0,
+                 value=True, url="https://example.com/ü", traits={"note": "5 € \u2028 \"quoted\"", "n": 1.5,
+                                                      "x": {"a": [1, True]}})
+    anonymous = Change(subject="a:anon-1", user_id=None, anonymous_id="anon-1", email=None, seq=3,
+                       value=False)
+    raws, expected = [], []
+    for change in (zoe, anonymous):
+        message = identify(change, "buyers", "cdp", "Segment", at)
+        events = destination.events(message, [("buyers", change)])
+        raws += [raw for raw, _ in events]
+        identify_event = {k: v for k, v in message.items() if k != "integrations" and v is not None}
+        track = {k: v for k, v in json.loads(events[1][0]).items()}
+        for event in (identify_event, track):
+            context = event["context"]
+            varying = (event.get("userId"), event.get("anonymousId"), event.get("traits"),
+                       event.get("properties"), context["personas"], context.get("page"),
+                       context.get("traits"))
+            changes_id = message["messageId"] if event is identify_event else track_message_id(
+                change.message_id("buyers", "cdp"))
+            event["messageId"] = digest_id([changes_id, json.dumps(varying, separators=(",", ":"))])
+            expected.append(event)
+    request = destination.batch(raws, "2026-12-05T04:00:00.000Z")
+    whole = httpx.Request("POST", request.url, json={"batch": expected, "sentAt": "2026-12-05T04:00:00.000Z"})
     assert request.content == whole.content
-    measured = sum(len(json_bytes(e)) + 1 for e in events)  # as batches.py packs them
+    assert [len(raw) for raw in raws] == [len(json_bytes(event)) for event in expected]
+    measured = sum(len(raw) + 1 for raw in raws)  # as batches.py packs them
     assert measured < len(whole.content) <= measured + CALL_OVERHEAD
 
 

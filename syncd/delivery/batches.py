@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from syncd.delivery import calls
 from syncd.delivery.session import Session, by_audience, outcome_of
-from syncd.delivery.wire import Result, Verdict, json_bytes
+from syncd.delivery.wire import Result, Verdict
 from syncd.model import Change
 from syncd.render import iso_millis
 
@@ -41,8 +41,8 @@ async def send(session: Session, grouped: Sequence[calls.Call]) -> None:
     results: dict[tuple[str, str, str], list[Result]] = {}
     events: list[Event] = []
     for call in grouped:
-        made = [Event(json_bytes(body), carried)
-                for body, carried in destination.events(calls.identify_of(session, call), call.carried())]
+        made = [Event(raw, carried)
+                for raw, carried in destination.events(calls.identify_of(session, call), call.carried())]
         too_big = next((event.size for event in made if event.size > limit), None)
         if too_big is not None:
             refused = Result(Verdict.REJECT, error=f"an event of {too_big} bytes is over the limit of "

@@ -18,8 +18,12 @@ Every HTTP answer is classified into what the caller does next:
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
+from json.encoder import (  # type: ignore[attr-defined]
+    c_make_encoder,
+    encode_basestring,
+    encode_basestring_ascii,
+)
 from typing import Any, NamedTuple
 
 
@@ -49,10 +53,26 @@ class Request:
     content: bytes | None = None  # the body as JSON already (`json_bytes`), sent instead of `body`
 
 
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# json's C encoder, made once (a first sync serialises millions of values; json.dumps with
+# options makes one per call): compact, no NaN; as httpx sends a `json=` body (UTF-8), and
+# with non-ASCII escaped (what messageIds are made from).
+_encode = c_make_encoder(None, _not_json, encode_basestring, None, ":", ",", False, False, False)
+_encode_ascii = c_make_encoder(None, _not_json, encode_basestring_ascii, None, ":", ",", False, False, False)
+
+
+def json_ascii(value: Any) -> str:
+    """`value` as compact JSON text, non-ASCII escaped (`json.dumps` with compact separators)."""
+    return "".join(_encode_ascii(value, 0))
+
+
 def json_bytes(value: Any) -> bytes:
     """`value` as httpx sends a `json=` body (compact, UTF-8): a batch's events are serialised
     once, measured against the size limits and joined into the call as they are."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return "".join(_encode(value, 0)).encode()
 
 
 @dataclass(frozen=True)

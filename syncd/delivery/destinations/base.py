@@ -99,8 +99,9 @@ if TYPE_CHECKING:
 IDENTITY_FIELDS = frozenset({"email", "user_id", "userId", "anonymous_id", "anonymousId", "url"})
 
 
-# A batch event (its JSON object) and the changes it carries, as (audience key, change).
-Event = tuple[dict[str, Any], list[tuple[str, Change]]]
+# A batch event as sent (its JSON: `wire.json_bytes`) and the changes it carries, as
+# (audience key, change).
+Event = tuple[bytes, list[tuple[str, Change]]]
 
 
 def basic_auth(key: str) -> str:

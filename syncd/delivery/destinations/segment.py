@@ -13,14 +13,13 @@ new email is not dropped as a duplicate of what it was sent with before.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from syncd.config import Address, Choices, Number
 from syncd.delivery.destinations.base import IDENTITY_FIELDS, Destination, Event, basic_auth
-from syncd.delivery.wire import Answer, Probe, Request, json_bytes
+from syncd.delivery.wire import Answer, Probe, Request, json_ascii, json_bytes
 from syncd.estimate import CallEstimate, Workload
 from syncd.identify import computation_id
 from syncd.model import Change, digest_id
@@ -49,7 +48,7 @@ class Segment(Destination):
 
     def request(self, message: dict[str, Any], audience_key: str) -> Request:
         """One Identify alone, as a batch of one (delivery sends batches: `batch()`)."""
-        return self.batch([json_bytes(self.identify_event(message))], message["timestamp"])
+        return self.batch([encoded(message)], message["timestamp"])
 
     def batch(self, events: Sequence[bytes], sent_at: str) -> Request:
         """One call of events (each its JSON), joined as they are: `{"batch": [...], "sentAt":
@@ -59,20 +58,14 @@ class Segment(Destination):
 
     def events(self, message: dict[str, Any], carried: Sequence[tuple[str, Change]]) -> list[Event]:
         """The events of one user's call (`message`: its Identify, carrying the changes
-        `carried` as (audience key, change)), each with the changes it carries."""
+        `carried` as (audience key, change)), each as sent with the changes it carries."""
         events: list[Event] = []
         if "identify" in self.config.settings["events"]:
-            events.append((self.identify_event(message), list(carried)))
+            events.append((encoded(message), list(carried)))
         if "track" in self.config.settings["events"]:
-            events += [(track_event(message, key, change.message_id(key, self.name)), [(key, change)])
-                       for key, change in carried]
-        return [(content_id(event), changes) for event, changes in events]
-
-    @staticmethod
-    def identify_event(message: dict[str, Any]) -> dict[str, Any]:
-        """The Identify without `integrations` (at Segment `{"All": false}` would keep the
-        event from every destination the workspace connects) nor a null id."""
-        return {k: v for k, v in message.items() if k != "integrations" and not _null_id(k, v)}
+            events += [(encoded(track_event(message, key, change.message_id(key, self.name))),
+                        [(key, change)]) for key, change in carried]
+        return events
 
     def probe(self, call: Callable[[Request], Answer]) -> Probe:
         """An empty batch without the write key: it carries no event, so nothing is sent; a
@@ -117,19 +110,22 @@ def track_event(message: dict[str, Any], key: str, change_id: str) -> dict[str, 
     }
 
 
-def content_id(event: dict[str, Any]) -> dict[str, Any]:
-    """The event with a messageId from its changes' (the one it has) and the parts of its
-    content a resend can change (not its timestamp or syncd's version): a resend of the same
-    event keeps its id, so the receiver drops the duplicate; a pending change re-sent with
-    other data (a new email, an anonymousId, extra traits) is a new event, which a receiver
-    must not drop as a repeat. The rest of the event follows from the changes (type, name);
-    the parts that do not (the personas: whichever audience's page carried them) are built in
-    a fixed order, so no key sorting is needed."""
+def encoded(event: dict[str, Any]) -> bytes:
+    """The event as sent (`wire.json_bytes`), without `integrations` (at Segment `{"All":
+    false}` would keep it from every destination the workspace connects) nor a null id, and
+    with a messageId from its changes' (the one it has) and the parts of its content a resend
+    can change (not its timestamp or syncd's version): a resend of the same event keeps its id,
+    so the receiver drops the duplicate; a pending change re-sent with other data (a new email,
+    an anonymousId, extra traits) is a new event, which a receiver must not drop as a repeat.
+    The rest of the event follows from the changes (type, name); the parts that do not (the
+    personas: whichever audience's page carried them) are built in a fixed order, so no key
+    sorting is needed."""
+    body = {key: value for key, value in event.items() if key != "integrations" and not _null_id(key, value)}
     context = event["context"]
-    varying = (event.get("userId"), event.get("anonymousId"), event.get("traits"), event.get("properties"),
-               context["personas"], context.get("page"), context.get("traits"))
-    content = json.dumps(varying, separators=(",", ":"))
-    return {**event, "messageId": digest_id([event["messageId"], content])}
+    varying = [body.get("userId"), body.get("anonymousId"), event.get("traits"), event.get("properties"),
+               context["personas"], context.get("page"), context.get("traits")]
+    body["messageId"] = digest_id([event["messageId"], json_ascii(varying)])
+    return json_bytes(body)
 
 
 def track_message_id(change_id: str) -> str:
