@@ -5,7 +5,7 @@ temporary table (WorkList), the lists of one destination's pairs sharing it
 from __future__ import annotations
 
 import json
-import secrets
+import os
 from collections.abc import Callable, Collection, Sequence
 from contextlib import suppress
 from typing import Any, TypeVar
@@ -236,9 +236,10 @@ class WorkList:
                 .where(where)
             )
             rows = list(self.conn.execute(enters.order_by(*order).limit(limit)))
+            fresh = iter(new_nonces(sum(r[8] is None for r in rows)))
             return [(r[9], Enter(subject=r[0], user_id=r[1], anonymous_id=r[2], email=r[3], url=r[4],
                                  traits=json.loads(r[5]) if r[5] else {}, seq=r[6], ident=r[7],
-                                 nonce=r[8] if r[8] is not None else new_nonce())) for r in rows]
+                                 nonce=r[8] if r[8] is not None else next(fresh))) for r in rows]
         leaves = (
             select(L.c.subject, L.c.user_id, L.c.anonymous_id, L.c.email, _change_seq(False),
                    L.c.ident, L.c.nonce, w.audience_key)
@@ -260,9 +261,12 @@ class WorkList:
         return left
 
 
-def new_nonce() -> str:
-    """A ledger row's random token (64 bits): two rows of one subject never share one."""
-    return secrets.token_hex(8)
+def new_nonces(count: int) -> list[str]:
+    """New ledger rows' random tokens (64 bits each: two rows of one subject never share one),
+    from one read of the system's randomness: one read per token took ~7 µs on a VM, a fifth
+    of a first sync's page reading (bench/README §7)."""
+    drawn = os.urandom(8 * count).hex()
+    return [drawn[start:start + 16] for start in range(0, len(drawn), 16)]
 
 
 def _change_seq(value: bool) -> Any:
