@@ -91,7 +91,7 @@ def write_config(tmp: Path, endpoint: str, state_url: str) -> Path:
 def syncd_step(config_path: str, profile: str) -> None:
     """One first sync; its figures as JSON. `profile`: a file for cProfile's statistics."""
     from syncd.config import load_config
-    from syncd.run.pipeline import Options, open_state, run_once
+    from syncd.run.pipeline import Options, open_state, run_once, settle_heap
 
     answers: list[tuple[float, float, float]] = []  # (started, answered, process CPU then)
 
@@ -100,6 +100,7 @@ def syncd_step(config_path: str, profile: str) -> None:
         answers.append((answered - seconds, answered, time.process_time()))
 
     config = load_config(Path(config_path), ENV)
+    settle_heap()  # as the CLI does before a command
     engine = open_state(config)
     profiler = cProfile.Profile() if profile else None
     try:

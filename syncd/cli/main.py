@@ -131,6 +131,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     from syncd.run import pipeline
     from syncd.state import schema
 
+    pipeline.settle_heap()
     if args.command in SENDING_COMMANDS or getattr(args, "connect", False):  # check --connect uses the keys
         config = config.with_secrets()
     elif args.command == "check":  # a config with [alerts] that could not alert is not OK
