@@ -60,7 +60,7 @@ async def send(session: Session, grouped: Sequence[calls.Call]) -> None:
                 for call in grouped for key, change in call.carried()]
     for key, done in by_audience(outcomes).items():
         session.advance(key, len(done))
-        session.record(key, done)
+        await session.record(key, done)
 
 
 def _id(key: str, change: Change) -> tuple[str, str, str]:

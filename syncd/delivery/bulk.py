@@ -62,7 +62,7 @@ async def _send(session: Session, pair: Pair, value: bool, bulk: Sequence[tuple[
     session.mark(pair.key, [change for change, _ in bulk])
     chunks = [bulk[start:start + size] for start in range(0, len(bulk), size)]
     sent = await asyncio.gather(*(_send_chunk(session, pair, value, chunk) for chunk in chunks))
-    session.record(pair.key, [outcome for outcomes, _ in sent for outcome in outcomes])
+    await session.record(pair.key, [outcome for outcomes, _ in sent for outcome in outcomes])
     problem = next((problem for _, problem in sent if problem is not None), None)
     if problem is not None:
         raise problem

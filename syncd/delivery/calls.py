@@ -29,11 +29,11 @@ class Call:
         return [(self.key, self.change), *self.riders]
 
 
-async def send_page(session: Session, pair: Pair, page: Sequence[Change]) -> None:
-    """The page's changes as calls, each change's outcome recorded for its own pair."""
-    answers = await asyncio.gather(*(send(session, call) for call in calls_of(session, pair, page)))
+async def send_page(session: Session, grouped: Sequence[Call]) -> None:
+    """A page's grouped calls (`calls_of`), each change's outcome recorded for its own pair."""
+    answers = await asyncio.gather(*(send(session, call) for call in grouped))
     for key, outcomes in by_audience(o for answer in answers for o in answer).items():
-        session.record(key, outcomes)
+        await session.record(key, outcomes)
 
 
 def calls_of(session: Session, pair: Pair, page: Sequence[Change]) -> list[Call]:

@@ -81,6 +81,7 @@ class DestinationDelivery:
         self.guard_config, self.config_path = run_config.guards, run_config.path
         self.deadline, self.out_of_time = deadline, False
         self.session = Session(destination, _sender(destination, options), engine, snapshot_at)
+        self.lists = asyncio.Lock()  # the work lists' one connection: one pair's page at a time
 
     @property
     def sender(self) -> Sender:
@@ -200,12 +201,11 @@ class DestinationDelivery:
                     await pages.room()  # a stop seen while waiting for room takes no new page
                     if self.sender.interrupted():
                         break
-                    page = pair.work.page(value, after, size)
-                    if not page or (not first and self._out_of_time()):
+                    taken = await self._next(pair, value, after, size, first)
+                    if taken is None:
                         break
-                    first = False
-                    after = page[-1].cursor
-                    await self._send_page(pair, value, page, pages)
+                    first, after = False, taken[0][-1].cursor
+                    await self._send_page(pair, value, *taken, pages)
             if "mass_updates" in self.session.destination.bulk_paths:
                 await bulk.flush(self.session, pair, value)  # a chunk held back for a fuller one
 
@@ -224,18 +224,43 @@ class DestinationDelivery:
         flight before its calls leave and recorded after its answers, as one at a time."""
         return 2 if "batches" in self.session.destination.bulk_paths else 1
 
-    async def _send_page(self, pair: Pair, value: bool, page: Sequence[Change], pages: InFlight) -> None:
-        """Users the destination can update in bulk go by chunk first; the rest as calls.
-        At a destination with batches, the page's riders are taken now, with the page (no
-        other pair's page can take them meanwhile), and its batches go on in `pages`."""
-        if "batches" in self.session.destination.bulk_paths:
-            pages.add(batches.send(self.session, calls.calls_of(self.session, pair, page)))
+    async def _next(self, pair: Pair, value: bool, after: tuple[str, str] | str, size: int,
+                    first: bool) -> tuple[list[Change], list[calls.Call] | None] | None:
+        """The pair's next page (`_take`). With batches, in a thread: the event loop meanwhile
+        sends the page before and takes its answers (on PostgreSQL the database's time on a
+        page was as long as syncd's own; bench/README §7), one pair at a time (their lists
+        share one connection)."""
+        take = partial(self._take, pair, value, after, size, first)
+        if "batches" not in self.session.destination.bulk_paths:
+            return take()
+        async with self.lists:
+            return await in_thread(take)
+
+    def _take(self, pair: Pair, value: bool, after: tuple[str, str] | str, size: int,
+              first: bool) -> tuple[list[Change], list[calls.Call] | None] | None:
+        """The pair's next page (None: none left, or past the send time limit but for a pair's
+        first page) and, with batches, its calls: the riders taken with the page, before
+        another pair's page can take them, and every change carried marked in flight."""
+        page = pair.work.page(value, after, size)
+        if not page or (not first and self._out_of_time()):
+            return None
+        if "batches" not in self.session.destination.bulk_paths:
+            return page, None
+        return page, calls.calls_of(self.session, pair, page)
+
+    async def _send_page(self, pair: Pair, value: bool, page: Sequence[Change],
+                         grouped: list[calls.Call] | None, pages: InFlight) -> None:
+        """With batches, the page's calls (`grouped`) go on in `pages`. Otherwise users the
+        destination can update in bulk go by chunk first; the rest as calls, their riders
+        taken now (nothing yields between the page and them but a bulk chunk's calls)."""
+        if grouped is not None:
+            pages.add(batches.send(self.session, grouped))
             return
         rest = list(page)
         if "mass_updates" in self.session.destination.bulk_paths:
             rest = await bulk.send_in_bulk(self.session, pair, value, page)
         if rest:
-            await calls.send_page(self.session, pair, rest)
+            await calls.send_page(self.session, calls.calls_of(self.session, pair, rest))
 
     def _finish(self, pair: Pair) -> PairReport:
         """The pair's outcome, once every pair is done (its changes may have gone out in

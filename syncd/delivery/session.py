@@ -95,8 +95,14 @@ class Session:
     def mark(self, key: str, changes: Sequence[Change]) -> None:
         mark_in_flight(self.engine, key, self.name, changes)
 
-    def record(self, key: str, outcomes: Sequence[Outcome]) -> None:
-        record_outcomes(self.engine, key, self.name, outcomes)
+    async def record(self, key: str, outcomes: Sequence[Outcome]) -> None:
+        """The outcomes on the ledger, in a thread (the event loop goes on meanwhile), and in
+        the pair's report."""
+        try:
+            await in_thread(partial(record_outcomes, self.engine, key, self.name, outcomes))
+        except asyncio.CancelledError:  # in_thread waited for the write all the same
+            _tally(self.pairs[key].report, outcomes)
+            raise
         _tally(self.pairs[key].report, outcomes)
 
     def advance(self, key: str, n: int = 1) -> None:
