@@ -67,11 +67,11 @@ Methods (what it does; `self.config` is its DestinationConfig, the key resolved)
                               its users, their ids by custom id, where the next page is);
                               ValueError if it is no such page
     events(message, carried)  batches: the events of one user's call (message: its Identify;
-                              carried: its changes as (audience key, change)), each with the
-                              changes it carries; a change is acknowledged once all of its
-                              events are
-    batch(events, sent_at)    batches: the one Request carrying these events, each given as
-                              its JSON (wire.json_bytes: serialised once, when measured)
+                              carried: its changes as (audience key, change)), each as its
+                              JSON (`wire.json_bytes`: serialised once, measured against the
+                              limits, joined into the call) with the changes it carries; a
+                              change is acknowledged once all of its events are
+    batch(events, sent_at)    batches: the one Request carrying these events (their JSON)
     secrets()                 every form of the key an answer could echo (redacted)
 
 A problem that leaves a pair undelivered for this run is a DestinationError; every answer
