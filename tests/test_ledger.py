@@ -90,11 +90,14 @@ def test_the_work_list_pages_every_change_once_and_counts_like_status(engine: En
     staying = [i for n, i in enumerate(ids) if n % 4]  # every fourth member leaves
     replace_members(engine, "a", snapshot(staying), SnapshotCounts())
 
+    nonces: dict[str, str] = {}
+
     def walk(fetch: Callable[[tuple[str, str]], list[Change]]) -> list[str]:
         seen, after = [], ("", "")
         while page := fetch(after):
             assert len(page) <= 5
             seen += [c.subject for c in page]
+            nonces.update((c.subject, c.nonce) for c in page if c.value)
             after = page[-1].cursor
         return seen
 
@@ -107,6 +110,11 @@ def test_the_work_list_pages_every_change_once_and_counts_like_status(engine: En
     assert enters == [f"u:{i}" for i in staying if int(i) % 3 and int(i) % 5]
     assert leaves == [f"u:{i}" for i in ids if int(i) % 3 == 0 and int(i) % 4 == 0]
     assert counts == status
+    # An enter with a ledger row keeps the row's nonce (u:01's, from before nonces: none);
+    # each other one gets a new one, 64 random bits, its own.
+    new = [nonce for subject, nonce in nonces.items() if subject != "u:01"]
+    assert nonces["u:01"] == "" and len(new) == len(enters) - 1 == len(set(new))
+    assert all(len(nonce) == 16 and int(nonce, 16) >= 0 for nonce in new)
     assert (counts.members, counts.entered, counts.left) == (len(staying), len(enters), len(leaves))
     assert counts.skipped == len([i for i in staying if int(i) % 3 and int(i) % 5 == 0])
     assert (counts.failed, counts.retries, counts.oldest_pending) == (1, 2, since)
