@@ -5,8 +5,7 @@ ensured attributes."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -61,9 +60,9 @@ _MARK = (
 _MARK_TYPES = ("text",) * 6 + ("boolean", "integer")
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one change in this run."""
+class Outcome(NamedTuple):
+    """What became of one change in this run (a tuple: one is made per change sent, and a
+    frozen dataclass took 3x as long to make)."""
 
     subject: str
     value: bool
