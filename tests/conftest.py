@@ -4,6 +4,7 @@ a real SQLite source database, and real HTTP stand-ins of Nat and User.com on 12
 from __future__ import annotations
 
 import base64
+import ctypes
 import os
 import shutil
 import socket
@@ -288,6 +289,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def signal_a_thread(pid: int, signum: int) -> None:
+    """`signum` to one of the process's threads other than its main one (Linux's tgkill): the
+    kernel may deliver a process's signal to any thread, and Python runs handlers in the main
+    thread only."""
+    others = sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid)
+    assert others, f"process {pid} runs no thread but its main one"
+    ctypes.CDLL(None, use_errno=True).tgkill(pid, others[0], signum)
 
 
 def samples(text: str) -> dict[str, float]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import KEYS_ENV, NAT_KEY, USERCOM_KEY, Env, free_port, samples
+from conftest import KEYS_ENV, NAT_KEY, USERCOM_KEY, Env, free_port, samples, signal_a_thread
 
 
 def start_daemon(env: Env, config: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -80,6 +80,34 @@ def test_metrics_after_a_run_with_one_destination_down(env: Env) -> None:
     assert got['syncd_delivery_latency_seconds_count{destination="nat"}'] == env.nat.requests
     assert got['syncd_delivery_latency_seconds_count{destination="usercom"}'] == env.usercom.requests
     assert NAT_KEY not in body and USERCOM_KEY not in body and env.nat.url not in body
+
+
+def test_a_stop_signal_the_kernel_gives_another_thread_still_stops_the_daemon(sqlite_env: Env) -> None:
+    """Python runs signal handlers in the main thread; a process-directed signal may land on any
+    thread (once, a script's SIGINT was ignored and test_readme hung). Sent to a thread other
+    than the main one (tgkill), SIGTERM must still stop the daemon cleanly."""
+    sqlite_env.shop.members("u1")
+    port = free_port()
+    config = sqlite_env.write_config(extra=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    process = start_daemon(sqlite_env, config)
+
+    def ran_once() -> bool:
+        try:
+            return samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text).get(
+                'syncd_runs_total{outcome="ok"}') == 1
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(ran_once, process)
+        signal_a_thread(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert "received SIGTERM" in stderr and "syncd stopped" in stderr and "Traceback" not in stderr
 
 
 def test_run_once_serves_no_metrics(sqlite_env: Env) -> None:

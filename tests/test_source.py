@@ -24,7 +24,15 @@ from syncd.source import bind_now
 from syncd.state.engine import cancelled_on
 
 from checks import flags
-from conftest import POSTGRES_URL, Env, _fresh_postgres_database, audience_toml, dump_state, wait_for
+from conftest import (
+    POSTGRES_URL,
+    Env,
+    _fresh_postgres_database,
+    audience_toml,
+    dump_state,
+    signal_a_thread,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -285,14 +293,19 @@ SELECT id AS user_id, email FROM people, (SELECT pg_sleep((SELECT seconds FROM s
 """
 
 
-def _stop_mid_snapshot(env: Env, path: Any, query_running: Any,
-                       command: str = "run-once") -> subprocess.CompletedProcess[str]:
-    """SIGTERM to `syncd run-once` while its query runs; it must end well before the query."""
+def _stop_mid_snapshot(env: Env, path: Any, query_running: Any, command: str = "run-once",
+                       to_a_thread: bool = False) -> subprocess.CompletedProcess[str]:
+    """SIGTERM to `syncd run-once` while its query runs (`to_a_thread`: as the kernel may
+    deliver it, to a thread other than the main one, here the query's); it must end well
+    before the query."""
     process = env.spawn(command, config=path)
     try:
         wait_for(query_running, what="the slow query to run")
         time.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
+        if to_a_thread:
+            signal_a_thread(process.pid, signal.SIGTERM)
+        else:
+            process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=15)  # the query alone would take minutes
     finally:
         if process.poll() is None:
@@ -313,8 +326,9 @@ def _assert_stopped_and_kept(env: Env, result: subprocess.CompletedProcess[str],
     assert flags(env.nat.accepted()) == {"u1": True, "u2": True}  # nothing sent meanwhile
 
 
-@pytest.mark.parametrize("command", ["run-once", "run"])
-def test_sigterm_cancels_a_slow_sqlite_query(sqlite_env: Env, command: str) -> None:
+@pytest.mark.parametrize(("command", "to_a_thread"),
+                         [("run-once", False), ("run", False), ("run-once", True)])
+def test_sigterm_cancels_a_slow_sqlite_query(sqlite_env: Env, command: str, to_a_thread: bool) -> None:
     env = sqlite_env
     with env.shop.connect() as db:
         db.execute("CREATE TABLE slowness (steps INTEGER)")
@@ -326,7 +340,8 @@ def test_sigterm_cancels_a_slow_sqlite_query(sqlite_env: Env, command: str) -> N
     with env.shop.connect() as db:
         db.execute("UPDATE slowness SET steps = 2000000000")  # minutes of counting
 
-    result = _stop_mid_snapshot(env, path, lambda: "'running'" in dump_state(env.state_url), command)
+    result = _stop_mid_snapshot(env, path, lambda: "'running'" in dump_state(env.state_url), command,
+                                to_a_thread)
 
     _assert_stopped_and_kept(env, result, path, exit_code=0 if command == "run" else 1)
     with env.shop.connect() as db:

@@ -30,7 +30,7 @@ from syncd.daemon.metrics import Endpoints, Metrics, MetricsServer
 from syncd.daemon.notify import Heartbeat, Notifier
 from syncd.daemon.page import page_renderer
 from syncd.daemon.probes import PULSE, Cached, Liveness, readiness
-from syncd.daemon.signals import stop_on_signals
+from syncd.daemon.signals import stop_on_signals, wait_until
 from syncd.errors import RunInProgress, StateError
 from syncd.model import Null, Progress, ScheduledOutcome
 from syncd.render import database_error, plural, readable, spelled
@@ -118,7 +118,7 @@ def serve(config: Config, stop_event: threading.Event | None = None, progress: P
         running.callback(notifier.stopping)
         notifier.ready(f"started; first run at {first}")
         scheduler.resume()  # only now: systemd hears READY before anything a run says
-        stop.wait()
+        wait_until(stop)
     if daemon.fatal is not None:  # after the clean stop: main() reports it and exits 2
         raise daemon.fatal
 

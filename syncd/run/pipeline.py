@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import TypeVar
@@ -161,11 +161,16 @@ def _prune(config: Config, engine: Engine) -> None:
 def off_main_thread(call: Callable[[], T]) -> T:
     """`call()` in a worker thread, waited for. Python runs signal handlers in the main thread
     between bytecodes: a query running there (SQLite computes inside one C call) would hold
-    back SIGTERM's stop flag, and with it the query's cancellation, until the query ended."""
+    back SIGTERM's stop flag, and with it the query's cancellation, until the query ended.
+    The main thread wakes twice a second meanwhile: a signal the kernel gives the worker
+    thread only marks the handlers due, and a wait without a timeout would never run them."""
     if threading.current_thread() is not threading.main_thread():
         return call()
     with ThreadPoolExecutor(1, thread_name_prefix="syncd-query") as pool:
-        return pool.submit(call).result()
+        future = pool.submit(call)
+        while not wait([future], timeout=0.5).done:
+            pass
+        return future.result()
 
 
 def _stopped(options: Options) -> bool:
