@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from syncd.delivery import calls
+from syncd.delivery.destinations.base import Event
 from syncd.delivery.session import Session, by_audience, outcome_of
 from syncd.delivery.wire import Result, Verdict
 from syncd.model import Change
@@ -21,16 +22,6 @@ from syncd.render import iso_millis
 
 SPLIT = (400, 413)  # the receiver refused the call for what it holds: narrow it down
 CALL_OVERHEAD = 64  # {"batch":[...],"sentAt":"2026-12-05T04:00:00.000Z"} around the events
-
-
-@dataclass(frozen=True)
-class Event:
-    raw: bytes  # its JSON, as sent (serialised once: measured, then joined into the call)
-    carried: list[tuple[str, Change]]  # the changes it carries, as (audience key, change)
-
-    @property
-    def size(self) -> int:
-        return len(self.raw)
 
 
 async def send(session: Session, grouped: Sequence[calls.Call]) -> None:
@@ -41,8 +32,7 @@ async def send(session: Session, grouped: Sequence[calls.Call]) -> None:
     results: dict[tuple[str, str, str], list[Result]] = {}
     events: list[Event] = []
     for call in grouped:
-        made = [Event(raw, carried)
-                for raw, carried in destination.events(calls.identify_of(session, call), call.carried())]
+        made = destination.events(calls.identify_of(session, call), call.carried())
         too_big = next((event.size for event in made if event.size > limit), None)
         if too_big is not None:
             refused = Result(Verdict.REJECT, error=f"an event of {too_big} bytes is over the limit of "

@@ -67,10 +67,9 @@ Methods (what it does; `self.config` is its DestinationConfig, the key resolved)
                               its users, their ids by custom id, where the next page is);
                               ValueError if it is no such page
     events(message, carried)  batches: the events of one user's call (message: its Identify;
-                              carried: its changes as (audience key, change)), each as its
-                              JSON (`wire.json_bytes`: serialised once, measured against the
-                              limits, joined into the call) with the changes it carries; a
-                              change is acknowledged once all of its events are
+                              carried: its changes as (audience key, change)), each an
+                              `Event`: its JSON and the changes it carries; a change is
+                              acknowledged once all of its events are
     batch(events, sent_at)    batches: the one Request carrying these events (their JSON)
     secrets()                 every form of the key an answer could echo (redacted)
 
@@ -99,9 +98,15 @@ if TYPE_CHECKING:
 IDENTITY_FIELDS = frozenset({"email", "user_id", "userId", "anonymous_id", "anonymousId", "url"})
 
 
-# A batch event as sent (its JSON: `wire.json_bytes`) and the changes it carries, as
-# (audience key, change).
-Event = tuple[bytes, list[tuple[str, Change]]]
+class Event(NamedTuple):
+    """A batch event as sent, and the changes it carries."""
+
+    raw: bytes  # its JSON (`wire.json_bytes`: serialised once, measured, joined into the call)
+    carried: list[tuple[str, Change]]  # as (audience key, change)
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
 
 
 def basic_auth(key: str) -> str:

@@ -61,10 +61,10 @@ class Segment(Destination):
         `carried` as (audience key, change)), each as sent with the changes it carries."""
         events: list[Event] = []
         if "identify" in self.config.settings["events"]:
-            events.append((encoded(message), list(carried)))
+            events.append(Event(encoded(message), list(carried)))
         if "track" in self.config.settings["events"]:
-            events += [(encoded(track_event(message, key, change.message_id(key, self.name))),
-                        [(key, change)]) for key, change in carried]
+            events += [Event(encoded(track_event(message, key, change.message_id(key, self.name))),
+                             [(key, change)]) for key, change in carried]
         return events
 
     def probe(self, call: Callable[[Request], Answer]) -> Probe:
